@@ -1,0 +1,107 @@
+//! The command line: clap definitions and one function per command.
+//!
+//! Every command turns its raw arguments into a validated config first, then
+//! calls into the pure core. Errors bubble up as `anyhow::Error`; `main` prints
+//! them with their whole chain.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod build;
+mod certs;
+mod completions;
+mod krm;
+mod render;
+mod rotate;
+
+/// Exit code for a failed run (a check that found drift, an expired cert, …).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for bad usage: a flag or argument that cannot work.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A usage error found while validating arguments, after clap parsed them.
+/// `main` maps it to exit code 2, like clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// kiln runs a Moby BuildKit build farm on Kubernetes the GitOps way.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Examples:
+  kiln render                       render overlays/ into rendered/
+  kiln render --gitops argocd       also write Argo CD Applications
+  kiln check                        fail with a diff when rendered/ is stale
+  kiln certs generate --namespace buildkit --out .certs
+  kiln certs inspect .certs
+  kiln rotate --dry-run --now 2027-01-01T00:00:00Z
+  kiln build --image registry.example.com/app:1.0 --context .")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The kiln commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render overlays into manifests for Kustomize, Argo CD or Flux.
+    Render(render::RenderArgs),
+    /// Re-render in memory and fail with a diff when the committed tree is stale.
+    Check(render::CheckArgs),
+    /// Print the JSON Schema of the overlay file.
+    Schema(render::SchemaArgs),
+    /// Create and inspect the buildkitd mTLS certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Renew certificates and roll the CA over (run by the kiln-rotate CronJob).
+    Rotate(rotate::RotateArgs),
+    /// Show certificate expiry, the CA phase and the next rotation action.
+    Status(rotate::StatusArgs),
+    /// Build an image with buildkitd over mTLS (run by the Tekton Task step).
+    Build(build::BuildArgs),
+    /// Run as a KRM function: read a ResourceList on stdin, write one on stdout.
+    Krm(krm::KrmArgs),
+    /// Install kiln as a legacy Kustomize exec plugin for kind BuildkitStack.
+    InstallPlugin(krm::InstallPluginArgs),
+    /// Print shell completions.
+    Completions(completions::CompletionsArgs),
+}
+
+/// Parse the process arguments.
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
+/// Run one parsed command and return its exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let result = match cli.command {
+        Command::Render(args) => render::render(args),
+        Command::Check(args) => render::check(args),
+        Command::Schema(args) => render::schema(args),
+        Command::Certs(cmd) => certs::certs(cmd),
+        Command::Rotate(args) => rotate::rotate(args),
+        Command::Status(args) => rotate::status(args),
+        Command::Build(args) => build::build(args),
+        Command::Krm(args) => krm::krm(args),
+        Command::InstallPlugin(args) => krm::install_plugin(args),
+        Command::Completions(args) => completions::completions(args, &mut Cli::command()),
+    };
+    match result {
+        Err(err) if err.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("error: {err:#}");
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

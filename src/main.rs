@@ -1,0 +1,12 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = kiln::cli::parse();
+    match kiln::cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(kiln::cli::EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `kiln` command for the binary under test.
+pub fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+/// Find an external tool (kubectl, kubernetes-validate, openssl, mkcert, checkov) in
+/// `.tools/bin` (installed by scripts/install-test-tools) or on PATH.
+///
+/// Returns None, after saying so on stderr, when the tool is missing under plain
+/// `cargo test`. Under CI (`CI` set) a missing tool is a failure, never a silent skip.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let local = repo_root().join(".tools/bin").join(name);
+    if local.exists() {
+        return Some(local);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{name} is required under CI: run scripts/install-test-tools");
+    }
+    eprintln!("SKIPPED: {name} not found; run scripts/install-test-tools to enable this test");
+    None
+}

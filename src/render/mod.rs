@@ -93,7 +93,7 @@ impl Object {
 
 /// Render every object of one resolved overlay, in apply order: Namespace, ServiceAccounts,
 /// RBAC and ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
-/// daemon, its Services, the Task(s) and the CronJob (1).
+/// daemon, its Service, NetworkPolicy and PDB, the Task(s) and the CronJob (1).
 ///
 /// `rotation.enabled: false` leaves out the rotation objects (the Secrets stay: the daemon
 /// mounts them); `tekton.enabled: false` leaves out the Tasks.
@@ -118,6 +118,7 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         push(Object::from_typed(&rotation::service_account(&meta)))?;
         push(Object::from_typed(&rotation::role(&meta)))?;
         push(Object::from_typed(&rotation::role_binding(&meta)))?;
+        push(Object::from_typed(&rotation::network_policy(&meta)))?;
         push(Object::from_typed(&secrets::config_map(&meta, overlay)?))?;
     }
     // Wave -1: the Secret shells.
@@ -134,6 +135,7 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(&meta)))?,
     }
     push(Object::from_typed(&workload::service(&meta)))?;
+    push(Object::from_typed(&workload::network_policy(&meta)))?;
     if let Some(pdb) = workload::pod_disruption_budget(&meta) {
         push(Object::from_typed(&pdb))?;
     }

@@ -6,6 +6,9 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
     Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -358,6 +361,28 @@ pub fn pod_disruption_budget(meta: &Meta) -> Option<PodDisruptionBudget> {
     })
 }
 
+/// A NetworkPolicy that admits traffic to the daemon only on its mTLS port (from any
+/// namespace: TaskRuns run anywhere). Egress stays open: builds pull from registries.
+pub fn network_policy(meta: &Meta) -> NetworkPolicy {
+    let buildkit = &meta.overlay.buildkit;
+    NetworkPolicy {
+        metadata: meta.object(&buildkit.service_name, Component::Daemon, Wave::App),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(meta.selector(Component::Daemon)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(i32::from(buildkit.port))),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +545,28 @@ mod tests {
         };
         assert!(pod_disruption_budget(&meta).is_none());
         assert_eq!(service(&meta).spec.unwrap().cluster_ip, None);
+    }
+
+    #[test]
+    fn network_policy_admits_only_the_port() {
+        let overlay = with(Mode::Rootless, |o| o.buildkit.port = 4321);
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "dev",
+        };
+        let spec = network_policy(&meta).spec.unwrap();
+        assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+        let rules = spec.ingress.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert!(rules[0].from.is_none());
+        assert_eq!(
+            rules[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(4321))
+        );
+        assert_eq!(
+            spec.pod_selector.unwrap().match_labels,
+            Some(meta.selector_labels(Component::Daemon))
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::overlay::{Overlay, Workload};
 
 pub mod meta;
+pub mod network;
 pub mod rotation;
 pub mod secrets;
 pub mod tekton;
@@ -114,11 +115,11 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         push(Object::from_typed(&workload::namespace(&meta)))?;
     }
     push(Object::from_typed(&workload::service_account(&meta)))?;
+    push(Object::from_typed(&network::kiln_network_policy(&meta)))?;
     if rotation {
         push(Object::from_typed(&rotation::service_account(&meta)))?;
         push(Object::from_typed(&rotation::role(&meta)))?;
         push(Object::from_typed(&rotation::role_binding(&meta)))?;
-        push(Object::from_typed(&rotation::network_policy(&meta)))?;
         push(Object::from_typed(&secrets::config_map(&meta, overlay)?))?;
     }
     // Wave -1: the Secret shells.
@@ -135,7 +136,7 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(&meta)))?,
     }
     push(Object::from_typed(&workload::service(&meta)))?;
-    push(Object::from_typed(&workload::network_policy(&meta)))?;
+    push(Object::from_typed(&network::network_policy(&meta)))?;
     if let Some(pdb) = workload::pod_disruption_budget(&meta) {
         push(Object::from_typed(&pdb))?;
     }

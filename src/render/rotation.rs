@@ -6,10 +6,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec,
     SeccompProfile, SecurityContext, ServiceAccount, Volume, VolumeMount,
 };
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::meta::{self, Component, Meta, Wave};
 use super::secrets::{CONFIG_KEY, CONFIG_MAP};
@@ -237,27 +234,6 @@ pub fn bootstrap_job(meta: &Meta) -> Job {
     }
 }
 
-/// A NetworkPolicy that denies all ingress to the rotate pods: they serve nothing.
-/// Egress stays open: the API server's address differs per cluster.
-pub fn network_policy(meta: &Meta) -> NetworkPolicy {
-    let mut selector = meta.selector_labels(Component::Rotation);
-    selector.insert(
-        "app.kubernetes.io/component".into(),
-        Component::Rotation.as_str().into(),
-    );
-    NetworkPolicy {
-        metadata: meta.object(ROTATE, Component::Rotation, Wave::Setup),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            }),
-            policy_types: Some(vec!["Ingress".into()]),
-            ..Default::default()
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,34 +299,6 @@ mod tests {
             ["ALL"]
         );
         assert_eq!(pod.service_account_name.as_deref(), Some(ROTATE));
-    }
-
-    #[test]
-    fn network_policy_denies_ingress_to_rotate_pods_only() {
-        let overlay = Overlay::default();
-        let meta = Meta {
-            overlay: &overlay,
-            instance: "dev",
-        };
-        let spec = network_policy(&meta).spec.unwrap();
-        assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
-        assert!(spec.ingress.is_none());
-        let selector = spec.pod_selector.unwrap().match_labels.unwrap();
-        let pod_labels = cron_job(&meta)
-            .spec
-            .unwrap()
-            .job_template
-            .spec
-            .unwrap()
-            .template
-            .metadata
-            .unwrap()
-            .labels
-            .unwrap();
-        for (key, value) in &selector {
-            assert_eq!(pod_labels.get(key), Some(value));
-        }
-        assert_eq!(selector["app.kubernetes.io/component"], "rotation");
     }
 
     #[test]

@@ -6,9 +6,6 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
     Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
-};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -215,9 +212,25 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
             ..Default::default()
         })
         .to_vec();
-    let (default_mode, fs_group) = match mode {
-        Mode::Rootless => (0o440, Some(ROOTLESS_UID)),
-        Mode::Privileged | Mode::Userns => (0o400, None),
+    let (default_mode, pod_security) = match mode {
+        // fsGroup lets uid 1000 read the Secret files, which stay out of reach of others.
+        Mode::Rootless => (
+            0o440,
+            PodSecurityContext {
+                fs_group: Some(ROOTLESS_UID),
+                ..Default::default()
+            },
+        ),
+        // Root on purpose, and said so: (userns) root inside the pod's user namespace only.
+        Mode::Privileged | Mode::Userns => (
+            0o400,
+            PodSecurityContext {
+                run_as_user: Some(0),
+                run_as_group: Some(0),
+                run_as_non_root: Some(false),
+                ..Default::default()
+            },
+        ),
     };
     let volumes = vec![
         Volume {
@@ -245,10 +258,7 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
             service_account_name: Some(buildkit.service_name.clone()),
             automount_service_account_token: Some(false),
             host_users: (mode == Mode::Userns).then_some(false),
-            security_context: fs_group.map(|gid| PodSecurityContext {
-                fs_group: Some(gid),
-                ..Default::default()
-            }),
+            security_context: Some(pod_security),
             containers: vec![container],
             volumes: Some(volumes),
             node_selector: meta::non_empty(&buildkit.node_selector),
@@ -359,28 +369,6 @@ pub fn pod_disruption_budget(meta: &Meta) -> Option<PodDisruptionBudget> {
         }),
         ..Default::default()
     })
-}
-
-/// A NetworkPolicy that admits traffic to the daemon only on its mTLS port (from any
-/// namespace: TaskRuns run anywhere). Egress stays open: builds pull from registries.
-pub fn network_policy(meta: &Meta) -> NetworkPolicy {
-    let buildkit = &meta.overlay.buildkit;
-    NetworkPolicy {
-        metadata: meta.object(&buildkit.service_name, Component::Daemon, Wave::App),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(meta.selector(Component::Daemon)),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(i32::from(buildkit.port))),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-    }
 }
 
 #[cfg(test)]
@@ -545,28 +533,6 @@ mod tests {
         };
         assert!(pod_disruption_budget(&meta).is_none());
         assert_eq!(service(&meta).spec.unwrap().cluster_ip, None);
-    }
-
-    #[test]
-    fn network_policy_admits_only_the_port() {
-        let overlay = with(Mode::Rootless, |o| o.buildkit.port = 4321);
-        let meta = Meta {
-            overlay: &overlay,
-            instance: "dev",
-        };
-        let spec = network_policy(&meta).spec.unwrap();
-        assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
-        let rules = spec.ingress.unwrap();
-        assert_eq!(rules.len(), 1);
-        assert!(rules[0].from.is_none());
-        assert_eq!(
-            rules[0].ports.as_ref().unwrap()[0].port,
-            Some(IntOrString::Int(4321))
-        );
-        assert_eq!(
-            spec.pod_selector.unwrap().match_labels,
-            Some(meta.selector_labels(Component::Daemon))
-        );
     }
 
     #[test]

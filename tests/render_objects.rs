@@ -9,6 +9,8 @@ use kiln::pki::SecretFormat;
 use kiln::render::{Context, Object, render};
 use serde_json::Value;
 
+mod support;
+
 /// A small development farm: one rootless Deployment, the defaults almost everywhere.
 fn dev() -> Overlay {
     let mut overlay = Overlay {
@@ -448,4 +450,47 @@ fn daemonless_script_builds_the_buildctl_command_and_writes_results() {
         std::fs::read_to_string(path("url")).unwrap(),
         "registry.example.com/app:1"
     );
+}
+
+/// Every core object of every mode and workload passes `kubernetes-validate --strict`
+/// for the oldest (1.30: AppArmor fields) and newest supported Kubernetes.
+#[test]
+fn core_objects_pass_kubernetes_validate_in_every_mode() {
+    let Some(validate) = support::tool("kubernetes-validate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for mode in [Mode::Rootless, Mode::Privileged, Mode::Userns] {
+        for workload in [Workload::Deployment, Workload::Statefulset] {
+            let mut overlay = prod();
+            overlay.buildkit.mode = mode;
+            overlay.buildkit.workload = workload;
+            overlay.create_namespace = true;
+            for object in objects(&overlay, "matrix") {
+                if object.api_version == "tekton.dev/v1" {
+                    continue; // not a core kind: no schema to validate against
+                }
+                let file = dir.path().join(format!(
+                    "{mode:?}-{workload:?}-{}-{}.yaml",
+                    object.kind, object.name
+                ));
+                std::fs::write(&file, kiln::yaml::to_string(&object.value).unwrap()).unwrap();
+                files.push(file);
+            }
+        }
+    }
+    for version in ["1.30.0", "1.37.0"] {
+        let output = std::process::Command::new(&validate)
+            .args(["--strict", "--quiet", "-k", version])
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "kubernetes-validate {version} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -39,3 +39,4 @@ pub fn from_str_multi<T: DeserializeOwned>(text: &str, source_name: &str) -> Res
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+

@@ -12,6 +12,20 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::pki::{Algorithm, SecretFormat};
 
+mod load;
+mod validate;
+
+pub use load::{
+    BASE_OVERLAY_NAME, DEFAULT_OVERLAY_NAME, OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES,
+    load, load_all, resolve_all,
+};
+pub use validate::{Invalid, is_dns1123_label, is_dns1123_subdomain, validate};
+
+/// The JSON Schema of an overlay file, as printed by `kiln schema`.
+pub fn schema() -> serde_json::Value {
+    schemars::schema_for!(Overlay).to_value()
+}
+
 /// The pinned BuildKit version rendered when an overlay does not choose one.
 pub const DEFAULT_BUILDKIT_VERSION: &str = "v0.23.2";
 

@@ -50,33 +50,3 @@ impl Object {
         })
     }
 }
-
-// ---- Render context (owned by render-core) ----------------------------------------------
-
-/// What a render knows besides the overlay itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Context {
-    /// The overlay name (its file name without `.yaml`, or `default` for the embedded one):
-    /// the `app.kubernetes.io/instance` label.
-    pub overlay: String,
-    /// The kiln version, stamped into `kiln.dev/generated-by: kiln <version>`.
-    pub kiln_version: String,
-    /// The GitOps flavor the tree is laid out for: the overlay's `gitops.flavor`, or `--gitops`.
-    pub flavor: crate::overlay::Flavor,
-}
-
-impl Context {
-    /// The context for one overlay, rendered by this kiln.
-    pub fn new(overlay: impl Into<String>, flavor: crate::overlay::Flavor) -> Self {
-        Self {
-            overlay: overlay.into(),
-            kiln_version: crate::VERSION.to_string(),
-            flavor,
-        }
-    }
-}
-
-/// The annotation that orders Argo CD syncs; render-core's layout code never rewrites it.
-pub const SYNC_WAVE_ANNOTATION: &str = "argocd.argoproj.io/sync-wave";
-
-// ---- end of render context ---------------------------------------------------------------

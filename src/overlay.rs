@@ -384,12 +384,16 @@ pub struct Gitops {
     pub repo_url: String,
     /// The branch or tag.
     pub revision: String,
-    /// The path of the rendered tree inside the repository.
+    /// The path of the rendered tree inside the repository. Empty: the `--out` directory as
+    /// given (run kiln from the repository root), such as `rendered`.
     pub path: String,
     /// The Argo CD project.
     pub project: String,
-    /// The namespace Argo CD or Flux runs in.
+    /// The namespace Argo CD or Flux runs in. Empty: `argocd` or `flux-system`.
     pub controller_namespace: String,
+    /// Flux only: Kustomizations (in the controller namespace) that must be ready before
+    /// this overlay's, such as the one that installs Tekton's CRDs.
+    pub depends_on: Vec<String>,
 }
 
 impl Default for Gitops {
@@ -398,9 +402,10 @@ impl Default for Gitops {
             flavor: Flavor::default(),
             repo_url: "https://git.example.com/platform/buildkit.git".into(),
             revision: "main".into(),
-            path: "rendered".into(),
+            path: String::new(),
             project: "default".into(),
             controller_namespace: String::new(),
+            depends_on: Vec::new(),
         }
     }
 }

@@ -303,6 +303,9 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
         ));
     }
     subdomain(&mut out, "gitops.project", &g.project);
+    for (i, name) in g.depends_on.iter().enumerate() {
+        subdomain(&mut out, &format!("gitops.dependsOn[{i}]"), name);
+    }
     if !g.controller_namespace.is_empty() {
         label(&mut out, "gitops.controllerNamespace", &g.controller_namespace);
     }

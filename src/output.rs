@@ -61,8 +61,8 @@ pub struct Tree {
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     /// An object could not be written as YAML.
-    #[error("failed to write {file} as YAML: {source}")]
-    Yaml { file: String, source: yaml::YamlError },
+    #[error("failed to write {file} as YAML: {error}")]
+    Yaml { file: String, error: yaml::YamlError },
     /// Two objects map to one file.
     #[error("failed to lay out {file}: two objects render to it ({first} and {second}); rename one")]
     Collision {
@@ -92,17 +92,17 @@ pub enum OutputError {
     #[error("failed to use {path} as the output directory: {reason}")]
     BadOut { path: PathBuf, reason: &'static str },
     /// A filesystem step failed.
-    #[error("failed to {action} {path}: {source}")]
+    #[error("failed to {action} {path}: {error}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + use<> {
     let path = path.to_path_buf();
-    move |source| OutputError::Io { action, path, source }
+    move |error| OutputError::Io { action, path, error }
 }
 
 /// The file an object is written to: `<kind>-<name>.yaml`, lowercase.
@@ -115,9 +115,9 @@ pub fn file_name(object: &Object) -> String {
 }
 
 fn document<T: serde::Serialize>(file: &str, source: &str, value: &T) -> Result<String, OutputError> {
-    let body = yaml::to_string(value).map_err(|source| OutputError::Yaml {
+    let body = yaml::to_string(value).map_err(|error| OutputError::Yaml {
         file: file.to_string(),
-        source,
+        error,
     })?;
     Ok(format!("{}{body}", header(source)))
 }
@@ -435,6 +435,12 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    if parent.exists() && !parent.is_dir() {
+        return Err(OutputError::BadOut {
+            path: out.to_path_buf(),
+            reason: "its parent is not a directory",
+        });
+    }
     std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
     let pid = std::process::id();
     let tmp = parent.join(format!(".{name}.kiln-new-{pid}"));
@@ -490,12 +496,12 @@ fn fill(out: &Path, tmp: &Path, plan: &Plan) -> Result<(), OutputError> {
 fn swap(out: &Path, tmp: &Path, old: &Path) -> Result<(), OutputError> {
     if out.exists() {
         std::fs::rename(out, old).map_err(io("move aside", out))?;
-        if let Err(source) = std::fs::rename(tmp, out) {
+        if let Err(error) = std::fs::rename(tmp, out) {
             let _ = std::fs::rename(old, out);
             return Err(OutputError::Io {
                 action: "move into place",
                 path: out.to_path_buf(),
-                source,
+                error,
             });
         }
         std::fs::remove_dir_all(old).map_err(io("remove", old))?;

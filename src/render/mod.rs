@@ -7,6 +7,8 @@ use serde::Serialize;
 
 use crate::overlay::{Overlay, Workload};
 
+/// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
+pub mod gitops;
 pub mod meta;
 pub mod network;
 pub mod rotation;

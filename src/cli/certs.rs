@@ -229,12 +229,13 @@ fn build_generated(config: &GenerateConfig, now: OffsetDateTime) -> anyhow::Resu
     let ca_window = Validity::starting_at("the CA", now, config.ca_validity).map_err(usage)?;
     let leaf_window = Validity::starting_at("the leaf certificates", now, config.validity).map_err(usage)?;
 
+    let ca_serial = Serial::random()?;
     let ca = pki::issue_ca(&CaRequest {
-        common_name: format!("kiln buildkit CA {}", config.namespace),
+        common_name: pki::ca_common_name(&config.namespace, ca_serial),
         algorithm: config.algorithm,
         not_before: ca_window.not_before,
         not_after: ca_window.not_after,
-        serial: Serial::random()?,
+        serial: ca_serial,
     })?;
     let leaf = |kind, common_name: &str, sans| -> anyhow::Result<Issued> {
         Ok(pki::issue_leaf(

@@ -428,6 +428,15 @@ impl Validity {
     }
 }
 
+/// The common name kiln gives a CA: `kiln buildkit CA <namespace> <id>`, where the id is
+/// the first 8 hex digits of the serial. Each CA gets its own subject, so a certificate
+/// from another installation fails as an unknown issuer (not a bad signature), and the
+/// old and new CA of a rollover can be told apart.
+pub fn ca_common_name(namespace: &str, serial: Serial) -> String {
+    let id: String = hex(&serial.0).chars().take(8).collect();
+    format!("kiln buildkit CA {namespace} {id}")
+}
+
 /// What to put in a new CA certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaRequest {
@@ -898,6 +907,14 @@ mod tests {
         assert!(!debug.contains("PRIVATE KEY"));
         let body: String = ca.key_pem.lines().nth(1).unwrap().into();
         assert!(!debug.contains(&body));
+    }
+
+    #[test]
+    fn ca_names_carry_the_serial() {
+        assert_eq!(
+            ca_common_name("ci", Serial::from_u128(0x0123_4567_89ab_cdef << 64)),
+            "kiln buildkit CA ci 01234567"
+        );
     }
 
     #[test]

@@ -1100,3 +1100,79 @@ async fn a_bundle_with_two_cas_trusts_leaves_from_either() {
     let old_daemon = issue_leaf(&old, LeafKind::Daemon);
     assert!(pki::verify_chain(&old_daemon.cert_pem, &new.cert_pem, OffsetDateTime::now_utc()).is_err());
 }
+
+#[test]
+fn overlay_settings_feed_generate_and_flags_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    let overlays = tmp.path().join("overlays");
+    fs::create_dir(&overlays).unwrap();
+    fs::write(
+        overlays.join("base.yaml"),
+        "namespace: \"buildkit-{{overlay}}\"\ncerts:\n  algorithm: ed25519\n  validity: 30d\n",
+    )
+    .unwrap();
+    fs::write(
+        overlays.join("prod.yaml"),
+        "extends: base\ncerts:\n  extraSans: [builder.example.com]\n  format: tls\n  secrets:\n    daemon: prod-daemon-certs\n",
+    )
+    .unwrap();
+    let out = run_generate(
+        tmp.path(),
+        &["--overlay", "prod", "--san", "10.1.2.3", "--now", NOW],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let certs = tmp.path().join(".certs");
+    let daemon = pki::parse_bundle(&read(&certs.join("daemon/tls.crt")))
+        .unwrap()
+        .remove(0);
+    assert_eq!(daemon.key_algorithm, "ed25519");
+    assert_eq!(
+        daemon.not_after,
+        OffsetDateTime::parse(NOW, &Rfc3339).unwrap() + time::Duration::days(30)
+    );
+    assert!(
+        daemon.sans.contains(&"buildkitd.buildkit-prod.svc".to_string()),
+        "{:?}",
+        daemon.sans
+    );
+    assert!(daemon.sans.contains(&"builder.example.com".to_string()));
+    assert!(
+        daemon.sans.contains(&"10.1.2.3".to_string()),
+        "--san adds to the overlay's SANs"
+    );
+    let secret: Secret =
+        kiln::yaml::from_str(&read(&certs.join("buildkit-daemon-certs.yaml")), "daemon").unwrap();
+    assert_eq!(secret.metadata.name.as_deref(), Some("prod-daemon-certs"));
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("buildkit-prod"));
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+
+    // A flag wins over the overlay.
+    let out = run_generate(
+        tmp.path(),
+        &[
+            "--overlay",
+            "prod",
+            "--algorithm",
+            "ecdsa-p384",
+            "--namespace",
+            "ci",
+            "--out",
+            "p384",
+            "--now",
+            NOW,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let daemon = pki::parse_bundle(&read(&tmp.path().join("p384/daemon/tls.crt")))
+        .unwrap()
+        .remove(0);
+    assert_eq!(daemon.key_algorithm, "ecdsa-p384");
+    assert!(daemon.sans.contains(&"buildkitd.ci.svc".to_string()));
+
+    // An overlay that does not exist: one line naming the file, nothing written.
+    let out = run_generate(tmp.path(), &["--overlay", "nope", "--out", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(!tmp.path().join("nope").exists());
+}

@@ -379,23 +379,9 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Read one overlay with its `extends:` chain resolved.
+/// Read one overlay with its `extends:` chain merged and its templates rendered.
 fn load_overlay(dir: &Path, name: &str) -> anyhow::Result<Overlay> {
-    let path = dir.join(format!("{name}.yaml"));
-    let text = fs::read_to_string(&path).with_context(|| {
-        format!(
-            "failed to read overlay {}; check --overlay and --overlays",
-            path.display()
-        )
-    })?;
-    let overlay: Overlay = crate::yaml::from_str(&text, &path.display().to_string())?;
-    if overlay.extends.is_some() {
-        bail!(
-            "failed to load overlay {}: `extends:` is not resolved by `kiln certs` yet; pass the settings as flags",
-            path.display()
-        );
-    }
-    Ok(overlay)
+    Ok(crate::overlay::load(dir, name)?.overlay)
 }
 
 fn random_suffix() -> anyhow::Result<String> {

@@ -53,6 +53,9 @@ pub enum SecretFormat {
 
 impl SecretFormat {
     /// The key names for (CA bundle, certificate, private key).
+    ///
+    /// The CA Secret uses the same three names for (trust bundle of every CA still
+    /// trusted, current CA certificate, current CA key).
     pub fn key_names(self) -> (&'static str, &'static str, &'static str) {
         match self {
             SecretFormat::Pem => ("ca.pem", "cert.pem", "key.pem"),
@@ -604,6 +607,23 @@ pub fn issue_leaf(ca: &Issued, request: &LeafRequest) -> Result<Issued, PkiError
     })
 }
 
+/// A trust bundle: the given PEM certificates concatenated, each ending in a newline,
+/// duplicates (same text) dropped, order kept.
+pub fn bundle<S: AsRef<str>>(pems: &[S]) -> String {
+    let mut out = String::new();
+    let mut seen = Vec::new();
+    for pem in pems {
+        let pem = pem.as_ref().trim();
+        if pem.is_empty() || seen.contains(&pem) {
+            continue;
+        }
+        seen.push(pem);
+        out.push_str(pem);
+        out.push('\n');
+    }
+    out
+}
+
 /// A time as RFC 3339 (`2026-01-31T12:00:00Z`), for messages and output.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
@@ -907,6 +927,17 @@ mod tests {
         assert!(!debug.contains("PRIVATE KEY"));
         let body: String = ca.key_pem.lines().nth(1).unwrap().into();
         assert!(!debug.contains(&body));
+    }
+
+    #[test]
+    fn bundles_concatenate_without_duplicates() {
+        let (a, b) = (ca(Algorithm::EcdsaP256, 10, 1), ca(Algorithm::Ed25519, 10, 2));
+        let joined = bundle(&[a.cert_pem.trim_end(), &b.cert_pem, &a.cert_pem]);
+        let parsed = parse_bundle(&joined).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].fingerprint, a.fingerprint().unwrap());
+        assert_eq!(parsed[1].fingerprint, b.fingerprint().unwrap());
+        assert!(joined.ends_with("-----END CERTIFICATE-----\n"));
     }
 
     #[test]

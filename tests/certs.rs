@@ -470,12 +470,11 @@ fn inspect_prints_a_table_and_json() {
     assert_eq!(daemon["chainOk"], true);
     assert_eq!(daemon["keyMatches"], true);
     assert_eq!(daemon["keyAlgorithm"], "ecdsa-p256");
-    assert_eq!(
-        daemon["issuerFingerprint"],
-        serde_json::Value::Null,
-        "the CA is a separate bundle"
-    );
     assert_eq!(rows[1]["isCa"], true);
+    assert_eq!(
+        daemon["issuerFingerprint"], rows[1]["fingerprint"],
+        "the CA from the Secret's ca.pem"
+    );
     assert_eq!(rows[1]["fingerprint"].as_str().unwrap().len(), 64);
     let ca_pem = read(&tmp.path().join(".certs/daemon/ca.pem"));
     assert_eq!(rows[1]["fingerprint"], pki::fingerprint(&ca_pem).unwrap());

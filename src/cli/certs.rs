@@ -660,12 +660,17 @@ fn split_certs(text: &str) -> Vec<String> {
 fn rows_for(source: &Source, now: OffsetDateTime, seen: &mut BTreeSet<String>) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let row = |name: &str,
-               summary: CertSummary,
+               mut summary: CertSummary,
                pem: &str,
                trust: &str,
                key: Option<&str>|
      -> anyhow::Result<Row> {
         let has_ca = pki::parse_bundle(trust)?.iter().any(|c| c.is_ca);
+        if summary.issuer_fingerprint.is_none() {
+            // The signer among the trusted CAs, found by signature whatever the dates say.
+            let with_trust = pki::parse_bundle(&pki::bundle(&[pem, trust]))?;
+            summary.issuer_fingerprint = with_trust.first().and_then(|c| c.issuer_fingerprint.clone());
+        }
         let chain = if has_ca {
             Some(pki::verify_chain(pem, trust, now))
         } else {

@@ -698,27 +698,37 @@ fn openssl_checkend_agrees_with_inspect() {
     }
 }
 
-/// Reads a child's stdout lines on a thread, so the test can wait with a deadline.
+/// Reads a child's stdout and stderr lines on threads, so the test can wait with a deadline.
 fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+    let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
+    let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
+    for stream in [stdout, stderr] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+    }
     rx
 }
 
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration) -> bool {
+/// Waits until a line containing `needle` arrives; every line read is appended to `log`.
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration, log: &mut String) -> bool {
     let deadline = Instant::now() + timeout;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return true,
-            Ok(_) => {}
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains(needle) {
+                    return true;
+                }
+            }
             Err(_) => return false,
         }
     }
@@ -743,10 +753,17 @@ impl Drop for Killed {
     }
 }
 
+/// What both openssl processes said.
+struct Handshake {
+    /// The server received the client's line: both sides verified each other.
+    accepted: bool,
+    server_log: String,
+    client_log: String,
+}
+
 /// `openssl s_server -Verify 1` with `server` (daemon) files, `openssl s_client` with
-/// `client` files. Returns true when the server received the client's line, which
-/// means both sides verified each other.
-fn openssl_handshake(openssl: &Path, server: &Path, client: &Path, server_name: &str) -> bool {
+/// `client` files, on 127.0.0.1 with 10 s deadlines; both processes are killed at the end.
+fn openssl_handshake(openssl: &Path, server: &Path, client: &Path, server_name: &str) -> Handshake {
     let port = free_port();
     let mut s = Command::new(openssl)
         .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
@@ -759,26 +776,21 @@ fn openssl_handshake(openssl: &Path, server: &Path, client: &Path, server_name: 
         .args(["-Verify", "1", "-verify_return_error", "-naccept", "1"])
         .stdin(Stdio::piped()) // kept open: s_server stops at EOF on stdin
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let server_lines = line_reader(&mut s);
     let _server = Killed(s);
+    let mut server_log = String::new();
     assert!(
-        wait_for_line(&server_lines, "ACCEPT", Duration::from_secs(10)),
-        "s_server did not start"
+        wait_for_line(&server_lines, "ACCEPT", Duration::from_secs(10), &mut server_log),
+        "s_server did not start: {server_log}"
     );
 
     let mut c = Command::new(openssl)
         .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args([
-            "-servername",
-            server_name,
-            "-verify_hostname",
-            server_name,
-            "-verify_return_error",
-            "-nocommands",
-        ])
+        .args(["-servername", server_name, "-verify_hostname", server_name])
+        .args(["-verify_return_error", "-nocommands"])
         .arg("-cert")
         .arg(client.join("cert.pem"))
         .arg("-key")
@@ -786,40 +798,84 @@ fn openssl_handshake(openssl: &Path, server: &Path, client: &Path, server_name: 
         .arg("-CAfile")
         .arg(client.join("ca.pem"))
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let _ = c.stdin.as_mut().unwrap().write_all(b"hello-from-client\n");
-    let _client = Killed(c);
-    wait_for_line(&server_lines, "hello-from-client", Duration::from_secs(10))
+    let client_lines = line_reader(&mut c);
+    let client = Killed(c);
+    let accepted = wait_for_line(
+        &server_lines,
+        "hello-from-client",
+        Duration::from_secs(10),
+        &mut server_log,
+    );
+    drop(client);
+    let mut client_log = String::new();
+    wait_for_line(&client_lines, "\0", Duration::from_secs(2), &mut client_log);
+    Handshake {
+        accepted,
+        server_log,
+        client_log,
+    }
 }
 
 #[test]
 fn openssl_s_server_and_s_client_complete_an_mtls_handshake() {
     let Some(openssl) = openssl() else { return };
+    for algorithm in ["ecdsa-p256", "ecdsa-p384", "ed25519"] {
+        let (_tmp, certs) = generated(&["--namespace", "ci", "--algorithm", algorithm]);
+        let ok = openssl_handshake(
+            &openssl,
+            &certs.join("daemon"),
+            &certs.join("client"),
+            "buildkitd.ci.svc",
+        );
+        assert!(ok.accepted, "{algorithm}: {}\n{}", ok.server_log, ok.client_log);
+        assert!(
+            ok.server_log.contains("subject=O = kiln, CN = buildkit-client"),
+            "{}",
+            ok.server_log
+        );
+        assert!(
+            ok.client_log.contains("Verify return code: 0 (ok)"),
+            "{}",
+            ok.client_log
+        );
+    }
+
     let (_tmp, certs) = generated(&["--namespace", "ci"]);
     let (_tmp2, other) = generated(&["--namespace", "ci"]);
-    assert!(openssl_handshake(
-        &openssl,
-        &certs.join("daemon"),
-        &certs.join("client"),
-        "buildkitd.ci.svc"
-    ));
-    // A client certificate from another CA is refused by the server.
-    assert!(!openssl_handshake(
-        &openssl,
-        &certs.join("daemon"),
-        &other.join("client"),
-        "buildkitd.ci.svc"
-    ));
+    // A client certificate from another CA (the client still trusts the right CA) is
+    // refused by the server.
+    let mixed = other.join("mixed");
+    fs::create_dir(&mixed).unwrap();
+    fs::copy(other.join("client/cert.pem"), mixed.join("cert.pem")).unwrap();
+    fs::copy(other.join("client/key.pem"), mixed.join("key.pem")).unwrap();
+    fs::copy(certs.join("client/ca.pem"), mixed.join("ca.pem")).unwrap();
+    let stranger = openssl_handshake(&openssl, &certs.join("daemon"), &mixed, "buildkitd.ci.svc");
+    assert!(!stranger.accepted);
+    assert!(
+        stranger
+            .server_log
+            .contains("verify error:num=20:unable to get local issuer certificate"),
+        "{}",
+        stranger.server_log
+    );
     // The client refuses a name the daemon certificate does not carry.
-    assert!(!openssl_handshake(
+    let wrong = openssl_handshake(
         &openssl,
         &certs.join("daemon"),
         &certs.join("client"),
-        "buildkitd.other.svc"
-    ));
+        "buildkitd.other.svc",
+    );
+    assert!(!wrong.accepted);
+    assert!(
+        wrong.client_log.contains("Verification error: hostname mismatch"),
+        "{}",
+        wrong.client_log
+    );
 }
 
 // -------------------------------------------------------------------- rustls
@@ -961,6 +1017,17 @@ async fn rustls_mtls_handshake_succeeds_and_fails_where_it_must() {
         rustls_handshake(&daemon, &client, name)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    // The other algorithms.
+    for algorithm in ["ecdsa-p384", "ed25519"] {
+        let (_tmp, certs) = generated(&["--namespace", "ci", "--algorithm", algorithm]);
+        let (daemon, client) = (
+            Side::from_dir(&certs.join("daemon")),
+            Side::from_dir(&certs.join("client")),
+        );
+        rustls_handshake(&daemon, &client, "buildkitd.ci.svc")
+            .await
+            .unwrap_or_else(|e| panic!("{algorithm}: {e}"));
     }
 
     // A wrong server name: the client refuses.

@@ -500,6 +500,42 @@ fn generate_key(algorithm: Algorithm) -> Result<rcgen::KeyPair, PkiError> {
     })
 }
 
+/// The private key as unencrypted PKCS#8 PEM that every consumer reads.
+///
+/// ring writes Ed25519 keys as PKCS#8 v2 (RFC 5958, with the public key appended);
+/// OpenSSL 3.0 refuses those, so they are rewritten as the plain v1 form of RFC 8410,
+/// which OpenSSL, Go's crypto/x509 (buildkitd, buildctl), rustls and ring all read.
+fn private_key_pem(key: &rcgen::KeyPair) -> String {
+    const V2_PREFIX: [u8; 16] = [
+        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    let der = key.serialize_der();
+    match der.strip_prefix(&V2_PREFIX[..]) {
+        Some(rest) if rest.len() >= 32 => {
+            let mut v1 = V1_PREFIX.to_vec();
+            v1.extend_from_slice(&rest[..32]);
+            pem_encode("PRIVATE KEY", &v1)
+        }
+        _ => key.serialize_pem(),
+    }
+}
+
+/// PEM with 64-character lines, as OpenSSL writes it.
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 fn check_window(what: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<(), PkiError> {
     if not_after <= not_before {
         return Err(PkiError::EmptyValidity {
@@ -541,7 +577,7 @@ pub fn issue_ca(request: &CaRequest) -> Result<Issued, PkiError> {
     })?;
     Ok(Issued {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: private_key_pem(&key),
     })
 }
 
@@ -603,7 +639,7 @@ pub fn issue_leaf(ca: &Issued, request: &LeafRequest) -> Result<Issued, PkiError
     let cert = params.signed_by(&key, &issuer).map_err(sign_error)?;
     Ok(Issued {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: private_key_pem(&key),
     })
 }
 
@@ -938,6 +974,33 @@ mod tests {
         assert_eq!(parsed[0].fingerprint, a.fingerprint().unwrap());
         assert_eq!(parsed[1].fingerprint, b.fingerprint().unwrap());
         assert!(joined.ends_with("-----END CERTIFICATE-----\n"));
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_as_pkcs8_v1() {
+        use base64::Engine;
+        let ca = ca(Algorithm::Ed25519, 10, 1);
+        let body: String = ca.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+        assert_eq!(der.len(), 48);
+        assert_eq!(
+            &der[..5],
+            &[0x30, 0x2e, 0x02, 0x01, 0x00],
+            "version 0, no public key"
+        );
+        assert!(key_matches(&ca.cert_pem, &ca.key_pem).unwrap());
+        // The CA still signs with the rewritten key.
+        let leaf = issue_leaf(&ca, &leaf_request(LeafKind::Daemon, Algorithm::Ed25519, 5)).unwrap();
+        assert!(verify_chain(&leaf.cert_pem, &ca.cert_pem, NOW).is_ok());
+        let p256 = issue_ca(&CaRequest {
+            common_name: "p".into(),
+            algorithm: Algorithm::EcdsaP256,
+            not_before: NOW,
+            not_after: NOW + time::Duration::days(1),
+            serial: Serial::from_u128(1),
+        })
+        .unwrap();
+        assert!(p256.key_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
     }
 
     #[test]

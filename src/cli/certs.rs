@@ -916,6 +916,43 @@ mod tests {
     }
 
     #[test]
+    fn secret_yaml_with_either_key_naming_or_string_data() {
+        let path = Path::new("s.yaml");
+        let tls = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: a\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: CERT\n  tls.key: KEY\n  ca.crt: CA\n";
+        let sources = sources_from_yaml(path, tls).unwrap();
+        assert_eq!(sources.len(), 1);
+        assert_eq!(sources[0].name, "s.yaml");
+        assert_eq!(
+            sources[0].cert,
+            Some(("s.yaml:tls.crt".to_string(), "CERT".to_string()))
+        );
+        assert_eq!(
+            sources[0].bundle,
+            Some(("s.yaml:ca.crt".to_string(), "CA".to_string()))
+        );
+        assert_eq!(sources[0].key.as_deref(), Some("KEY"));
+
+        let two = "kind: Secret\nmetadata:\n  name: a\ndata:\n  cert.pem: Q0VSVA==\n---\nkind: Secret\nmetadata:\n  name: b\ndata:\n  ca.pem: Q0E=\n";
+        let sources = sources_from_yaml(path, two).unwrap();
+        assert_eq!(sources[0].name, "s.yaml:a");
+        assert_eq!(
+            sources[0].cert,
+            Some(("s.yaml:a:cert.pem".to_string(), "CERT".to_string()))
+        );
+        assert_eq!(
+            sources[1].bundle,
+            Some(("s.yaml:b:ca.pem".to_string(), "CA".to_string()))
+        );
+
+        let other = "kind: Secret\nmetadata:\n  name: x\nstringData:\n  password: hunter2\n";
+        let err = sources_from_yaml(path, other).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "failed to read s.yaml: the Secret has none of the keys ca.pem/cert.pem/key.pem or ca.crt/tls.crt/tls.key"
+        );
+    }
+
+    #[test]
     fn split_certs_keeps_each_block() {
         let text = "junk\n-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nBB==\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nCC==\n-----END CERTIFICATE-----\n";
         let parts = split_certs(text);

@@ -324,6 +324,33 @@ fn refuses_an_existing_directory_without_force() {
         [".certs"],
         "no temporary or old directory left"
     );
+
+    // --force never deletes a directory holding anything kiln did not write.
+    fs::write(certs.join("notes.txt"), "mine").unwrap();
+    let out = run_generate(tmp.path(), &["--force"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: --out .certs holds .certs/notes.txt, which kiln does not write; --force only replaces \
+         a directory written by `kiln certs generate`: choose another --out or remove it yourself\n"
+    );
+    assert_eq!(read(&certs.join("notes.txt")), "mine");
+    fs::remove_file(certs.join("notes.txt")).unwrap();
+    fs::write(certs.join("daemon/extra.pem"), "x").unwrap();
+    let out = run_generate(tmp.path(), &["--force"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("holds .certs/daemon/extra.pem"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_generate(tmp.path(), &["--force", "--out", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: --out . holds ./.certs, which kiln does not write; --force only replaces a directory \
+         written by `kiln certs generate`: choose another --out or remove it yourself\n"
+    );
 }
 
 /// Each bad input fails with its one-line message and leaves the directory untouched.

@@ -344,7 +344,17 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             "--out {} already exists; pass --force to replace it",
             out.display()
         ))),
-        _ => {}
+        Ok(_) => {
+            if let Some(stranger) = foreign_entry(out)? {
+                bail!(UsageError(format!(
+                    "--out {} holds {}, which kiln does not write; --force only replaces a directory \
+                     written by `kiln certs generate`: choose another --out or remove it yourself",
+                    out.display(),
+                    stranger.display()
+                )));
+            }
+        }
+        Err(_) => {}
     }
     let generated = build_generated(&config, now)?;
     write_atomically(out, &generated.files)?;
@@ -379,6 +389,49 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The first entry of `dir` that `kiln certs generate` does not write, if any: `--force`
+/// must never delete a directory that holds anything else (think `--out ~`).
+fn foreign_entry(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    const TOP: [&str; 5] = [
+        "daemon",
+        "client",
+        "buildkit-daemon-certs.yaml",
+        "buildkit-client-certs.yaml",
+        "buildkit-ca.yaml",
+    ];
+    let list = |dir: &Path| -> anyhow::Result<Vec<(PathBuf, String, bool)>> {
+        let mut entries = Vec::new();
+        for entry in fs::read_dir(dir).with_context(|| format!("failed to list {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("failed to list {}", dir.display()))?;
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            entries.push((
+                entry.path(),
+                entry.file_name().to_string_lossy().into_owned(),
+                is_dir,
+            ));
+        }
+        entries.sort();
+        Ok(entries)
+    };
+    for (path, name, is_dir) in list(dir)? {
+        let expected_dir = name == "daemon" || name == "client";
+        if !TOP.contains(&name.as_str()) || is_dir != expected_dir {
+            return Ok(Some(path));
+        }
+        if is_dir {
+            for (inner, inner_name, inner_is_dir) in list(&path)? {
+                let known = NAME_SETS
+                    .iter()
+                    .any(|(ca, cert, key)| [ca, cert, key].contains(&&inner_name.as_str()));
+                if inner_is_dir || !known {
+                    return Ok(Some(inner));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Read one overlay with its `extends:` chain merged and its templates rendered.
 fn load_overlay(dir: &Path, name: &str) -> anyhow::Result<Overlay> {
     Ok(crate::overlay::load(dir, name)?.overlay)
@@ -394,7 +447,12 @@ fn random_suffix() -> anyhow::Result<String> {
 fn write_atomically(out: &Path, files: &[OutFile]) -> anyhow::Result<()> {
     let file_name = out
         .file_name()
-        .with_context(|| format!("invalid --out {}: name a directory", out.display()))?
+        .ok_or_else(|| {
+            UsageError(format!(
+                "invalid --out {}: name a new directory, such as .certs",
+                out.display()
+            ))
+        })?
         .to_string_lossy()
         .into_owned();
     let parent = match out.parent() {

@@ -1269,3 +1269,33 @@ fn overlay_settings_feed_generate_and_flags_win() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(!tmp.path().join("nope").exists());
 }
+
+#[test]
+fn generated_secrets_pass_kubernetes_validate() {
+    let Some(validate) = tool("kubernetes-validate") else {
+        return;
+    };
+    for format in ["pem", "tls"] {
+        let (_tmp, certs) = generated(&["--format", format]);
+        let files: Vec<PathBuf> = [
+            "buildkit-daemon-certs.yaml",
+            "buildkit-client-certs.yaml",
+            "buildkit-ca.yaml",
+        ]
+        .iter()
+        .map(|f| certs.join(f))
+        .collect();
+        let result = Command::new(&validate)
+            .args(["--strict", "--kubernetes-version", "1.30.0"])
+            .args(&files)
+            .output()
+            .unwrap();
+        let report = format!("{}{}", stdout(&result), stderr(&result));
+        assert!(result.status.success(), "{format}: {report}");
+        assert_eq!(
+            report.matches(" passed for resource secret/").count(),
+            3,
+            "{report}"
+        );
+    }
+}

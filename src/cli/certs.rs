@@ -74,7 +74,7 @@ pub struct GenerateArgs {
     /// The directory holding the overlay files.
     #[arg(long, value_name = "DIR", default_value = "overlays")]
     pub overlays: PathBuf,
-    /// Replace the output directory if it exists.
+    /// Replace the output directory if it exists (only one that holds nothing but what this command writes).
     #[arg(long)]
     pub force: bool,
     /// Issue as if the time were this (RFC 3339), instead of the system clock.

@@ -1299,3 +1299,42 @@ fn generated_secrets_pass_kubernetes_validate() {
         );
     }
 }
+
+#[test]
+fn inspect_reads_a_pem_file_holding_certificate_and_key() {
+    let (tmp, certs) = generated(&["--now", NOW]);
+    let combined = tmp.path().join("combined.pem");
+    let daemon = |f: &str| read(&certs.join("daemon").join(f));
+    fs::write(
+        &combined,
+        format!("{}{}{}", daemon("cert.pem"), daemon("key.pem"), daemon("ca.pem")),
+    )
+    .unwrap();
+    let out = kiln()
+        .current_dir(tmp.path())
+        .args(["certs", "inspect", "combined.pem", "-o", "json", "--now", NOW])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(rows[0]["commonName"], "buildkitd");
+    assert_eq!(rows[0]["keyMatches"], true);
+    assert_eq!(rows[0]["chainOk"], true, "chained to the CA in the same file");
+    assert_eq!(rows[1]["isCa"], true);
+
+    // The client key with the daemon certificate: a mismatch, exit 1.
+    let client_key = read(&certs.join("client/key.pem"));
+    fs::write(&combined, format!("{}{}", daemon("cert.pem"), client_key)).unwrap();
+    let out = kiln()
+        .current_dir(tmp.path())
+        .args(["certs", "inspect", "combined.pem", "--now", NOW])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the private key does not match the certificate"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("PRIVATE KEY"));
+}

@@ -643,12 +643,12 @@ fn sources_from_file(path: &Path) -> anyhow::Result<Vec<Source>> {
     }
     let text = read_text(path)?;
     if text.contains("-----BEGIN") {
-        // A PEM file: its certificates, chained against the CAs in the same file.
-        let has_key = text.contains("PRIVATE KEY-----");
+        // A PEM file: its certificates, chained against the CAs in the same file,
+        // and the key stored with them, if any.
         Ok(vec![Source {
             name: path.display().to_string(),
             bundle: None,
-            key: has_key.then(|| text.clone()),
+            key: key_block(&text),
             cert: Some((path.display().to_string(), text)),
         }])
     } else {
@@ -691,6 +691,25 @@ fn collect_sources(path: &Path) -> anyhow::Result<Vec<Source>> {
 
 fn parse_named(name: &str, text: &str) -> anyhow::Result<Vec<CertSummary>> {
     pki::parse_bundle(text).with_context(|| format!("failed to read {name}"))
+}
+
+/// The first private key block (`BEGIN … PRIVATE KEY`) of a PEM text.
+fn key_block(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN ") && line.ends_with("PRIVATE KEY-----") {
+            inside = true;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+            if line.starts_with("-----END ") {
+                return Some(out);
+            }
+        }
+    }
+    None
 }
 
 /// Split a PEM text into one PEM string per certificate (for chain checks).
@@ -1017,5 +1036,11 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert!(parts[1].contains("CC=="));
         assert!(!parts.concat().contains("BB=="));
+        let key = key_block(text).unwrap();
+        assert_eq!(
+            key,
+            "-----BEGIN PRIVATE KEY-----\nBB==\n-----END PRIVATE KEY-----\n"
+        );
+        assert_eq!(key_block("-----BEGIN CERTIFICATE-----\n"), None);
     }
 }

@@ -632,6 +632,19 @@ fn inspect_rejects_corrupt_pem_with_one_line() {
         "{}",
         stderr(&out)
     );
+
+    fs::create_dir(tmp.path().join("empty")).unwrap();
+    let out = kiln()
+        .current_dir(tmp.path())
+        .args(["certs", "inspect", "empty"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: failed to find certificates in empty: expected ca/cert/key files (pem or tls names), \
+         Secret YAML or PEM files\n"
+    );
 }
 
 // ------------------------------------------------------------------- openssl

@@ -63,13 +63,14 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap()
 }
 
-/// The CA's random id (the end of its common name), replaced by `<id>` for snapshots.
+/// The CA's random id (the end of its common name) replaced by `<ca--id>`, which has the
+/// same width, so snapshot tables stay aligned.
 fn redact_ca_id(certs: &Path, text: &str) -> String {
     let ca = pki::parse_bundle(&read(&certs.join("daemon/ca.pem"))).unwrap();
     let cn = ca[0].common_name.clone().unwrap();
     let id = cn.rsplit(' ').next().unwrap();
     assert_eq!(id.len(), 8, "{cn}");
-    text.replace(id, "<id>")
+    text.replace(id, "<ca--id>")
 }
 
 /// The directory entries left next to a failed `--out`, to prove nothing was written.
@@ -527,7 +528,7 @@ fn inspect_fails_on_an_expired_ca() {
     let err = redact_ca_id(&certs, &stderr(&out));
     assert!(
         err.contains(
-            "problem: .certs/daemon/ca.pem (O=kiln, CN=kiln buildkit CA buildkit <id>) expired at 2020-12-31T00:00:00Z"
+            "problem: .certs/daemon/ca.pem (O=kiln, CN=kiln buildkit CA buildkit <ca--id>) expired at 2020-12-31T00:00:00Z"
         ),
         "{err}"
     );

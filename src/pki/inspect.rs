@@ -1,0 +1,295 @@
+//! Reading certificates back: summaries, fingerprints, chain and key checks.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+};
+use x509_parser::pem::Pem;
+
+use super::{PkiError, hex};
+
+/// What `kiln certs inspect` shows about one certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertSummary {
+    /// The subject distinguished name, such as `O=kiln, CN=buildkitd`.
+    pub subject: String,
+    /// The subject common name, if there is one.
+    pub common_name: Option<String>,
+    /// DNS names and IP addresses from the subjectAltName extension.
+    pub sans: Vec<String>,
+    /// Extended key usages: `serverAuth`, `clientAuth`, … (other OIDs in dotted form).
+    pub extended_key_usage: Vec<String>,
+    /// The serial number, lowercase hex.
+    pub serial: String,
+    /// The first instant the certificate is valid.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    /// The last instant the certificate is valid.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// `ecdsa-p256`, `ecdsa-p384`, `ed25519`, `rsa-2048`, … or the key type OID.
+    pub key_algorithm: String,
+    /// SHA-256 of the DER certificate, lowercase hex.
+    pub fingerprint: String,
+    /// The issuer distinguished name.
+    pub issuer: String,
+    /// The fingerprint of the certificate in the same bundle whose key signed this one
+    /// (itself for a self-signed CA); None when the issuer is not in the bundle.
+    pub issuer_fingerprint: Option<String>,
+    /// The authority key identifier, lowercase hex, when the extension is present.
+    pub authority_key_id: Option<String>,
+    /// True when basicConstraints says CA:true.
+    pub is_ca: bool,
+}
+
+/// The DER bodies of every `CERTIFICATE` block in `pem`, in order. Other blocks
+/// (such as a private key kept in the same file) are skipped.
+fn certificate_ders(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+    let mut ders = Vec::new();
+    for (index, block) in Pem::iter_from_buffer(pem.as_bytes()).enumerate() {
+        let block = block.map_err(|e| PkiError::ParsePem {
+            index: index + 1,
+            message: e.to_string(),
+        })?;
+        if block.label == "CERTIFICATE" {
+            ders.push(block.contents);
+        }
+    }
+    if ders.is_empty() {
+        return Err(PkiError::NoCertificate);
+    }
+    Ok(ders)
+}
+
+fn parse_ders(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, PkiError> {
+    ders.iter()
+        .enumerate()
+        .map(|(index, der)| match x509_parser::parse_x509_certificate(der) {
+            Ok((&[], cert)) => Ok(cert),
+            Ok(_) => Err(PkiError::ParseCertificate {
+                index: index + 1,
+                message: "trailing bytes after the certificate".into(),
+            }),
+            Err(e) => Err(PkiError::ParseCertificate {
+                index: index + 1,
+                message: e.to_string(),
+            }),
+        })
+        .collect()
+}
+
+/// SHA-256 of DER bytes, lowercase hex.
+pub fn fingerprint_der(der: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
+/// The SHA-256 fingerprint (lowercase hex of the DER) of the first certificate in `pem`.
+pub fn fingerprint(pem: &str) -> Result<String, PkiError> {
+    let ders = certificate_ders(pem)?;
+    parse_ders(&ders[..1])?;
+    Ok(fingerprint_der(&ders[0]))
+}
+
+fn key_algorithm(cert: &X509Certificate<'_>) -> String {
+    let spki = cert.public_key();
+    let oid = &spki.algorithm.algorithm;
+    if *oid == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        match curve {
+            Some(c) if c == OID_EC_P256 => "ecdsa-p256".into(),
+            Some(c) if c == OID_NIST_EC_P384 => "ecdsa-p384".into(),
+            Some(c) => format!("ecdsa-{c}"),
+            None => "ecdsa".into(),
+        }
+    } else if *oid == OID_SIG_ED25519 {
+        "ed25519".into()
+    } else if *oid == OID_PKCS1_RSAENCRYPTION {
+        match spki.parsed() {
+            Ok(key) => format!("rsa-{}", key.key_size()),
+            Err(_) => "rsa".into(),
+        }
+    } else {
+        oid.to_id_string()
+    }
+}
+
+fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
+    cert.issuer().as_raw() == issuer.subject().as_raw()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
+fn summarize(cert: &X509Certificate<'_>, der: &[u8], issuer_fingerprint: Option<String>) -> CertSummary {
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => sans.push((*dns).to_string()),
+                GeneralName::IPAddress(bytes) => sans.push(ip_string(bytes)),
+                other => sans.push(other.to_string()),
+            }
+        }
+    }
+    let mut extended_key_usage = Vec::new();
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        let eku = eku.value;
+        for (set, name) in [
+            (eku.any, "any"),
+            (eku.server_auth, "serverAuth"),
+            (eku.client_auth, "clientAuth"),
+            (eku.code_signing, "codeSigning"),
+            (eku.email_protection, "emailProtection"),
+            (eku.time_stamping, "timeStamping"),
+            (eku.ocsp_signing, "OCSPSigning"),
+        ] {
+            if set {
+                extended_key_usage.push(name.to_string());
+            }
+        }
+        extended_key_usage.extend(eku.other.iter().map(|oid| oid.to_id_string()));
+    }
+    let authority_key_id = cert
+        .iter_extensions()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|id| hex(id.0))
+            }
+            _ => None,
+        });
+    CertSummary {
+        subject: cert.subject().to_string(),
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
+        sans,
+        extended_key_usage,
+        serial: hex(cert
+            .raw_serial()
+            .strip_prefix(&[0u8])
+            .unwrap_or(cert.raw_serial())),
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        key_algorithm: key_algorithm(cert),
+        fingerprint: fingerprint_der(der),
+        issuer: cert.issuer().to_string(),
+        issuer_fingerprint,
+        authority_key_id,
+        is_ca: cert.is_ca(),
+    }
+}
+
+fn ip_string(bytes: &[u8]) -> String {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        std::net::Ipv4Addr::from(v4).to_string()
+    } else if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
+        std::net::Ipv6Addr::from(v6).to_string()
+    } else {
+        format!("IP:{}", hex(bytes))
+    }
+}
+
+/// Parse every certificate in a PEM bundle into a [`CertSummary`], in order.
+///
+/// Blocks that are not certificates (a private key) are skipped; a PEM without any
+/// certificate, a corrupt PEM block or an invalid certificate is an error.
+pub fn parse_bundle(pem: &str) -> Result<Vec<CertSummary>, PkiError> {
+    let ders = certificate_ders(pem)?;
+    let certs = parse_ders(&ders)?;
+    Ok(certs
+        .iter()
+        .zip(&ders)
+        .map(|(cert, der)| {
+            let issuer_fingerprint = certs
+                .iter()
+                .zip(&ders)
+                .find(|(candidate, _)| signed_by(cert, candidate))
+                .map(|(_, issuer_der)| fingerprint_der(issuer_der));
+            summarize(cert, der, issuer_fingerprint)
+        })
+        .collect())
+}
+
+/// The outcome of a successful [`verify_chain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The SHA-256 fingerprint of the CA in the bundle that signed the leaf.
+    pub ca_fingerprint: String,
+    /// The subject of that CA.
+    pub ca_subject: String,
+}
+
+fn check_time(
+    cert: &X509Certificate<'_>,
+    at: OffsetDateTime,
+) -> Result<(), (OffsetDateTime, OffsetDateTime)> {
+    let not_before = cert.validity().not_before.to_datetime();
+    let not_after = cert.validity().not_after.to_datetime();
+    if at < not_before || at > not_after {
+        Err((not_before, not_after))
+    } else {
+        Ok(())
+    }
+}
+
+/// Check that the first certificate in `leaf_pem` is signed by a CA certificate in
+/// `bundle_pem` and that both are valid at `at`.
+///
+/// With several CAs in the bundle (a CA rollover), any one of them may have signed it.
+pub fn verify_chain(leaf_pem: &str, bundle_pem: &str, at: OffsetDateTime) -> Result<Verified, PkiError> {
+    let leaf_ders = certificate_ders(leaf_pem)?;
+    let leaf_certs = parse_ders(&leaf_ders[..1])?;
+    let leaf = &leaf_certs[0];
+    let subject = leaf.subject().to_string();
+    check_time(leaf, at).map_err(|(not_before, not_after)| PkiError::NotValidAt {
+        subject: subject.clone(),
+        at,
+        not_before,
+        not_after,
+    })?;
+    let ca_ders = certificate_ders(bundle_pem)?;
+    let cas = parse_ders(&ca_ders)?;
+    let mut expired_ca = None;
+    for (ca, der) in cas.iter().zip(&ca_ders) {
+        if !ca.is_ca() || !signed_by(leaf, ca) {
+            continue;
+        }
+        match check_time(ca, at) {
+            Ok(()) => {
+                return Ok(Verified {
+                    ca_fingerprint: fingerprint_der(der),
+                    ca_subject: ca.subject().to_string(),
+                });
+            }
+            Err((not_before, not_after)) => {
+                expired_ca.get_or_insert(PkiError::CaNotValidAt {
+                    leaf: subject.clone(),
+                    subject: ca.subject().to_string(),
+                    at,
+                    not_before,
+                    not_after,
+                });
+            }
+        }
+    }
+    Err(expired_ca.unwrap_or(PkiError::Untrusted {
+        subject,
+        issuer: leaf.issuer().to_string(),
+    }))
+}
+
+/// True when the private key in `key_pem` (unencrypted PKCS#8) belongs to the first
+/// certificate in `cert_pem`.
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool, PkiError> {
+    let ders = certificate_ders(cert_pem)?;
+    let certs = parse_ders(&ders[..1])?;
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| PkiError::ParseKey {
+        message: e.to_string(),
+    })?;
+    Ok(certs[0].public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}

@@ -123,6 +123,7 @@ mod tests {
             counts[ring.owner(&key).unwrap()] += 1;
         }
         let even = 10_000.0 / 8.0;
+        eprintln!("keys per replica over 8 replicas: {counts:?} (even {even})");
         for (node, count) in counts.iter().enumerate() {
             let deviation = (*count as f64 - even).abs() / even;
             assert!(deviation <= 0.20, "buildkitd-{node} got {count} keys ({:.1}% off even)", deviation * 100.0);
@@ -146,6 +147,7 @@ mod tests {
             }
             let share = moved as f64 / keys.len() as f64;
             let ideal = 1.0 / f64::from(n + 1);
+            eprintln!("{n}->{}: moved {share:.4} of keys, ideal {ideal:.4}", n + 1);
             assert!(share <= ideal * 1.25, "{n}->{}: moved {share:.3}, ideal {ideal:.3}", n + 1);
             assert!(share >= ideal * 0.75, "{n}->{}: moved {share:.3}, ideal {ideal:.3}", n + 1);
         }

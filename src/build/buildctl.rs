@@ -58,7 +58,11 @@ pub fn argv(spec: &BuildSpec, daemon: &Daemon, tls: &TlsFiles, metadata_file: &P
         _ => PathBuf::from("."),
     };
     push("--local", prefixed("dockerfile=", &dockerfile_dir));
-    let file_name = spec.dockerfile.file_name().map(OsString::from).unwrap_or_else(|| "Dockerfile".into());
+    let file_name = spec
+        .dockerfile
+        .file_name()
+        .map(OsString::from)
+        .unwrap_or_else(|| "Dockerfile".into());
     let mut filename = OsString::from("filename=");
     filename.push(file_name);
     push("--opt", filename);
@@ -312,14 +316,19 @@ mod tests {
             --output type=image,name=registry.example.com/app:1,push=true \
             --export-cache type=inline --import-cache type=registry,ref=registry.example.com/app:cache \
             --metadata-file /tmp/m.json";
-        assert_eq!(args.join(" "), expected.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(
+            args.join(" "),
+            expected.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
 
     #[test]
     fn connection_errors_before_progress_are_retryable() {
         let mut watch = StderrWatch::default();
         watch.feed(b"error: failed to get status: rpc error: code = Unavailable desc = connection error: ");
-        watch.feed(b"\"transport: Error while dialing: dial tcp 10.0.0.1:1234: connect: connection refused\"\n");
+        watch.feed(
+            b"\"transport: Error while dialing: dial tcp 10.0.0.1:1234: connect: connection refused\"\n",
+        );
         assert!(watch.retryable());
 
         let mut started = StderrWatch::default();
@@ -328,7 +337,8 @@ mod tests {
         assert!(!started.retryable(), "a build that started must not be rerun");
 
         let mut build_failed = StderrWatch::default();
-        build_failed.feed(b"error: failed to solve: process \"/bin/sh -c make\" did not complete successfully\n");
+        build_failed
+            .feed(b"error: failed to solve: process \"/bin/sh -c make\" did not complete successfully\n");
         assert!(!build_failed.retryable());
 
         let mut tty = StderrWatch::default();

@@ -24,13 +24,17 @@ pub enum BuildError {
     #[error("invalid build arg {value:?}: {reason}; write it as KEY=VALUE")]
     InvalidBuildArg { value: String, reason: &'static str },
     /// A platform is not `os/arch[/variant]`.
-    #[error("invalid platform {value:?}: write it as os/arch or os/arch/variant, such as linux/amd64 or linux/arm/v7")]
+    #[error(
+        "invalid platform {value:?}: write it as os/arch or os/arch/variant, such as linux/amd64 or linux/arm/v7"
+    )]
     InvalidPlatform { value: String },
     /// `--addr` is not `tcp://host:port`.
     #[error("invalid daemon address {value:?}: {reason}; write it as tcp://buildkitd.buildkit.svc:1234")]
     InvalidAddr { value: String, reason: &'static str },
     /// A `--connect-to` override is not `HOST:PORT=IP:PORT`.
-    #[error("invalid --connect-to {value:?}: write it as HOST:PORT=IP:PORT, such as buildkitd-0.buildkitd.buildkit.svc:1234=127.0.0.1:41234")]
+    #[error(
+        "invalid --connect-to {value:?}: write it as HOST:PORT=IP:PORT, such as buildkitd-0.buildkitd.buildkit.svc:1234=127.0.0.1:41234"
+    )]
     InvalidConnectTo { value: String },
     /// The metadata file is not JSON.
     #[error("failed to read buildctl metadata file {path}: {message}")]
@@ -54,7 +58,9 @@ pub struct ImageRef {
 fn is_path_component(text: &str) -> bool {
     let bytes = text.as_bytes();
     !bytes.is_empty()
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
 }
@@ -115,10 +121,14 @@ impl ImageRef {
         if let Some(tag) = tag {
             let ok = !tag.is_empty()
                 && tag.len() <= 128
-                && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
                 && !tag.starts_with(['.', '-']);
             if !ok {
-                return Err(invalid("the tag must be letters, digits, '_', '.' or '-', at most 128"));
+                return Err(invalid(
+                    "the tag must be letters, digits, '_', '.' or '-', at most 128",
+                ));
             }
         }
         let mut parts: Vec<&str> = name.split('/').collect();
@@ -158,7 +168,10 @@ pub fn parse_build_arg(value: &str) -> Result<(String, String), BuildError> {
     if key.is_empty() {
         return Err(invalid("the key is empty"));
     }
-    if key.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
+    if key
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+    {
         return Err(invalid("the key contains whitespace or ','"));
     }
     Ok((key.to_string(), val.to_string()))
@@ -176,10 +189,14 @@ pub fn parse_platforms<S: AsRef<str>>(values: &[S]) -> Result<Vec<String>, Build
         let parts: Vec<&str> = item.split('/').collect();
         let ok = (2..=3).contains(&parts.len())
             && parts.iter().all(|p| {
-                !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             });
         if !ok {
-            return Err(BuildError::InvalidPlatform { value: item.to_string() });
+            return Err(BuildError::InvalidPlatform {
+                value: item.to_string(),
+            });
         }
         if !platforms.iter().any(|p| p == item) {
             platforms.push(item.to_string());
@@ -247,7 +264,11 @@ pub fn parse_addr(value: &str) -> Result<Daemon, BuildError> {
     }
     let port = match port {
         None => 1234,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| invalid("the port must be 1-65535"))?,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid("the port must be 1-65535"))?,
     };
     Ok(Daemon {
         host: host.to_string(),
@@ -412,7 +433,10 @@ mod tests {
         let cases = [
             ("app", "app"),
             ("app:1.0", "app"),
-            ("registry.example.com/team/app:1.0", "registry.example.com/team/app"),
+            (
+                "registry.example.com/team/app:1.0",
+                "registry.example.com/team/app",
+            ),
             ("localhost:5000/app:dev", "localhost:5000/app"),
             ("registry:5000/team/app", "registry:5000/team/app"),
             (
@@ -476,8 +500,18 @@ mod tests {
         assert_eq!((d.host.as_str(), d.port), ("buildkitd", 1234));
         assert_eq!(parse_addr("tcp://buildkitd.ns.svc").unwrap().port, 1234);
         let v6 = parse_addr("tcp://[::1]:99").unwrap();
-        assert_eq!((v6.host.as_str(), v6.port, v6.name()), ("::1", 99, "[::1]:99".to_string()));
-        for bad in ["buildkitd:1234", "unix:///run/buildkit.sock", "tcp://:1234", "tcp://h:0", "tcp://h:x", "tcp://h/p"] {
+        assert_eq!(
+            (v6.host.as_str(), v6.port, v6.name()),
+            ("::1", 99, "[::1]:99".to_string())
+        );
+        for bad in [
+            "buildkitd:1234",
+            "unix:///run/buildkit.sock",
+            "tcp://:1234",
+            "tcp://h:0",
+            "tcp://h:x",
+            "tcp://h/p",
+        ] {
             assert!(parse_addr(bad).is_err(), "{bad:?}");
         }
     }
@@ -521,7 +555,10 @@ mod tests {
     fn normalizes_context_paths() {
         assert_eq!(normalize_path(Path::new("/ws/src/.")), PathBuf::from("/ws/src"));
         assert_eq!(normalize_path(Path::new("/ws/src/")), PathBuf::from("/ws/src"));
-        assert_eq!(normalize_path(Path::new("/ws/src/./a/../b")), PathBuf::from("/ws/src/b"));
+        assert_eq!(
+            normalize_path(Path::new("/ws/src/./a/../b")),
+            PathBuf::from("/ws/src/b")
+        );
         assert_eq!(normalize_path(Path::new(".")), PathBuf::from("."));
         assert_eq!(normalize_path(Path::new("../x")), PathBuf::from("../x"));
     }
@@ -537,7 +574,12 @@ mod tests {
             results_from_metadata(&image, true, "m.json", "{}"),
             Err(BuildError::MissingDigest { .. })
         ));
-        assert_eq!(results_from_metadata(&image, false, "m.json", "{}").unwrap().image_digest, None);
+        assert_eq!(
+            results_from_metadata(&image, false, "m.json", "{}")
+                .unwrap()
+                .image_digest,
+            None
+        );
         assert!(matches!(
             results_from_metadata(&image, true, "m.json", "not json"),
             Err(BuildError::Metadata { .. })

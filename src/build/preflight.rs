@@ -66,33 +66,59 @@ pub enum PreflightError {
     #[error("failed to read {path}: {message}; check the Secret mount and its permissions")]
     Read { path: String, message: String },
     /// The CA bundle does not parse.
-    #[error("failed to parse the CA bundle {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it")]
+    #[error(
+        "failed to parse the CA bundle {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it"
+    )]
     ParseCa { path: String, message: String },
     /// The client certificate does not parse.
-    #[error("failed to parse the client certificate {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it")]
+    #[error(
+        "failed to parse the client certificate {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it"
+    )]
     ParseCert { path: String, message: String },
     /// The client key does not parse.
-    #[error("failed to parse the client key {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it")]
+    #[error(
+        "failed to parse the client key {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it"
+    )]
     ParseKey { path: String, message: String },
     /// The key belongs to another certificate.
-    #[error("client key {key} does not match the certificate {cert}: the Secret was half-written; run `kiln rotate` to reissue it")]
+    #[error(
+        "client key {key} does not match the certificate {cert}: the Secret was half-written; run `kiln rotate` to reissue it"
+    )]
     KeyMismatch { cert: String, key: String },
     /// The client certificate expired.
     #[error("client certificate {path} expired {ago} ago (at {not_after}): {FIX_ROTATE}")]
-    Expired { path: String, ago: String, not_after: String },
+    Expired {
+        path: String,
+        ago: String,
+        not_after: String,
+    },
     /// The client certificate is not valid yet.
     #[error(
         "client certificate {path} is not valid for another {wait} (from {not_before}): this node's clock is behind; fix NTP on the node or wait"
     )]
-    NotYetValid { path: String, wait: String, not_before: String },
+    NotYetValid {
+        path: String,
+        wait: String,
+        not_before: String,
+    },
     /// No CA in the bundle signed the client certificate.
     #[error(
         "client certificate {cert} (issuer {issuer}) is not signed by any CA in {ca}: the client Secret comes from another CA; run `kiln rotate`, then check `kiln status`"
     )]
-    Untrusted { cert: String, ca: String, issuer: String },
+    Untrusted {
+        cert: String,
+        ca: String,
+        issuer: String,
+    },
     /// The CA that signed the client certificate is not valid now.
-    #[error("CA {subject} in {ca} that signed the client certificate is not valid now (until {not_after}): {FIX_ROTATE}")]
-    CaNotValid { ca: String, subject: String, not_after: String },
+    #[error(
+        "CA {subject} in {ca} that signed the client certificate is not valid now (until {not_after}): {FIX_ROTATE}"
+    )]
+    CaNotValid {
+        ca: String,
+        subject: String,
+        not_after: String,
+    },
     /// The client certificate lacks the clientAuth extended key usage.
     #[error(
         "client certificate {path} lacks the clientAuth extended key usage, so buildkitd will reject it: mount the client Secret, not the daemon's, or reissue it with `kiln rotate`"
@@ -235,7 +261,9 @@ pub fn check_client(
         });
     }
     let verified = pki::verify_chain(&material.cert_pem, &material.ca_pem, now).map_err(|e| match e {
-        PkiError::CaNotValidAt { subject, not_after, .. } => PreflightError::CaNotValid {
+        PkiError::CaNotValidAt {
+            subject, not_after, ..
+        } => PreflightError::CaNotValid {
             ca: ca_path.clone(),
             subject,
             not_after: rfc3339(not_after),
@@ -262,7 +290,10 @@ pub fn check_client(
 
 /// The rustls client configuration: trust the bundle, present the client
 /// certificate, offer ALPN `h2` (gRPC requires it).
-pub fn client_config(dir: &Path, material: &ClientMaterial) -> Result<Arc<rustls::ClientConfig>, PreflightError> {
+pub fn client_config(
+    dir: &Path,
+    material: &ClientMaterial,
+) -> Result<Arc<rustls::ClientConfig>, PreflightError> {
     let tls_error = |message: String| PreflightError::TlsConfig {
         dir: dir.display().to_string(),
         message,
@@ -314,7 +345,10 @@ pub enum HandshakeFailure {
 impl HandshakeFailure {
     /// Worth retrying later: the daemon may be restarting.
     pub fn transient(&self) -> bool {
-        matches!(self, Self::Resolve(_) | Self::Refused | Self::Timeout(_) | Self::Other(_))
+        matches!(
+            self,
+            Self::Resolve(_) | Self::Refused | Self::Timeout(_) | Self::Other(_)
+        )
     }
 
     /// One line: what happened and what to do about it.
@@ -351,7 +385,10 @@ impl HandshakeFailure {
 }
 
 fn classify_io(error: &std::io::Error) -> HandshakeFailure {
-    if let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         return classify_tls(tls);
     }
     match error.kind() {
@@ -366,16 +403,18 @@ fn classify_io(error: &std::io::Error) -> HandshakeFailure {
 fn classify_tls(error: &rustls::Error) -> HandshakeFailure {
     use rustls::CertificateError as C;
     match error {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension) => {
-            HandshakeFailure::UnknownCa
-        }
+        rustls::Error::InvalidCertificate(
+            C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension,
+        ) => HandshakeFailure::UnknownCa,
         rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
             HandshakeFailure::WrongName
         }
         rustls::Error::InvalidCertificate(
             C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
         ) => HandshakeFailure::DaemonCertTime,
-        rustls::Error::AlertReceived(alert) => HandshakeFailure::ClientRejected(format!("TLS alert {alert:?}")),
+        rustls::Error::AlertReceived(alert) => {
+            HandshakeFailure::ClientRejected(format!("TLS alert {alert:?}"))
+        }
         other => HandshakeFailure::Other(other.to_string()),
     }
 }
@@ -399,8 +438,9 @@ pub async fn handshake(
 }
 
 async fn handshake_inner(daemon: &Daemon, config: Arc<rustls::ClientConfig>) -> Result<(), HandshakeFailure> {
-    let server_name = ServerName::try_from(daemon.host.clone())
-        .map_err(|e| HandshakeFailure::Other(format!("{:?} is not a valid TLS server name: {e}", daemon.host)))?;
+    let server_name = ServerName::try_from(daemon.host.clone()).map_err(|e| {
+        HandshakeFailure::Other(format!("{:?} is not a valid TLS server name: {e}", daemon.host))
+    })?;
     let tcp = match daemon.connect_to {
         Some(addr) => tokio::net::TcpStream::connect(addr).await,
         None => {
@@ -498,7 +538,11 @@ pub async fn choose_daemon(
             break;
         }
         let pause = retry.pause(round);
-        tracing::warn!(round = round + 1, rounds = retry.rounds, "no buildkitd answered; retrying in {pause:?}");
+        tracing::warn!(
+            round = round + 1,
+            rounds = retry.rounds,
+            "no buildkitd answered; retrying in {pause:?}"
+        );
         tokio::time::sleep(pause).await;
     }
     Err(PreflightError::Daemons(match last.as_slice() {
@@ -513,7 +557,10 @@ mod tests {
 
     #[test]
     fn spans_in_words() {
-        assert_eq!(human_span(time::Duration::days(3) + time::Duration::hours(2)), "3 days");
+        assert_eq!(
+            human_span(time::Duration::days(3) + time::Duration::hours(2)),
+            "3 days"
+        );
         assert_eq!(human_span(time::Duration::hours(1)), "1 hour");
         assert_eq!(human_span(time::Duration::seconds(-90)), "1 minute");
         assert_eq!(human_span(time::Duration::seconds(5)), "5 seconds");

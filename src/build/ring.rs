@@ -98,7 +98,12 @@ mod tests {
 
     fn keys(count: usize) -> Vec<String> {
         (0..count)
-            .map(|i| affinity_key(&format!("registry.example.com/team-{}/app-{i}", i % 37), "/workspace/source"))
+            .map(|i| {
+                affinity_key(
+                    &format!("registry.example.com/team-{}/app-{i}", i % 37),
+                    "/workspace/source",
+                )
+            })
             .collect()
     }
 
@@ -110,7 +115,11 @@ mod tests {
             let owner = ring.owner(&key);
             assert!(owner.is_some());
             assert_eq!(owner, ring.owner(&key));
-            assert_eq!(owner, again.owner(&key), "placement must not depend on the instance");
+            assert_eq!(
+                owner,
+                again.owner(&key),
+                "placement must not depend on the instance"
+            );
             assert_eq!(ring.candidates(&key).first().copied(), owner);
         }
     }
@@ -126,7 +135,11 @@ mod tests {
         eprintln!("keys per replica over 8 replicas: {counts:?} (even {even})");
         for (node, count) in counts.iter().enumerate() {
             let deviation = (*count as f64 - even).abs() / even;
-            assert!(deviation <= 0.20, "buildkitd-{node} got {count} keys ({:.1}% off even)", deviation * 100.0);
+            assert!(
+                deviation <= 0.20,
+                "buildkitd-{node} got {count} keys ({:.1}% off even)",
+                deviation * 100.0
+            );
         }
     }
 
@@ -148,8 +161,16 @@ mod tests {
             let share = moved as f64 / keys.len() as f64;
             let ideal = 1.0 / f64::from(n + 1);
             eprintln!("{n}->{}: moved {share:.4} of keys, ideal {ideal:.4}", n + 1);
-            assert!(share <= ideal * 1.25, "{n}->{}: moved {share:.3}, ideal {ideal:.3}", n + 1);
-            assert!(share >= ideal * 0.75, "{n}->{}: moved {share:.3}, ideal {ideal:.3}", n + 1);
+            assert!(
+                share <= ideal * 1.25,
+                "{n}->{}: moved {share:.3}, ideal {ideal:.3}",
+                n + 1
+            );
+            assert!(
+                share >= ideal * 0.75,
+                "{n}->{}: moved {share:.3}, ideal {ideal:.3}",
+                n + 1
+            );
         }
     }
 
@@ -184,8 +205,10 @@ mod tests {
             // Without the owner, the key belongs to the owner's ring successor: the
             // fallover order is what the ring would choose if that daemon were gone.
             let owner = candidates[0];
-            let others: Vec<String> =
-                (0..4).filter(|i| *i != owner).map(|i| format!("buildkitd-{i}")).collect();
+            let others: Vec<String> = (0..4)
+                .filter(|i| *i != owner)
+                .map(|i| format!("buildkitd-{i}"))
+                .collect();
             let smaller = Ring::new(others.clone(), DEFAULT_VNODES);
             let next = &smaller.nodes()[smaller.owner(&key).unwrap()];
             assert_eq!(next, &format!("buildkitd-{}", candidates[1]));

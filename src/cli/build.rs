@@ -36,7 +36,7 @@ pub struct BuildArgs {
     /// The Dockerfile. A relative path is looked up in the context first, then in the
     /// working directory. Default: <context>/Dockerfile.
     #[arg(long, env = "KILN_DOCKERFILE", value_name = "PATH")]
-    pub dockerfile: Option<PathBuf>,
+    pub dockerfile: Option<String>,
 
     /// A build arg KEY=VALUE (repeatable). Arguments after `--` are build args too.
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
@@ -80,11 +80,21 @@ pub struct BuildArgs {
     pub replicas: u32,
 
     /// The buildkitd Service (and StatefulSet) name.
-    #[arg(long, env = "KILN_BUILDKIT_SERVICE", value_name = "NAME", default_value = "buildkitd")]
+    #[arg(
+        long,
+        env = "KILN_BUILDKIT_SERVICE",
+        value_name = "NAME",
+        default_value = "buildkitd"
+    )]
     pub service: String,
 
     /// The namespace buildkitd runs in.
-    #[arg(long, env = "KILN_BUILDKIT_NAMESPACE", value_name = "NS", default_value = "buildkit")]
+    #[arg(
+        long,
+        env = "KILN_BUILDKIT_NAMESPACE",
+        value_name = "NS",
+        default_value = "buildkit"
+    )]
     pub namespace: String,
 
     /// The buildkitd port.
@@ -103,7 +113,7 @@ pub struct BuildArgs {
     /// Write the Tekton results IMAGE_DIGEST and IMAGE_URL into this directory.
     /// Empty: do not write results.
     #[arg(long, env = "KILN_RESULTS_DIR", value_name = "DIR")]
-    pub results_dir: Option<PathBuf>,
+    pub results_dir: Option<String>,
 
     /// The buildctl program.
     #[arg(long, env = "KILN_BUILDCTL", value_name = "PATH", default_value = "buildctl")]
@@ -111,14 +121,24 @@ pub struct BuildArgs {
 
     /// Where buildctl writes its metadata (the image digest). Default: a file in the temp directory.
     #[arg(long, env = "KILN_METADATA_FILE", value_name = "PATH")]
-    pub metadata_file: Option<PathBuf>,
+    pub metadata_file: Option<String>,
 
     /// The limit for the whole build, such as 1h or 90m; buildctl is killed after it.
-    #[arg(long, env = "KILN_BUILD_TIMEOUT", value_name = "DURATION", default_value = "1h")]
+    #[arg(
+        long,
+        env = "KILN_BUILD_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "1h"
+    )]
     pub timeout: String,
 
     /// The limit for connecting to one daemon and completing the TLS handshake.
-    #[arg(long, env = "KILN_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s")]
+    #[arg(
+        long,
+        env = "KILN_CONNECT_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
     pub connect_timeout: String,
 
     /// Rounds of connection attempts over the daemons, and runs of buildctl when it
@@ -169,7 +189,9 @@ fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
         .parse()
         .map_err(|e| usage(format!("invalid --{flag}: {e}")))?;
     if parsed.is_zero() {
-        return Err(usage(format!("invalid --{flag} {value:?}: it must be longer than zero")));
+        return Err(usage(format!(
+            "invalid --{flag} {value:?}: it must be longer than zero"
+        )));
     }
     Ok(Duration::from_secs(parsed.as_secs().unsigned_abs()))
 }
@@ -189,7 +211,10 @@ fn resolve_dockerfile(context: &Path, dockerfile: Option<&Path>) -> anyhow::Resu
         if given.is_file() {
             return Ok(given.to_path_buf());
         }
-        anyhow::bail!("Dockerfile {} does not exist: check --dockerfile (the DOCKERFILE param)", given.display());
+        anyhow::bail!(
+            "Dockerfile {} does not exist: check --dockerfile (the DOCKERFILE param)",
+            given.display()
+        );
     }
     let in_context = core::normalize_path(&context.join(given));
     if in_context.is_file() {
@@ -224,12 +249,16 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
         Some(addr) => Placement::Addr(core::parse_addr(&addr).map_err(usage)?),
         None => {
             if args.replicas == 0 {
-                return Err(usage("invalid --replicas 0: there must be at least one buildkitd"));
+                return Err(usage(
+                    "invalid --replicas 0: there must be at least one buildkitd",
+                ));
             }
             for (flag, value) in [("service", &args.service), ("namespace", &args.namespace)] {
                 let ok = !value.is_empty()
                     && value.len() <= 63
-                    && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !value.starts_with('-')
                     && !value.ends_with('-');
                 if !ok {
@@ -256,21 +285,23 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
     }
     let now = match args.now.as_deref() {
         Some(text) => Some(
-            OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| usage(format!("invalid --now {text:?}: {e}; write it as 2027-01-01T00:00:00Z")))?,
+            OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|e| {
+                usage(format!(
+                    "invalid --now {text:?}: {e}; write it as 2027-01-01T00:00:00Z"
+                ))
+            })?,
         ),
         None => None,
     };
     let context = core::normalize_path(&args.context);
-    let dockerfile = args
-        .dockerfile
-        .filter(|p| !p.as_os_str().is_empty());
+    let dockerfile = non_empty(args.dockerfile).map(PathBuf::from);
     let repository = non_empty(args.affinity_key).unwrap_or_else(|| image.repository.clone());
     let affinity_key = crate::build::ring::affinity_key(&repository, &context.to_string_lossy());
-    let metadata_file = args
-        .metadata_file
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("kiln-build-{}.metadata.json", std::process::id())));
+    let metadata_file = non_empty(args.metadata_file)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("kiln-build-{}.metadata.json", std::process::id()))
+        });
     // Resolving the Dockerfile touches the file system; do it after every flag is known
     // to be well-formed, so usage errors come first.
     if !context.is_dir() {
@@ -295,9 +326,7 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
         affinity_key,
         connect_to,
         tls_dir: args.tls_dir,
-        results_dir: args
-            .results_dir
-            .filter(|p| !p.as_os_str().is_empty()),
+        results_dir: non_empty(args.results_dir).map(PathBuf::from),
         buildctl: args.buildctl,
         metadata_file,
         timeout,
@@ -369,7 +398,10 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("failed to remove stale metadata file {}", config.metadata_file.display())
+                    format!(
+                        "failed to remove stale metadata file {}",
+                        config.metadata_file.display()
+                    )
                 });
             }
         }
@@ -415,10 +447,13 @@ fn finish(config: &Config) -> anyhow::Result<ExitCode> {
             });
         }
     };
-    let results = core::results_from_metadata(&config.spec.image, config.spec.push, &metadata_path, &metadata)?;
+    let results =
+        core::results_from_metadata(&config.spec.image, config.spec.push, &metadata_path, &metadata)?;
     match &results.image_digest {
         Some(digest) => tracing::info!(image = %results.image_url, %digest, "built"),
-        None => tracing::warn!(image = %results.image_url, "built, but buildctl reported no digest; IMAGE_DIGEST is not written"),
+        None => {
+            tracing::warn!(image = %results.image_url, "built, but buildctl reported no digest; IMAGE_DIGEST is not written")
+        }
     }
     if let Some(dir) = &config.results_dir {
         buildctl::write_results(dir, &results)?;

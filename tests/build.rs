@@ -941,3 +941,144 @@ fn bad_usage_exits_2_before_anything_runs() {
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(env.runs(), 0);
 }
+
+// ---------------------------------------------------------------------------
+// Task and command agree: the rendered Task's step parses as `kiln build`.
+
+/// Replace `$(params.NAME)` and `$(workspaces.source.path)` in `arg`; `$(params.X[*])`
+/// expands to several args. Panics on a reference to an undeclared param.
+fn substitute(arg: &str, params: &std::collections::BTreeMap<String, Vec<String>>) -> Vec<String> {
+    if let Some(name) = arg.strip_prefix("$(params.").and_then(|a| a.strip_suffix("[*])")) {
+        return params
+            .get(name)
+            .unwrap_or_else(|| panic!("undeclared array param {name}"))
+            .clone();
+    }
+    let mut out = arg.replace("$(workspaces.source.path)", "/workspace/source");
+    while let Some(start) = out.find("$(params.") {
+        let end = start + out[start..].find(')').unwrap();
+        let name = &out[start + "$(params.".len()..end];
+        let value = params
+            .get(name)
+            .unwrap_or_else(|| panic!("undeclared param {name}"));
+        out = format!("{}{}{}", &out[..start], value.join(","), &out[end + 1..]);
+    }
+    assert!(!out.contains("$("), "unsubstituted variable in {arg}");
+    vec![out]
+}
+
+fn parse_step(task: &serde_json::Value, samples: &[(&str, &[&str])]) -> kiln::cli::Cli {
+    use clap::Parser;
+    let mut params = std::collections::BTreeMap::new();
+    for param in task["spec"]["params"].as_array().unwrap() {
+        let name = param["name"].as_str().unwrap().to_string();
+        let default: Vec<String> = match &param["default"] {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(items) => {
+                items.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+            }
+            _ => Vec::new(),
+        };
+        params.insert(name, default);
+    }
+    for (name, value) in samples {
+        assert!(params.contains_key(*name), "the Task has no param {name}");
+        params.insert(name.to_string(), value.iter().map(|v| v.to_string()).collect());
+    }
+    let steps = task["spec"]["steps"].as_array().unwrap();
+    let step = steps
+        .iter()
+        .find(|s| s["command"][0] == "kiln")
+        .expect("a step running kiln");
+    let mut argv = vec!["kiln".to_string()];
+    for arg in step["args"].as_array().unwrap() {
+        argv.extend(substitute(arg.as_str().unwrap(), &params));
+    }
+    kiln::cli::Cli::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("kiln rejects the Task's args {argv:?}: {e}"))
+}
+
+#[test]
+fn the_rendered_task_step_and_kiln_build_agree() {
+    use clap::CommandFactory;
+    use kiln::overlay::{Overlay, Workload};
+    let mut sts = Overlay::default();
+    sts.buildkit.workload = Workload::Statefulset;
+    sts.buildkit.replicas = 3;
+    sts.tekton.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+    for overlay in [Overlay::default(), sts] {
+        let objects = kiln::render::render(&overlay, &kiln::render::Context::new("dev")).unwrap();
+        let task = &objects
+            .iter()
+            .find(|o| o.kind == "Task" && o.name == overlay.tekton.name)
+            .expect("the kiln build Task")
+            .value;
+        let steps = task["spec"]["steps"].as_array().unwrap();
+        let step = steps.iter().find(|s| s["command"][0] == "kiln").unwrap();
+        assert_eq!(step["args"][0], "build");
+
+        // Every KILN_* variable the step sets is one `kiln build` reads.
+        let cli = kiln::cli::Cli::command();
+        let build = cli.find_subcommand("build").unwrap();
+        let envs: Vec<String> = build
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        for var in step["env"].as_array().unwrap() {
+            let name = var["name"].as_str().unwrap();
+            if name.starts_with("KILN_") {
+                assert!(envs.iter().any(|e| e == name), "kiln build does not read {name}");
+            }
+        }
+
+        // With the Task's own defaults (only IMAGE has none).
+        let cli = parse_step(task, &[("IMAGE", &["registry.example.com/team/app:1.0"])]);
+        let kiln::cli::Command::Build(args) = cli.command else {
+            panic!("the step does not run kiln build")
+        };
+        assert_eq!(args.image, "registry.example.com/team/app:1.0");
+        assert!(args.push);
+        assert_eq!(args.tls_dir, PathBuf::from("/certs"));
+        assert_eq!(args.results_dir.as_deref(), Some("/tekton/results"));
+        assert_eq!(args.timeout, overlay.tekton.timeout.to_string());
+        assert!(args.trailing_build_args.is_empty());
+        let addr = args.addr.unwrap_or_default();
+        match overlay.buildkit.workload {
+            Workload::Deployment => assert_eq!(addr, "tcp://buildkitd.buildkit.svc:1234"),
+            Workload::Statefulset => assert_eq!(addr, "", "an empty address makes kiln hash over replicas"),
+        }
+        assert_eq!(
+            kiln::build::parse_platforms(&args.platforms).unwrap(),
+            overlay.tekton.platforms
+        );
+
+        // With every param set.
+        let cli = parse_step(
+            task,
+            &[
+                ("IMAGE", &["registry.example.com/team/app:2.0"]),
+                ("CONTEXT", &["services/api"]),
+                ("DOCKERFILE", &["docker/Dockerfile"]),
+                ("BUILD_ARGS", &["VERSION=2.0", "COMMIT=abc"]),
+                ("PLATFORMS", &["linux/amd64,linux/arm64"]),
+                ("PUSH", &["false"]),
+                ("CACHE_REF", &["registry.example.com/team/app:cache"]),
+                ("BUILDKIT_DAEMON_ADDRESS", &["tcp://buildkitd.other.svc:1234"]),
+            ],
+        );
+        let kiln::cli::Command::Build(args) = cli.command else {
+            panic!("the step does not run kiln build")
+        };
+        assert_eq!(args.context, PathBuf::from("/workspace/source/services/api"));
+        assert_eq!(args.dockerfile.as_deref(), Some("docker/Dockerfile"));
+        assert_eq!(args.trailing_build_args, ["VERSION=2.0", "COMMIT=abc"]);
+        assert!(!args.push);
+        assert_eq!(
+            args.cache_ref.as_deref(),
+            Some("registry.example.com/team/app:cache")
+        );
+        assert_eq!(args.addr.as_deref(), Some("tcp://buildkitd.other.svc:1234"));
+        assert_eq!(args.platforms, ["linux/amd64,linux/arm64"]);
+    }
+}

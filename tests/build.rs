@@ -1082,3 +1082,26 @@ fn the_rendered_task_step_and_kiln_build_agree() {
         assert_eq!(args.platforms, ["linux/amd64,linux/arm64"]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The image.
+
+#[test]
+fn the_dockerfile_pins_the_rendered_buildkit_version_and_runs_as_non_root() {
+    let text = std::fs::read_to_string(support::repo_root().join("Dockerfile")).unwrap();
+    let pinned = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG BUILDKIT_VERSION="))
+        .expect("ARG BUILDKIT_VERSION=… in the Dockerfile");
+    assert_eq!(pinned, kiln::overlay::DEFAULT_BUILDKIT_VERSION);
+    assert!(text.contains("FROM docker.io/moby/buildkit:${BUILDKIT_VERSION} AS buildkit"));
+    assert!(text.contains("COPY --from=buildkit /usr/bin/buildctl /usr/bin/buildctl"));
+    assert!(text.contains("-unknown-linux-musl"));
+    // The last stage runs as the uid the rendered pods use.
+    let last_stage = &text[text.rfind("\nFROM ").unwrap()..];
+    assert!(last_stage.contains("USER 65532:65532"), "{last_stage}");
+    assert!(last_stage.contains("COPY --from=builder /kiln /usr/bin/kiln"));
+    assert!(!last_stage.contains("USER root"));
+    // The Task's step runs `kiln` by name: it must be on the distroless PATH.
+    assert!(text.contains("/usr/bin/kiln"));
+}

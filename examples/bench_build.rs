@@ -48,7 +48,8 @@ fn serve(ca: &Issued, daemon: &Issued) -> Result<SocketAddr, Error> {
         roots.add(cert?)?;
     }
     let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()?;
     let chain = CertificateDer::pem_slice_iter(daemon.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(daemon.key_pem.as_bytes())?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -65,14 +66,20 @@ fn serve(ca: &Issued, daemon: &Issued) -> Result<SocketAddr, Error> {
             let config = config.clone();
             std::thread::spawn(move || {
                 tcp.set_nodelay(true).ok();
-                let Ok(mut conn) = rustls::ServerConnection::new(config) else { return };
+                let Ok(mut conn) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
                 while conn.is_handshaking() {
                     if conn.complete_io(&mut tcp).is_err() {
                         return;
                     }
                 }
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
-                if tls.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).and_then(|()| tls.flush()).is_err() {
+                if tls
+                    .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+                    .and_then(|()| tls.flush())
+                    .is_err()
+                {
                     return;
                 }
                 let mut sink = [0u8; 256];
@@ -106,7 +113,9 @@ fn preflight_overhead(iterations: usize) -> Result<(), Error> {
     std::fs::write(dir.path().join("cert.pem"), &client.cert_pem)?;
     std::fs::write(dir.path().join("key.pem"), &client.key_pem)?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let bare_config = {
         let files = preflight::find_tls_files(dir.path())?;
         preflight::client_config(dir.path(), &preflight::read_material(&files)?)?
@@ -115,7 +124,9 @@ fn preflight_overhead(iterations: usize) -> Result<(), Error> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from("buildkitd.ci.svc")?;
-        let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
         drop(tls);
         Ok::<(), Error>(())
     };
@@ -132,7 +143,11 @@ fn preflight_overhead(iterations: usize) -> Result<(), Error> {
                 connect_to: None,
             });
             let overrides = [(("buildkitd.ci.svc".to_string(), 1234), addr)];
-            let candidates = daemon_candidates(&placement, "registry.example.com/app:/workspace/source", &overrides);
+            let candidates = daemon_candidates(
+                &placement,
+                "registry.example.com/app:/workspace/source",
+                &overrides,
+            );
             let retry = Retry {
                 rounds: 1,
                 backoff: Duration::from_millis(500),
@@ -168,7 +183,11 @@ fn preflight_overhead(iterations: usize) -> Result<(), Error> {
         "  ratio (p50): {:.2}x   on top of the bare connect: {:.3} ms at p50 (target < 20 ms): {}",
         full_p50 / bare_p50,
         full_p50 - bare_p50,
-        if full_p50 - bare_p50 < 20.0 { "PASS" } else { "FAIL" }
+        if full_p50 - bare_p50 < 20.0 {
+            "PASS"
+        } else {
+            "FAIL"
+        }
     );
     Ok(())
 }
@@ -192,7 +211,12 @@ impl Rng {
 fn cache_affinity(builds: usize, repos: usize, replicas: u32) {
     let ring = Ring::for_replicas("buildkitd", replicas);
     let keys: Vec<String> = (0..repos)
-        .map(|i| affinity_key(&format!("registry.example.com/team-{}/service-{i}", i % 13), "/workspace/source/."))
+        .map(|i| {
+            affinity_key(
+                &format!("registry.example.com/team-{}/service-{i}", i % 13),
+                "/workspace/source/.",
+            )
+        })
         .collect();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     // Repositories are picked with a skewed (1/rank-like) popularity, as in a real CI.
@@ -242,8 +266,14 @@ fn cache_affinity(builds: usize, repos: usize, replicas: u32) {
          buildkitd-1 down for 10% of the builds)"
     );
     println!("  repeat builds landing on the daemon that built the repository last time:");
-    println!("    consistent hashing: {:5.1}%   ({hash_hits}/{repeats})", share(hash_hits));
-    println!("    random (Service):   {:5.1}%   ({random_hits}/{repeats})", share(random_hits));
+    println!(
+        "    consistent hashing: {:5.1}%   ({hash_hits}/{repeats})",
+        share(hash_hits)
+    );
+    println!(
+        "    random (Service):   {:5.1}%   ({random_hits}/{repeats})",
+        share(random_hits)
+    );
     println!("    ratio: {:.2}x", share(hash_hits) / share(random_hits));
 }
 

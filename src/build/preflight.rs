@@ -278,7 +278,9 @@ pub fn check_client(
             message: other.to_string(),
         },
     })?;
-    if !leaf.extended_key_usage.iter().any(|usage| usage == "clientAuth") {
+    // Like Go's crypto/x509 (and so buildkitd): no EKU extension means any usage.
+    let usages = &leaf.extended_key_usage;
+    if !usages.is_empty() && !usages.iter().any(|usage| usage == "clientAuth" || usage == "any") {
         return Err(PreflightError::NoClientAuth { path: cert_path });
     }
     Ok(ClientCheck {
@@ -379,7 +381,9 @@ impl HandshakeFailure {
             Self::ClientRejected(alert) => format!(
                 "buildkitd {name} rejected the client certificate ({alert}): it trusts a different CA than the one that signed ours; run `kiln rotate`, then check `kiln status`"
             ),
-            Self::Other(message) => format!("failed TLS handshake with buildkitd {name}: {message}"),
+            Self::Other(message) => format!(
+                "failed TLS handshake with buildkitd {name}: {message}; check `kiln status` and the buildkitd logs"
+            ),
         }
     }
 }
@@ -468,7 +472,7 @@ async fn handshake_inner(daemon: &Daemon, config: Arc<rustls::ClientConfig>) -> 
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(HandshakeFailure::Other(
-                "the daemon closed the connection after the handshake: is it buildkitd, serving gRPC?".into(),
+                "the daemon closed the connection right after the handshake: it rejected our client certificate, or it is not buildkitd serving gRPC".into(),
             ));
         }
         Err(e) => return Err(classify_io(&e)),

@@ -345,6 +345,7 @@ fn init_logging() {
     // Another command (or a test harness) may have set a subscriber already.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(filter)
         .with_target(false)
         .try_init();

@@ -1105,3 +1105,52 @@ fn the_dockerfile_pins_the_rendered_buildkit_version_and_runs_as_non_root() {
     // The Task's step runs `kiln` by name: it must be on the distroless PATH.
     assert!(text.contains("/usr/bin/kiln"));
 }
+
+#[test]
+fn now_flag_and_secrets_stay_out_of_messages() {
+    let env = Env::new(SecretFormat::Pem);
+    let output = env.kiln(
+        &[
+            "--image=registry.example.com/team/app:1.0",
+            "--addr=tcp://buildkitd.ci.svc:1234",
+            "--now=2099-01-01T00:00:00Z",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("expired") && err.contains("days ago"), "{err}");
+    let output = env.kiln(
+        &[
+            "--image=registry.example.com/team/app:1.0",
+            "--addr=tcp://buildkitd.ci.svc:1234",
+            "--now=2000-01-01T00:00:00Z",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("is not valid for another"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A key from another certificate: named by path, never printed.
+    let other = client_cert(&env.ca);
+    std::fs::write(env.certs.join("key.pem"), &other.key_pem).unwrap();
+    let output = env.kiln(
+        &[
+            "--image=registry.example.com/team/app:1.0",
+            "--addr=tcp://buildkitd.ci.svc:1234",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains(&format!("client key {} does not match", env.cert("key.pem"))),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+    assert_eq!(env.runs(), 0);
+}

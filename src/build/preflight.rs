@@ -190,7 +190,8 @@ pub fn human_span(span: time::Duration) -> String {
     }
 }
 
-fn rfc3339(at: OffsetDateTime) -> String {
+/// An instant as RFC 3339 (`2027-01-01T00:00:00Z`), for messages and logs.
+pub fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| at.to_string())
 }

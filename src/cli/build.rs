@@ -365,7 +365,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let client = preflight::check_client(&files, &material, now)?;
     tracing::info!(
         subject = %client.subject,
-        expires = %client.not_after,
+        expires = %preflight::rfc3339(client.not_after),
         "client certificate is valid and chains to the CA bundle"
     );
     let tls_config = preflight::client_config(&config.tls_dir, &material)?;

@@ -914,7 +914,7 @@ fn a_single_down_daemon_fails_with_cause_and_fix() {
 fn bad_usage_exits_2_before_anything_runs() {
     let env = Env::new(SecretFormat::Pem);
     for (args, needle) in [
-        (vec!["--image=Registry/App:1"], "invalid image reference"),
+        (vec!["--image=Registry/App:1"], "--image: invalid image reference"),
         (
             vec!["--image=app:1", "--", "NOEQUALS"],
             "invalid build arg \"NOEQUALS\"",

@@ -184,6 +184,11 @@ fn usage(error: impl std::fmt::Display) -> anyhow::Error {
     UsageError(error.to_string()).into()
 }
 
+/// A usage error that names the flag it came from.
+fn flag_usage(flag: &'static str) -> impl Fn(core::BuildError) -> anyhow::Error {
+    move |error| usage(format!("--{flag}: {error}"))
+}
+
 fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
     let parsed: crate::duration::Duration = value
         .parse()
@@ -231,14 +236,14 @@ fn resolve_dockerfile(context: &Path, dockerfile: Option<&Path>) -> anyhow::Resu
 }
 
 fn validate(args: BuildArgs) -> anyhow::Result<Config> {
-    let image = ImageRef::parse(&args.image).map_err(usage)?;
+    let image = ImageRef::parse(&args.image).map_err(flag_usage("image"))?;
     let mut build_args = Vec::new();
     for raw in args.build_args.iter().chain(&args.trailing_build_args) {
-        build_args.push(core::parse_build_arg(raw).map_err(usage)?);
+        build_args.push(core::parse_build_arg(raw).map_err(flag_usage("build-arg"))?);
     }
-    let platforms = core::parse_platforms(&args.platforms).map_err(usage)?;
+    let platforms = core::parse_platforms(&args.platforms).map_err(flag_usage("platform"))?;
     let cache_ref = match non_empty(args.cache_ref) {
-        Some(reference) => Some(ImageRef::parse(&reference).map_err(usage)?.full),
+        Some(reference) => Some(ImageRef::parse(&reference).map_err(flag_usage("cache-ref"))?.full),
         None => None,
     };
     let mut connect_to = Vec::new();
@@ -246,7 +251,7 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
         connect_to.push(core::parse_connect_to(raw).map_err(usage)?);
     }
     let placement = match non_empty(args.addr) {
-        Some(addr) => Placement::Addr(core::parse_addr(&addr).map_err(usage)?),
+        Some(addr) => Placement::Addr(core::parse_addr(&addr).map_err(flag_usage("addr"))?),
         None => {
             if args.replicas == 0 {
                 return Err(usage(

@@ -96,6 +96,9 @@ pub fn affinity_key(repository: &str, context: &str) -> String {
 mod tests {
     use super::*;
 
+    const PINNED_OWNERS: [usize; 3] = [3, 0, 3];
+    const PINNED_ORDER: [usize; 4] = [3, 1, 2, 0];
+
     fn keys(count: usize) -> Vec<String> {
         (0..count)
             .map(|i| {
@@ -213,6 +216,23 @@ mod tests {
             let next = &smaller.nodes()[smaller.owner(&key).unwrap()];
             assert_eq!(next, &format!("buildkitd-{}", candidates[1]));
         }
+    }
+
+    #[test]
+    fn placement_is_pinned_across_releases() {
+        // Changing the hash or the virtual-node naming would move every repository to a
+        // cold daemon on upgrade: this pins today's placement.
+        let ring = Ring::for_replicas("buildkitd", 4);
+        let owners: Vec<usize> = [
+            "registry.example.com/team/app:/workspace/source",
+            "ghcr.io/org/api:/workspace/source/services/api",
+            "localhost:5000/x:.",
+        ]
+        .iter()
+        .map(|key| ring.owner(key).unwrap())
+        .collect();
+        assert_eq!(owners, PINNED_OWNERS);
+        assert_eq!(ring.candidates("registry.example.com/team/app:/workspace/source"), PINNED_ORDER);
     }
 
     #[test]

@@ -104,32 +104,28 @@ pub enum PkiError {
     #[error("invalid {field} {value:?}: use lowercase letters, digits and '-', at most 63 characters")]
     InvalidName { field: &'static str, value: String },
     /// not-after is not later than not-before.
-    #[error(
-        "failed to issue {what}: validity is empty (not-after {not_after} is not after not-before {not_before}); use a positive validity such as 90d"
-    )]
+    #[error("failed to issue {what}: validity is empty (not-after {} is not after not-before {}); use a positive validity such as 90d", rfc3339(*.not_after), rfc3339(*.not_before))]
     EmptyValidity {
         what: String,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     },
     /// A validity window does not fit in a certificate.
-    #[error("failed to compute the validity of {what}: {lifetime} from {start} is out of range")]
+    #[error("failed to compute the validity of {what}: {lifetime} from {} is out of range", rfc3339(*.start))]
     ValidityOverflow {
         what: String,
         start: OffsetDateTime,
         lifetime: crate::duration::Duration,
     },
     /// A leaf would still be valid after its CA expired.
-    #[error(
-        "failed to issue {what}: it would expire at {leaf_not_after}, after its CA ({ca_not_after}); shorten the leaf validity or renew the CA"
-    )]
+    #[error("failed to issue {what}: it would expire at {}, after its CA ({}); shorten the leaf validity or renew the CA", rfc3339(*.leaf_not_after), rfc3339(*.ca_not_after))]
     OutlivesCa {
         what: String,
         leaf_not_after: OffsetDateTime,
         ca_not_after: OffsetDateTime,
     },
     /// A leaf would be valid before its CA.
-    #[error("failed to issue {what}: it would start at {leaf_not_before}, before its CA ({ca_not_before})")]
+    #[error("failed to issue {what}: it would start at {}, before its CA ({})", rfc3339(*.leaf_not_before), rfc3339(*.ca_not_before))]
     PrecedesCa {
         what: String,
         leaf_not_before: OffsetDateTime,
@@ -165,7 +161,7 @@ pub enum PkiError {
     #[error("failed to find a certificate: no \"BEGIN CERTIFICATE\" block")]
     NoCertificate,
     /// The certificate is outside its validity window.
-    #[error("certificate {subject:?} is not valid at {at}: valid from {not_before} to {not_after}")]
+    #[error("certificate {subject:?} is not valid at {}: valid from {} to {}", rfc3339(*.at), rfc3339(*.not_before), rfc3339(*.not_after))]
     NotValidAt {
         subject: String,
         at: OffsetDateTime,
@@ -176,9 +172,7 @@ pub enum PkiError {
     #[error("certificate {subject:?} does not chain to the trust bundle (issuer {issuer:?})")]
     Untrusted { subject: String, issuer: String },
     /// The CA that signed the certificate is outside its validity window.
-    #[error(
-        "CA {subject:?} that signed {leaf:?} is not valid at {at}: valid from {not_before} to {not_after}"
-    )]
+    #[error("CA {subject:?} that signed {leaf:?} is not valid at {}: valid from {} to {}", rfc3339(*.at), rfc3339(*.not_before), rfc3339(*.not_after))]
     CaNotValidAt {
         leaf: String,
         subject: String,
@@ -434,6 +428,15 @@ impl Validity {
     }
 }
 
+/// The common name kiln gives a CA: `kiln buildkit CA <namespace> <id>`, where the id is
+/// the first 8 hex digits of the serial. Each CA gets its own subject, so a certificate
+/// from another installation fails as an unknown issuer (not a bad signature), and the
+/// old and new CA of a rollover can be told apart.
+pub fn ca_common_name(namespace: &str, serial: Serial) -> String {
+    let id: String = hex(&serial.0).chars().take(8).collect();
+    format!("kiln buildkit CA {namespace} {id}")
+}
+
 /// What to put in a new CA certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaRequest {
@@ -599,6 +602,12 @@ pub fn issue_leaf(ca: &Issued, request: &LeafRequest) -> Result<Issued, PkiError
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// A time as RFC 3339 (`2026-01-31T12:00:00Z`), for messages and output.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Lowercase hex of `bytes`, no separators.
@@ -898,6 +907,14 @@ mod tests {
         assert!(!debug.contains("PRIVATE KEY"));
         let body: String = ca.key_pem.lines().nth(1).unwrap().into();
         assert!(!debug.contains(&body));
+    }
+
+    #[test]
+    fn ca_names_carry_the_serial() {
+        assert_eq!(
+            ca_common_name("ci", Serial::from_u128(0x0123_4567_89ab_cdef << 64)),
+            "kiln buildkit CA ci 01234567"
+        );
     }
 
     #[test]

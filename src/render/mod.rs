@@ -151,3 +151,6 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
     }
     Ok(objects)
 }
+
+/// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
+pub mod gitops;

@@ -1154,3 +1154,35 @@ fn now_flag_and_secrets_stay_out_of_messages() {
     assert!(!err.contains("PRIVATE KEY"), "{err}");
     assert_eq!(env.runs(), 0);
 }
+
+#[test]
+fn the_committed_example_tasks_parse_as_kiln_build() {
+    let mut checked = 0;
+    for flavor in ["argocd", "flux"] {
+        let dir = support::repo_root().join("examples").join(flavor);
+        let Ok(overlays) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for overlay in overlays {
+            let path = overlay.unwrap().path().join("task-buildkit.yaml");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let task: serde_json::Value = kiln::yaml::from_str(&text, &path.display().to_string()).unwrap();
+            let cli = parse_step(
+                &task,
+                &[
+                    ("IMAGE", &["registry.example.com/team/app:1.0"]),
+                    ("BUILD_ARGS", &["A=1"]),
+                ],
+            );
+            let kiln::cli::Command::Build(args) = cli.command else {
+                panic!("{}: the step does not run kiln build", path.display())
+            };
+            assert_eq!(args.image, "registry.example.com/team/app:1.0");
+            assert_eq!(args.trailing_build_args, ["A=1"]);
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no committed example Task found under examples/");
+}

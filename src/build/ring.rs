@@ -232,7 +232,10 @@ mod tests {
         .map(|key| ring.owner(key).unwrap())
         .collect();
         assert_eq!(owners, PINNED_OWNERS);
-        assert_eq!(ring.candidates("registry.example.com/team/app:/workspace/source"), PINNED_ORDER);
+        assert_eq!(
+            ring.candidates("registry.example.com/team/app:/workspace/source"),
+            PINNED_ORDER
+        );
     }
 
     #[test]

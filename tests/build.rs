@@ -1186,3 +1186,36 @@ fn the_committed_example_tasks_parse_as_kiln_build() {
     }
     assert!(checked > 0, "no committed example Task found under examples/");
 }
+
+#[test]
+fn affinity_key_overrides_the_repository_in_the_hash() {
+    let env = Env::new(SecretFormat::Pem);
+    let server = env.serve();
+    let key = kiln::build::ring::affinity_key("monorepo", &env.context.to_string_lossy());
+    let placement = Placement::Replicas {
+        replicas: 5,
+        service: "buildkitd".into(),
+        namespace: "ci".into(),
+        port: 1234,
+    };
+    let order = kiln::build::daemon_candidates(&placement, &key, &[]);
+    let mut args = vec![
+        "--image=registry.example.com/team/app:1.0".to_string(),
+        "--affinity-key=monorepo".into(),
+        "--replicas=5".into(),
+        "--service=buildkitd".into(),
+        "--namespace=ci".into(),
+    ];
+    for candidate in &order {
+        args.push(format!("--connect-to={}:1234={}", candidate.host, server.addr));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = env.kiln(&args, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(env.argv(1)[3], order[0].host);
+    assert!(
+        stderr(&output).contains(&format!("key={key}")),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -172,9 +172,20 @@ fn serve(trusted_ca: &str, daemon: &Issued) -> Server {
 }
 
 /// An address where nothing listens.
-fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// A port that is bound but not listening, so connecting to it is refused, and that no
+/// other test can take while this value lives.
+struct ClosedPort {
+    addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    ClosedPort {
+        addr: socket.local_addr().unwrap(),
+        _socket: socket,
+    }
 }
 
 fn daemon(host: &str, connect_to: SocketAddr) -> Daemon {
@@ -323,8 +334,9 @@ fn handshake_rejects_a_daemon_cert_for_another_name() {
 #[test]
 fn handshake_to_a_down_daemon_is_refused_and_transient() {
     let ca = issue_ca("kiln CA");
+    let closed = closed_port();
     let failure = handshake(
-        &daemon("buildkitd.ci.svc", closed_port()),
+        &daemon("buildkitd.ci.svc", closed.addr),
         &ca.cert_pem,
         &client_cert(&ca),
     )
@@ -348,7 +360,8 @@ fn choose_daemon_falls_over_in_ring_order_and_gives_up_bounded() {
         backoff: Duration::from_millis(10),
         connect_timeout: Duration::from_secs(2),
     };
-    let down = closed_port();
+    let closed = closed_port();
+    let down = closed.addr;
     let candidates = vec![
         daemon("buildkitd-3.buildkitd.ci.svc", down),
         daemon("buildkitd-0.buildkitd.ci.svc", down),
@@ -833,7 +846,8 @@ fn a_down_daemon_falls_over_to_the_next_replica_on_the_ring() {
     let server = env.serve();
     let image = "registry.example.com/team/app:1.0";
     let order = ring_order(&env, image, 3);
-    let down = closed_port();
+    let closed = closed_port();
+    let down = closed.addr;
     let mut args = vec![format!("--image={image}"), "--addr=".into()];
     for (i, candidate) in order.iter().enumerate() {
         let target = if i == 0 { down } else { server.addr };
@@ -890,11 +904,12 @@ fn a_down_daemon_falls_over_to_the_next_replica_on_the_ring() {
 #[test]
 fn a_single_down_daemon_fails_with_cause_and_fix() {
     let env = Env::new(SecretFormat::Pem);
+    let closed = closed_port();
     let output = env.kiln(
         &[
             "--image=registry.example.com/team/app:1.0",
             "--addr=tcp://buildkitd.ci.svc:1234",
-            &format!("--connect-to=buildkitd.ci.svc:1234={}", closed_port()),
+            &format!("--connect-to=buildkitd.ci.svc:1234={}", closed.addr),
             "--attempts=1",
         ],
         &[],

@@ -59,7 +59,7 @@ pub enum Command {
     /// Show certificate expiry, the CA phase and the next rotation action.
     Status(rotate::StatusArgs),
     /// Build an image with buildkitd over mTLS (run by the Tekton Task step).
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Run as a KRM function: read a ResourceList on stdin, write one on stdout.
     Krm(krm::KrmArgs),
     /// Install kiln as a legacy Kustomize exec plugin for kind BuildkitStack.
@@ -82,7 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(cmd) => certs::certs(cmd),
         Command::Rotate(args) => rotate::rotate(args),
         Command::Status(args) => rotate::status(args),
-        Command::Build(args) => build::build(args),
+        Command::Build(args) => build::build(*args),
         Command::Krm(args) => krm::krm(args),
         Command::InstallPlugin(args) => krm::install_plugin(args),
         Command::Completions(args) => completions::completions(args, &mut Cli::command()),

@@ -71,11 +71,12 @@ pub struct SchemaArgs {}
 /// `kiln render`.
 pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let mut opts = args.opts;
-    if args.stdout && opts.overlay.is_empty() {
-        if let Some(name) = argocd_overlay(|key| std::env::var(key).ok())? {
-            eprintln!("kiln: rendering overlay {name} (chosen by the Argo CD plugin environment)");
-            opts.overlay.push(name);
-        }
+    if args.stdout
+        && opts.overlay.is_empty()
+        && let Some(name) = argocd_overlay(|key| std::env::var(key).ok())?
+    {
+        eprintln!("kiln: rendering overlay {name} (chosen by the Argo CD plugin environment)");
+        opts.overlay.push(name);
     }
     let resolved = resolve(&opts)?;
     if args.stdout {

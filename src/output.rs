@@ -628,6 +628,119 @@ mod tests {
         assert_eq!(owner(".kiln-manifest"), None);
     }
 
+    fn resolved(name: &str) -> Resolved {
+        Resolved {
+            name: name.into(),
+            overlay: crate::overlay::Overlay::default(),
+            source: format!("overlays/{name}.yaml"),
+            chain: vec![name.into()],
+            extras: Vec::new(),
+        }
+    }
+
+    fn object(kind: &str, name: &str) -> Object {
+        Object {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            namespace: None,
+            value: serde_json::json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}}),
+        }
+    }
+
+    #[test]
+    fn layout_lists_files_in_a_kustomization() {
+        let r = resolved("dev");
+        let unit = Unit {
+            resolved: &r,
+            objects: vec![object("ConfigMap", "b"), object("ConfigMap", "a")],
+            flavor: Flavor::Argocd,
+        };
+        let tree = layout(&[unit], "rendered", None).unwrap();
+        let paths: Vec<&str> = tree.files.keys().map(String::as_str).collect();
+        assert_eq!(
+            paths,
+            [
+                "argocd/dev.yaml",
+                "dev/configmap-a.yaml",
+                "dev/configmap-b.yaml",
+                "dev/kustomization.yaml"
+            ]
+        );
+        assert!(
+            tree.files["dev/kustomization.yaml"]
+                .ends_with("resources:\n- configmap-a.yaml\n- configmap-b.yaml\n")
+        );
+        assert!(tree.files["argocd/dev.yaml"].contains("path: rendered/dev\n"));
+        assert!(tree.files["dev/configmap-a.yaml"].starts_with("# Rendered by kiln "));
+    }
+
+    #[test]
+    fn layout_errors() {
+        let r = resolved("dev");
+        let twice = Unit {
+            resolved: &r,
+            objects: vec![object("ConfigMap", "a"), object("ConfigMap", "a")],
+            flavor: Flavor::Kustomize,
+        };
+        let e = layout(&[twice], "rendered", None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "failed to lay out dev/configmap-a.yaml: two objects render to it (ConfigMap a and ConfigMap a); rename one"
+        );
+
+        let flux = resolved("flux");
+        let unit = Unit {
+            resolved: &flux,
+            objects: vec![object("ConfigMap", "a")],
+            flavor: Flavor::Kustomize,
+        };
+        assert!(
+            layout(&[unit], "rendered", None)
+                .unwrap_err()
+                .to_string()
+                .contains("reserved")
+        );
+
+        let mut prod = resolved("prod");
+        prod.overlay.gitops.revision = "release".into();
+        let units = [
+            Unit {
+                resolved: &r,
+                objects: vec![object("ConfigMap", "a")],
+                flavor: Flavor::Flux,
+            },
+            Unit {
+                resolved: &prod,
+                objects: vec![object("ConfigMap", "a")],
+                flavor: Flavor::Flux,
+            },
+        ];
+        assert!(matches!(
+            layout(&units, "rendered", None),
+            Err(OutputError::FluxSource { .. })
+        ));
+
+        let empty = Unit {
+            resolved: &r,
+            objects: vec![],
+            flavor: Flavor::Kustomize,
+        };
+        assert!(matches!(
+            layout(std::slice::from_ref(&empty), "rendered", None),
+            Err(OutputError::Empty)
+        ));
+        assert!(matches!(stream(&[empty]), Err(OutputError::Empty)));
+    }
+
+    #[test]
+    fn refuses_a_git_work_tree_as_output() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        let e = write(dir.path(), &Tree::default()).unwrap_err().to_string();
+        assert!(e.contains("it is a git work tree root"), "{e}");
+    }
+
     #[test]
     fn paths_join() {
         assert_eq!(join_path("rendered", "dev"), "rendered/dev");

@@ -533,15 +533,46 @@ impl<'s> Resolver<'s> {
                     }
                 },
             };
+            let (api_version, kind, name) = (api_version.to_string(), kind.to_string(), name.to_string());
+            let mut doc = doc;
+            stamp(&mut doc, &context["overlay"], &context["buildkit"]["version"]);
             objects.push(Object {
                 api_version: api_version.to_string(),
                 kind: kind.to_string(),
                 name: name.to_string(),
                 namespace,
-                value: doc.clone(),
+                value: doc,
             });
         }
         Ok(objects)
+    }
+}
+
+/// Give an extra manifest kiln's recommended labels and the generated-by annotation, without
+/// overriding any the user set.
+fn stamp(doc: &mut serde_json::Value, overlay: &serde_json::Value, version: &serde_json::Value) {
+    let Some(metadata) = doc.get_mut("metadata").and_then(|m| m.as_object_mut()) else {
+        return;
+    };
+    let mut add = |section: &str, entries: [(&str, serde_json::Value); 1]| {
+        let map = metadata.entry(section).or_insert_with(|| json!({}));
+        if let Some(map) = map.as_object_mut() {
+            for (key, value) in entries {
+                map.entry(key).or_insert(value);
+            }
+        }
+    };
+    add(
+        "annotations",
+        [("kiln.dev/generated-by", json!(format!("kiln {}", crate::VERSION)))],
+    );
+    for (key, value) in [
+        ("app.kubernetes.io/instance", overlay.clone()),
+        ("app.kubernetes.io/version", version.clone()),
+        ("app.kubernetes.io/part-of", json!("kiln")),
+        ("app.kubernetes.io/managed-by", json!("kiln")),
+    ] {
+        add("labels", [(key, value)]);
     }
 }
 

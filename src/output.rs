@@ -445,6 +445,14 @@ fn read_existing(out: &Path, path: &str) -> Option<String> {
 /// Write `tree` to `out` atomically: everything is written to a temporary directory beside
 /// `out`, which then replaces it. A failure leaves `out` as it was.
 pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
+    // Swap the directory a symlink points to, never the symlink itself.
+    let resolved;
+    let out = if out.is_symlink() {
+        resolved = std::fs::canonicalize(out).map_err(io("resolve", out))?;
+        resolved.as_path()
+    } else {
+        out
+    };
     let existing = scan(out)?;
     let plan = plan(out, tree, &existing)?;
     let changed: Vec<String> = plan
@@ -739,6 +747,24 @@ mod tests {
         std::fs::create_dir(dir.path().join(".git")).unwrap();
         let e = write(dir.path(), &Tree::default()).unwrap_err().to_string();
         assert!(e.contains("it is a git work tree root"), "{e}");
+    }
+
+    #[test]
+    fn writes_through_a_symlinked_output_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+        let tree = Tree {
+            files: BTreeMap::from([("a/b.yaml".to_string(), "x\n".to_string())]),
+            scope: None,
+        };
+        write(&dir.path().join("link"), &tree).unwrap();
+        assert!(dir.path().join("link").is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("real/a/b.yaml")).unwrap(),
+            "x\n"
+        );
+        assert!(check(&dir.path().join("link"), &tree).unwrap().is_empty());
     }
 
     #[test]

@@ -835,6 +835,39 @@ mod tests {
     }
 
     #[test]
+    fn value_errors_name_the_file_that_set_the_value() {
+        let e = err(
+            &[
+                ("base", "# comment\nbuildkit:\n  serviceName: Build_Kit\n"),
+                ("dev", "extends: base\nnamespace: ok\n"),
+            ],
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/base.yaml:3: buildkit.serviceName: \"Build_Kit\""),
+            "{e}"
+        );
+        // The child's value wins, so the child is named.
+        let e = err(
+            &[
+                ("base", "certs:\n  caValidity: 1y\n"),
+                ("dev", "extends: base\ncerts:\n  validity: 2y\n"),
+            ],
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:3: certs.validity: the leaf validity 2y"),
+            "{e}"
+        );
+        // Rendered templates keep their place.
+        let e = err(&[("dev", "\nnamespace: \"Ns-{{overlay}}\"\n")], "dev");
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:2: namespace: \"Ns-dev\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn extends_errors_name_the_chain() {
         let e = err(
             &[

@@ -398,7 +398,10 @@ fn usage_errors_exit_2() {
             &["render", "--overlay", "nope"],
             "there is no overlays/nope.yaml (available: dev, prod, staging)",
         ),
-        (&["render", "--overlay", "../etc"], "invalid overlay name"),
+        (
+            &["render", "--overlay", "../etc"],
+            "the overlay name \"../etc\" is not a DNS-1123 label",
+        ),
         (
             &["render", "--overlays", "missing"],
             "--overlays missing: no such directory",

@@ -84,8 +84,10 @@ pub enum OverlayError {
         available: String,
     },
     /// An overlay name that cannot be a file, a directory and a label value.
-    #[error("invalid overlay name {name:?}: use a DNS-1123 label such as dev or prod-eu")]
-    Name { name: String },
+    #[error(
+        "failed to load {path}: the overlay name {name:?} is not a DNS-1123 label; use a name such as dev or prod-eu"
+    )]
+    Name { name: String, path: String },
     /// An `extends:` names an overlay that does not exist.
     #[error(
         "failed to resolve extends in {location}: parent overlay {parent:?} not found: there is no {path} (chain: {chain})"
@@ -277,6 +279,7 @@ impl<'s> Resolver<'s> {
         if !is_dns1123_label(name) {
             return Err(OverlayError::Name {
                 name: name.to_string(),
+                path: self.sources.path(name),
             });
         }
         let sources = self.sources;
@@ -965,7 +968,7 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        assert!(err(&[("dev", "")], "../x").contains("invalid overlay name"));
+        assert!(err(&[("dev", "")], "../x").contains("the overlay name \"../x\" is not a DNS-1123 label"));
         assert!(err(&[("dev", "")], "prod").contains("there is no overlays/prod.yaml (available: dev)"));
     }
 }

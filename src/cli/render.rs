@@ -9,7 +9,6 @@ use anyhow::Context as _;
 
 use crate::cli::UsageError;
 use crate::output::{self, Unit};
-
 use crate::overlay::{self, Flavor, OverlayError, Resolved, Resolver, Sources};
 use crate::render::{self, Context};
 

@@ -768,6 +768,33 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_fails_halfway_leaves_the_old_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("rendered");
+        std::fs::create_dir(&out).unwrap();
+        // A foreign *file* named like an overlay directory: carrying it over collides with
+        // the directory the new files need, after some files are already written.
+        std::fs::write(out.join("dev"), "mine\n").unwrap();
+        let tree = Tree {
+            files: BTreeMap::from([
+                ("a/x.yaml".to_string(), "a\n".to_string()),
+                ("dev/x.yaml".to_string(), "x\n".to_string()),
+            ]),
+            scope: None,
+        };
+        let err = write(&out, &tree).unwrap_err().to_string();
+        assert!(err.starts_with("failed to "), "{err}");
+        assert_eq!(std::fs::read_to_string(out.join("dev")).unwrap(), "mine\n");
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["rendered"], "no temporary directory is left behind");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    }
+
+    #[test]
     fn paths_join() {
         assert_eq!(join_path("rendered", "dev"), "rendered/dev");
         assert_eq!(join_path("./examples/argocd/", "dev"), "examples/argocd/dev");

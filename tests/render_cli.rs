@@ -712,3 +712,16 @@ fn no_input_makes_kiln_panic() {
         assert_eq!(entries(ws.path()), ["overlays"]);
     }
 }
+
+#[test]
+fn yml_files_are_ignored_with_a_warning() {
+    let ws = workspace(&[("dev.yaml", ""), ("prod.yml", "buildkit:\n  replicas: 3\n")]);
+    let out = run(ws.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kiln: warning: ignoring overlays/prod.yml: overlay files end in .yaml"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(entries(&ws.path().join("rendered")), [".kiln-manifest", "dev"]);
+}

@@ -155,6 +155,9 @@ fn resolve(opts: &RenderOpts) -> anyhow::Result<Vec<Resolved>> {
         .into());
     }
     let sources = Sources::read(&dir)?;
+    for path in sources.ignored() {
+        eprintln!("kiln: warning: ignoring {path}: overlay files end in .yaml");
+    }
     let usage = |err: OverlayError| -> anyhow::Error {
         match err {
             OverlayError::NotFound { .. } | OverlayError::Name { .. } => {

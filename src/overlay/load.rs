@@ -128,6 +128,8 @@ pub struct Sources {
     /// Files that could not be read, by overlay name: reported only when that overlay (or
     /// one that extends it) is resolved, so one broken file does not block the others.
     unreadable: BTreeMap<String, (PathBuf, std::io::ErrorKind, String)>,
+    /// `*.yml` files, which are not overlays (overlay files end in `.yaml`).
+    ignored: Vec<String>,
 }
 
 impl Sources {
@@ -175,7 +177,9 @@ impl Sources {
             let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if let Some(name) = file.strip_suffix(".yaml")
+            if file.ends_with(".yml") {
+                sources.ignored.push(path.display().to_string());
+            } else if let Some(name) = file.strip_suffix(".yaml")
                 && path.is_file()
             {
                 sources.files.insert(name.to_string(), read(name, &path));
@@ -212,6 +216,11 @@ impl Sources {
             .entry(overlay.to_string())
             .or_default()
             .push((file_name.to_string(), text.to_string()));
+    }
+
+    /// Files that look like overlays but are not read (`*.yml`), for a warning.
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
     }
 
     /// The names `resolve_all` renders: every overlay except `base` and `_*`, sorted.

@@ -270,7 +270,7 @@ pub fn resolve_all(sources: &Sources) -> Result<Vec<Resolved>, OverlayError> {
 /// Resolves overlays of one [`Sources`]; holds the template engine.
 pub struct Resolver<'s> {
     sources: &'s Sources,
-    /// The file paths, numbered as `Node::source`.
+    /// Strict (unknown variables are errors) and non-escaping (this is YAML, not HTML).
     handlebars: Handlebars<'static>,
 }
 

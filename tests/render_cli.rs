@@ -725,3 +725,19 @@ fn yml_files_are_ignored_with_a_warning() {
     );
     assert_eq!(entries(&ws.path().join("rendered")), [".kiln-manifest", "dev"]);
 }
+
+#[test]
+fn check_hints_at_a_missing_gitops_flag() {
+    let out = run(&repo_root(), &["check", "--out", "examples/argocd"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("stale: argocd/prod.yaml"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("was it rendered with --gitops argocd?"),
+        "{}",
+        stderr(&out)
+    );
+}

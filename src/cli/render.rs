@@ -125,6 +125,18 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         write!(stdout, "{d}").context("failed to write to stdout")?;
     }
     stdout.flush().context("failed to write to stdout")?;
+    for flavor in ["argocd", "flux"] {
+        let prefix = format!("{flavor}/");
+        let stale = drift
+            .iter()
+            .any(|d| matches!(d, output::Drift::Stale { path } if path.starts_with(&prefix)));
+        if stale && !tree.files.keys().any(|p| p.starts_with(&prefix)) {
+            eprintln!(
+                "kiln: hint: {} holds {prefix} files: was it rendered with --gitops {flavor}?",
+                opts.out.display()
+            );
+        }
+    }
     eprintln!(
         "error: {} is stale or hand-edited ({} differences): run `kiln render` with the same flags and commit the result",
         opts.out.display(),

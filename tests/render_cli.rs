@@ -398,7 +398,10 @@ fn usage_errors_exit_2() {
             &["render", "--overlay", "nope"],
             "there is no overlays/nope.yaml (available: dev, prod, staging)",
         ),
-        (&["render", "--overlay", "../etc"], "invalid overlay name"),
+        (
+            &["render", "--overlay", "../etc"],
+            "the overlay name \"../etc\" is not a DNS-1123 label",
+        ),
         (
             &["render", "--overlays", "missing"],
             "--overlays missing: no such directory",
@@ -665,4 +668,76 @@ fn committed_examples_are_up_to_date() {
             stderr(&check)
         );
     }
+}
+
+#[test]
+fn an_unreadable_overlay_only_fails_the_renders_that_use_it() {
+    let ws = workspace(&[("dev.yaml", "namespace: dev\n")]);
+    fs::write(ws.path().join("overlays/broken.yaml"), b"\xff\xfe").unwrap();
+    let out = run(ws.path(), &["render", "--stdout", "--overlay", "dev"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(ws.path(), &["render"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("failed to read overlays/broken.yaml: stream did not contain valid UTF-8"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(entries(ws.path()), ["overlays"]);
+}
+
+#[test]
+fn no_input_makes_kiln_panic() {
+    let cases = [
+        format!("a: {}{}\n", "[".repeat(5000), "]".repeat(5000)),
+        "buildkit:\n  replicas: 99999999999999999999\n".to_string(),
+        "buildkit:\n  port: 70000\n".to_string(),
+        "namespace: \"{{{{raw}}}}\"\n".to_string(),
+        "extends: [a]\n".to_string(),
+        ": :\n".to_string(),
+        "? [a]\n: b\n".to_string(),
+        "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n".to_string(),
+        "certs:\n  renewBefore: 0s\n".to_string(),
+        "buildkit:\n  tolerations:\n    - operator: Maybe\n".to_string(),
+    ];
+    for text in cases {
+        let ws = workspace(&[("dev.yaml", &text)]);
+        let out = run(ws.path(), &["render"]);
+        assert_eq!(out.status.code(), Some(1), "{text}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("error: failed to ") && !err.contains("panicked"),
+            "{text}: {err}"
+        );
+        assert_eq!(entries(ws.path()), ["overlays"]);
+    }
+}
+
+#[test]
+fn yml_files_are_ignored_with_a_warning() {
+    let ws = workspace(&[("dev.yaml", ""), ("prod.yml", "buildkit:\n  replicas: 3\n")]);
+    let out = run(ws.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kiln: warning: ignoring overlays/prod.yml: overlay files end in .yaml"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(entries(&ws.path().join("rendered")), [".kiln-manifest", "dev"]);
+}
+
+#[test]
+fn check_hints_at_a_missing_gitops_flag() {
+    let out = run(&repo_root(), &["check", "--out", "examples/argocd"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("stale: argocd/prod.yaml"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("was it rendered with --gitops argocd?"),
+        "{}",
+        stderr(&out)
+    );
 }

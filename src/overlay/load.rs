@@ -84,8 +84,10 @@ pub enum OverlayError {
         available: String,
     },
     /// An overlay name that cannot be a file, a directory and a label value.
-    #[error("invalid overlay name {name:?}: use a DNS-1123 label such as dev or prod-eu")]
-    Name { name: String },
+    #[error(
+        "failed to load {path}: the overlay name {name:?} is not a DNS-1123 label; use a name such as dev or prod-eu"
+    )]
+    Name { name: String, path: String },
     /// An `extends:` names an overlay that does not exist.
     #[error(
         "failed to resolve extends in {location}: parent overlay {parent:?} not found: there is no {path} (chain: {chain})"
@@ -123,6 +125,11 @@ pub struct Sources {
     extras: BTreeMap<String, Vec<(String, String)>>,
     /// True when the directory does not exist and the embedded default is used.
     embedded: bool,
+    /// Files that could not be read, by overlay name: reported only when that overlay (or
+    /// one that extends it) is resolved, so one broken file does not block the others.
+    unreadable: BTreeMap<String, (PathBuf, std::io::ErrorKind, String)>,
+    /// `*.yml` files, which are not overlays (overlay files end in `.yaml`).
+    ignored: Vec<String>,
 }
 
 impl Sources {
@@ -157,20 +164,25 @@ impl Sources {
             paths.sort();
             Ok(paths)
         };
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|error| OverlayError::Read {
-                path: path.to_path_buf(),
-                error,
+        let mut unreadable = BTreeMap::new();
+        let mut read = |owner: &str, path: &Path| -> String {
+            std::fs::read_to_string(path).unwrap_or_else(|e| {
+                unreadable
+                    .entry(owner.to_string())
+                    .or_insert((path.to_path_buf(), e.kind(), e.to_string()));
+                String::new()
             })
         };
         for path in list(dir)? {
             let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if let Some(name) = file.strip_suffix(".yaml")
+            if file.ends_with(".yml") {
+                sources.ignored.push(path.display().to_string());
+            } else if let Some(name) = file.strip_suffix(".yaml")
                 && path.is_file()
             {
-                sources.files.insert(name.to_string(), read(&path)?);
+                sources.files.insert(name.to_string(), read(name, &path));
             } else if path.is_dir() && path.join("extra").is_dir() {
                 let mut extras = Vec::new();
                 for extra in list(&path.join("extra"))? {
@@ -178,12 +190,13 @@ impl Sources {
                         && name.ends_with(".yaml.hbs")
                         && extra.is_file()
                     {
-                        extras.push((name.to_string(), read(&extra)?));
+                        extras.push((name.to_string(), read(file, &extra)));
                     }
                 }
                 sources.extras.insert(file.to_string(), extras);
             }
         }
+        sources.unreadable = unreadable;
         Ok(sources)
     }
 
@@ -203,6 +216,11 @@ impl Sources {
             .entry(overlay.to_string())
             .or_default()
             .push((file_name.to_string(), text.to_string()));
+    }
+
+    /// Files that look like overlays but are not read (`*.yml`), for a warning.
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
     }
 
     /// The names `resolve_all` renders: every overlay except `base` and `_*`, sorted.
@@ -252,7 +270,7 @@ pub fn resolve_all(sources: &Sources) -> Result<Vec<Resolved>, OverlayError> {
 /// Resolves overlays of one [`Sources`]; holds the template engine.
 pub struct Resolver<'s> {
     sources: &'s Sources,
-    /// The file paths, numbered as `Node::source`.
+    /// Strict (unknown variables are errors) and non-escaping (this is YAML, not HTML).
     handlebars: Handlebars<'static>,
 }
 
@@ -270,6 +288,7 @@ impl<'s> Resolver<'s> {
         if !is_dns1123_label(name) {
             return Err(OverlayError::Name {
                 name: name.to_string(),
+                path: self.sources.path(name),
             });
         }
         let sources = self.sources;
@@ -299,6 +318,12 @@ impl<'s> Resolver<'s> {
             } else {
                 sources.path(&current)
             };
+            if let Some((path, kind, message)) = sources.unreadable.get(&current) {
+                return Err(OverlayError::Read {
+                    path: path.clone(),
+                    error: std::io::Error::new(*kind, message.clone()),
+                });
+            }
             let text = sources
                 .files
                 .get(&current)
@@ -533,15 +558,46 @@ impl<'s> Resolver<'s> {
                     }
                 },
             };
+            let (api_version, kind, name) = (api_version.to_string(), kind.to_string(), name.to_string());
+            let mut doc = doc;
+            stamp(&mut doc, &context["overlay"], &context["buildkit"]["version"]);
             objects.push(Object {
                 api_version: api_version.to_string(),
                 kind: kind.to_string(),
                 name: name.to_string(),
                 namespace,
-                value: doc.clone(),
+                value: doc,
             });
         }
         Ok(objects)
+    }
+}
+
+/// Give an extra manifest kiln's recommended labels and the generated-by annotation, without
+/// overriding any the user set.
+fn stamp(doc: &mut serde_json::Value, overlay: &serde_json::Value, version: &serde_json::Value) {
+    let Some(metadata) = doc.get_mut("metadata").and_then(|m| m.as_object_mut()) else {
+        return;
+    };
+    let mut add = |section: &str, entries: [(&str, serde_json::Value); 1]| {
+        let map = metadata.entry(section).or_insert_with(|| json!({}));
+        if let Some(map) = map.as_object_mut() {
+            for (key, value) in entries {
+                map.entry(key).or_insert(value);
+            }
+        }
+    };
+    add(
+        "annotations",
+        [("kiln.dev/generated-by", json!(format!("kiln {}", crate::VERSION)))],
+    );
+    for (key, value) in [
+        ("app.kubernetes.io/instance", overlay.clone()),
+        ("app.kubernetes.io/version", version.clone()),
+        ("app.kubernetes.io/part-of", json!("kiln")),
+        ("app.kubernetes.io/managed-by", json!("kiln")),
+    ] {
+        add("labels", [(key, value)]);
     }
 }
 
@@ -791,6 +847,39 @@ mod tests {
     }
 
     #[test]
+    fn value_errors_name_the_file_that_set_the_value() {
+        let e = err(
+            &[
+                ("base", "# comment\nbuildkit:\n  serviceName: Build_Kit\n"),
+                ("dev", "extends: base\nnamespace: ok\n"),
+            ],
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/base.yaml:3: buildkit.serviceName: \"Build_Kit\""),
+            "{e}"
+        );
+        // The child's value wins, so the child is named.
+        let e = err(
+            &[
+                ("base", "certs:\n  caValidity: 1y\n"),
+                ("dev", "extends: base\ncerts:\n  validity: 2y\n"),
+            ],
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:3: certs.validity: the leaf validity 2y"),
+            "{e}"
+        );
+        // Rendered templates keep their place.
+        let e = err(&[("dev", "\nnamespace: \"Ns-{{overlay}}\"\n")], "dev");
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:2: namespace: \"Ns-dev\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn extends_errors_name_the_chain() {
         let e = err(
             &[
@@ -888,7 +977,7 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        assert!(err(&[("dev", "")], "../x").contains("invalid overlay name"));
+        assert!(err(&[("dev", "")], "../x").contains("the overlay name \"../x\" is not a DNS-1123 label"));
         assert!(err(&[("dev", "")], "prod").contains("there is no overlays/prod.yaml (available: dev)"));
     }
 }

@@ -612,8 +612,9 @@ fn a_failed_render_leaves_the_previous_tree_untouched() {
 
 #[test]
 fn cronjob_yaml_is_what_render_produces() {
-    // CronJob.yaml = the rotation CronJob and its RBAC and config (every object labelled
-    // component=rotation except the bootstrap Job) of the default overlay, in namespace default.
+    // CronJob.yaml = the rotation CronJob, its RBAC and config (every object labelled
+    // component=rotation except the bootstrap Job) and the Secret shells it fills (component=certs:
+    // the Role cannot create Secrets), of the default overlay, in namespace default.
     let ws = workspace(&[(
         "default.yaml",
         "# The top-level CronJob.yaml.\nnamespace: default\ncreateNamespace: false\n",
@@ -622,19 +623,19 @@ fn cronjob_yaml_is_what_render_produces() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let mut expected = String::from(
-        "# The kiln rotation CronJob, its RBAC and config, for the `default` namespace:\n\
-         # kubectl apply -f CronJob.yaml. Rendered by kiln from the default overlay with\n\
-         # namespace: default; tests/render_cli.rs keeps it equal (KILN_UPDATE_CRONJOB=1 rewrites it).\n",
+        "# The kiln rotation CronJob, its RBAC and config, and the Secret shells it fills, for the\n\
+         # `default` namespace: kubectl apply -f CronJob.yaml, then bootstrap the certificates now with\n\
+         # kubectl create job --from=cronjob/kiln-rotate kiln-bootstrap. Rendered by kiln from the\n\
+         # default overlay with namespace: default; tests/render_cli.rs keeps it equal\n\
+         # (KILN_UPDATE_CRONJOB=1 rewrites it).\n",
     );
     let mut kinds = Vec::new();
     for doc in text.split("---\n").filter(|d| !d.is_empty()) {
         let value: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
-        if value
+        let component = value
             .pointer("/metadata/labels/app.kubernetes.io~1component")
-            .and_then(|v| v.as_str())
-            == Some("rotation")
-            && value["kind"] != "Job"
-        {
+            .and_then(|v| v.as_str());
+        if (component == Some("rotation") && value["kind"] != "Job") || component == Some("certs") {
             kinds.push(value["kind"].as_str().unwrap().to_string());
             let body = doc.split_once('\n').unwrap().1;
             expected.push_str("---\n");
@@ -642,7 +643,9 @@ fn cronjob_yaml_is_what_render_produces() {
         }
     }
     assert!(
-        kinds.contains(&"CronJob".to_string()) && kinds.contains(&"Role".to_string()),
+        kinds.contains(&"CronJob".to_string())
+            && kinds.contains(&"Role".to_string())
+            && kinds.iter().filter(|k| *k == "Secret").count() == 3,
         "{kinds:?}"
     );
     let path: PathBuf = repo_root().join("CronJob.yaml");

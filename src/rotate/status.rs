@@ -1,0 +1,1 @@
+//! `kiln status`: what the Secrets hold and what rotation will do next.

@@ -274,8 +274,10 @@ struct Outcome {
 
 fn simulate(seed: u64, profile: &Profile) -> Outcome {
     let mut rng = Rng(seed);
-    let mut overlay = Overlay::default();
-    overlay.namespace = "buildkit".into();
+    let mut overlay = Overlay {
+        namespace: "buildkit".into(),
+        ..Overlay::default()
+    };
     overlay.certs.ca_validity = profile.ca_validity.parse().unwrap();
     overlay.certs.validity = profile.validity.parse().unwrap();
     overlay.rotation.propagation_delay = profile.propagation_delay.parse().unwrap();
@@ -405,9 +407,12 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
                 match result {
                     Ok(report) => {
                         out.conflicts += report.conflicts;
-                        for w in &report.warnings {
-                            panic!("seed {seed} {}: unexpected warning at {t}: {w}", profile.name);
-                        }
+                        assert!(
+                            report.warnings.is_empty(),
+                            "seed {seed} {}: unexpected warning at {t}: {:?}",
+                            profile.name,
+                            report.warnings
+                        );
                         out.restarts += report
                             .changes
                             .iter()
@@ -453,7 +458,7 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
         }
 
         // The invariant, every hour once the first run has filled the Secrets.
-        if bootstrapped && tick % 6 == 0 {
+        if bootstrapped && tick.is_multiple_of(6) {
             let fresh = Client {
                 ends: t,
                 loaded: sim.load_secret("buildkit-client-certs"),

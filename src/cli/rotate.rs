@@ -48,10 +48,12 @@ pub struct Source {
 
 /// Arguments of `kiln rotate`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status: 0 when all is well (changed or not), 1 on failure, 2 on bad usage.
+#[command(
+    after_help = "Exit status: 0 when all is well (changed or not), 1 on failure, 2 on bad usage.
 Examples:
   kiln rotate --config /etc/kiln/overlay.yaml --namespace buildkit
-  kiln rotate --dry-run --now 2029-01-01T00:00:00Z -o json")]
+  kiln rotate --dry-run --now 2029-01-01T00:00:00Z -o json"
+)]
 pub struct RotateArgs {
     #[command(flatten)]
     pub source: Source,
@@ -135,10 +137,16 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     match args.output {
         RotateOutput::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         RotateOutput::Text => {
-            let phase = report.phase.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
+            let phase = report
+                .phase
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "none".into());
             let verb = if report.dry_run { "would change" } else { "changed" };
             if report.changes.is_empty() {
-                println!("nothing to do in namespace {} (CA phase {phase})", config.namespace);
+                println!(
+                    "nothing to do in namespace {} (CA phase {phase})",
+                    config.namespace
+                );
             } else {
                 println!(
                     "{verb} {} object(s) in namespace {} (CA phase {phase}):",

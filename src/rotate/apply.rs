@@ -18,7 +18,7 @@ use super::state::{self, CaSecret, Phase, Slot, Snapshot, State, content_version
 use super::{Config, RotateError};
 
 /// How many times a run re-reads and re-plans after a write conflict.
-pub const MAX_ATTEMPTS: u32 = 5;
+pub const MAX_ATTEMPTS: u32 = 6;
 
 /// Which of the three Secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

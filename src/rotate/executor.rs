@@ -53,7 +53,9 @@ fn other(verb: &'static str, what: &str, message: impl ToString) -> ClusterError
 fn map_error(err: kube::Error, verb: &'static str, what: &str, forbidden_hint: &str) -> ClusterError {
     match err {
         kube::Error::Api(status) => match status.code {
-            409 => ClusterError::Conflict { what: what.to_string() },
+            409 => ClusterError::Conflict {
+                what: what.to_string(),
+            },
             404 => ClusterError::NotFound {
                 verb,
                 what: what.to_string(),
@@ -115,7 +117,7 @@ impl KubeCluster {
             .build()
             .map_err(|e| other("start", "the async runtime", e))?;
         let client = runtime.block_on(async {
-            let kube_config = kube::Config::infer().await.map_err(|e| {
+            let mut kube_config = kube::Config::infer().await.map_err(|e| {
                 other(
                     "load",
                     "the cluster config",
@@ -125,6 +127,13 @@ impl KubeCluster {
                     ),
                 )
             })?;
+            // One attempt per request, with short timeouts: kube's default retries back
+            // off for many minutes, which would hold the CronJob (concurrencyPolicy
+            // Forbid). Any failure is safe to leave to the next run.
+            kube_config.default_retry = false;
+            kube_config.connect_timeout = Some(std::time::Duration::from_secs(10));
+            kube_config.read_timeout = Some(std::time::Duration::from_secs(30));
+            kube_config.write_timeout = Some(std::time::Duration::from_secs(30));
             kube::Client::try_from(kube_config).map_err(|e| other("create", "the Kubernetes client", e))
         })?;
         Ok(Self {
@@ -157,10 +166,14 @@ impl KubeCluster {
     fn read_secret(&mut self, name: &str) -> Result<RawSecret, ClusterError> {
         let what = self.what_secret(name);
         let api = self.secrets();
-        let secret = self
-            .runtime
-            .block_on(api.get_opt(name))
-            .map_err(|e| map_error(e, "read", &what, &format!("the kiln-rotate Role must allow get on secrets/{name}")))?;
+        let secret = self.runtime.block_on(api.get_opt(name)).map_err(|e| {
+            map_error(
+                e,
+                "read",
+                &what,
+                &format!("the kiln-rotate Role must allow get on secrets/{name}"),
+            )
+        })?;
         let Some(secret) = secret else {
             self.read.remove(name);
             return Ok(RawSecret::default());
@@ -207,7 +220,11 @@ impl KubeCluster {
                         ready_replicas: status.ready_replicas.unwrap_or(0),
                         available_replicas: status.available_replicas.unwrap_or(0),
                         status_replicas: status.replicas.unwrap_or(0),
-                        template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
+                        template_annotations: spec
+                            .template
+                            .metadata
+                            .and_then(|m| m.annotations)
+                            .unwrap_or_default(),
                     }
                 }))
             }
@@ -230,7 +247,11 @@ impl KubeCluster {
                             .available_replicas
                             .unwrap_or(status.ready_replicas.unwrap_or(0)),
                         status_replicas: status.replicas,
-                        template_annotations: spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default(),
+                        template_annotations: spec
+                            .template
+                            .metadata
+                            .and_then(|m| m.annotations)
+                            .unwrap_or_default(),
                     }
                 }))
             }
@@ -238,7 +259,10 @@ impl KubeCluster {
     }
 }
 
-fn merged_annotations(existing: Option<BTreeMap<String, String>>, ours: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+fn merged_annotations(
+    existing: Option<BTreeMap<String, String>>,
+    ours: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut annotations: BTreeMap<String, String> = existing
         .unwrap_or_default()
         .into_iter()
@@ -249,7 +273,9 @@ fn merged_annotations(existing: Option<BTreeMap<String, String>>, ours: &BTreeMa
 }
 
 fn byte_data(data: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, ByteString> {
-    data.iter().map(|(k, v)| (k.clone(), ByteString(v.clone()))).collect()
+    data.iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+        .collect()
 }
 
 impl Cluster for KubeCluster {
@@ -276,7 +302,10 @@ impl Cluster for KubeCluster {
             (Some(resource_version), Some(existing)) => {
                 let mut secret = existing.clone();
                 secret.metadata.resource_version = Some(resource_version.clone());
-                secret.metadata.annotations = Some(merged_annotations(secret.metadata.annotations.take(), &write.annotations));
+                secret.metadata.annotations = Some(merged_annotations(
+                    secret.metadata.annotations.take(),
+                    &write.annotations,
+                ));
                 secret.data = Some(byte_data(&write.data));
                 secret.string_data = None;
                 // The type is immutable; a shell rendered with a type keeps it.
@@ -360,11 +389,15 @@ impl Cluster for KubeCluster {
         let result = match self.config.workload {
             Workload::Deployment => {
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
-                self.runtime.block_on(api.patch(&name, &params, &Patch::Apply(&patch))).map(|_| ())
+                self.runtime
+                    .block_on(api.patch(&name, &params, &Patch::Apply(&patch)))
+                    .map(|_| ())
             }
             Workload::Statefulset => {
                 let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
-                self.runtime.block_on(api.patch(&name, &params, &Patch::Apply(&patch))).map(|_| ())
+                self.runtime
+                    .block_on(api.patch(&name, &params, &Patch::Apply(&patch)))
+                    .map(|_| ())
             }
         };
         result.map_err(|e| map_error(e, "patch", &what, &hint))
@@ -415,6 +448,13 @@ impl Cluster for KubeCluster {
         self.runtime
             .block_on(api.create(&PostParams::default(), &body))
             .map(|_| ())
-            .map_err(|e| map_error(e, "create", &what, "the kiln-rotate Role must allow create on events"))
+            .map_err(|e| {
+                map_error(
+                    e,
+                    "create",
+                    &what,
+                    "the kiln-rotate Role must allow create on events",
+                )
+            })
     }
 }

@@ -27,7 +27,10 @@ pub struct CertStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
     /// Expiry.
-    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub not_after: Option<OffsetDateTime>,
     /// Whole days left (negative once expired).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,7 +60,10 @@ pub struct StatusReport {
     /// The CA rollover phase (None without a usable CA).
     pub phase: Option<Phase>,
     /// When the phase started.
-    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
     pub phase_since: Option<OffsetDateTime>,
     /// Every certificate.
     pub certs: Vec<CertStatus>,
@@ -75,7 +81,13 @@ fn days_left(info: &CertInfo, now: OffsetDateTime) -> i64 {
     (info.not_after - now).whole_days()
 }
 
-fn cert_line(role: &'static str, secret: &str, info: &CertInfo, now: OffsetDateTime, renew_before: time::Duration) -> CertStatus {
+fn cert_line(
+    role: &'static str,
+    secret: &str,
+    info: &CertInfo,
+    now: OffsetDateTime,
+    renew_before: time::Duration,
+) -> CertStatus {
     let state = if info.not_after <= now {
         "expired"
     } else if info.not_after - now < renew_before {
@@ -118,11 +130,21 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
     let mut certs = Vec::new();
     match &state.ca {
         Slot::Ok(ca) => {
-            certs.push(cert_line("ca", &config.ca_secret, &ca.signing.info, now, policy.ca_renew_before));
+            certs.push(cert_line(
+                "ca",
+                &config.ca_secret,
+                &ca.signing.info,
+                now,
+                policy.ca_renew_before,
+            ));
             match &ca.other {
-                Some(OtherCa::Next(next)) => {
-                    certs.push(cert_line("next-ca", &config.ca_secret, &next.info, now, policy.ca_renew_before))
-                }
+                Some(OtherCa::Next(next)) => certs.push(cert_line(
+                    "next-ca",
+                    &config.ca_secret,
+                    &next.info,
+                    now,
+                    policy.ca_renew_before,
+                )),
                 Some(OtherCa::Retiring(old)) => certs.push(cert_line(
                     "retiring-ca",
                     &config.ca_secret,
@@ -164,7 +186,9 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
             .collect(),
     });
     let workload_current = match (&state.workload, state.daemon.ok()) {
-        (Some(w), Some(daemon)) => w.rollout_complete && w.daemon_certs.as_deref() == Some(daemon.version().as_str()),
+        (Some(w), Some(daemon)) => {
+            w.rollout_complete && w.daemon_certs.as_deref() == Some(daemon.version().as_str())
+        }
         _ => false,
     };
     StatusReport {
@@ -187,13 +211,26 @@ fn date(t: OffsetDateTime) -> String {
 /// The human table.
 pub fn table(report: &StatusReport) -> String {
     let mut out = String::new();
-    let phase = report.phase.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
-    let since = report.phase_since.map(|t| format!(" since {}", date(t))).unwrap_or_default();
+    let phase = report
+        .phase
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "none".into());
+    let since = report
+        .phase_since
+        .map(|t| format!(" since {}", date(t)))
+        .unwrap_or_default();
     let _ = writeln!(out, "namespace {}: CA phase {phase}{since}", report.namespace);
-    let _ = writeln!(out, "{:<12} {:<28} {:<10} {:<22} {:>9}", "CERT", "SECRET", "STATE", "EXPIRES", "DAYS LEFT");
+    let _ = writeln!(
+        out,
+        "{:<12} {:<28} {:<10} {:<22} {:>9}",
+        "CERT", "SECRET", "STATE", "EXPIRES", "DAYS LEFT"
+    );
     for cert in &report.certs {
         let expires = cert.not_after.map(date).unwrap_or_else(|| "-".into());
-        let days = cert.days_left.map(|d| d.to_string()).unwrap_or_else(|| "-".into());
+        let days = cert
+            .days_left
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
             "{:<12} {:<28} {:<10} {:<22} {:>9}",
@@ -216,7 +253,11 @@ pub fn table(report: &StatusReport) -> String {
             let _ = writeln!(out, "next action: none scheduled");
         }
         Some(next) => {
-            let when = if next.at <= report.now { "now".to_string() } else { date(next.at) };
+            let when = if next.at <= report.now {
+                "now".to_string()
+            } else {
+                date(next.at)
+            };
             let _ = writeln!(out, "next action: {when}");
             for action in &next.actions {
                 let _ = writeln!(out, "  {action}");

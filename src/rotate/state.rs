@@ -500,3 +500,128 @@ pub fn read_state(snapshot: &Snapshot, format: SecretFormat) -> State {
         warnings,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::Overlay;
+    use crate::rotate::apply::{Write, materialize};
+    use crate::rotate::{Config, plan};
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2030-06-01 03:17 UTC);
+
+    fn shell() -> RawSecret {
+        RawSecret {
+            exists: true,
+            resource_version: Some("1".into()),
+            ..RawSecret::default()
+        }
+    }
+
+    /// A snapshot after a bootstrap, built by the real plan and materialize.
+    fn bootstrapped() -> (Snapshot, Config) {
+        let config = Config::from_overlay(&Overlay::default(), None, None).unwrap();
+        let mut snapshot = Snapshot {
+            ca: shell(),
+            daemon: shell(),
+            client: shell(),
+            workload: None,
+        };
+        let state = read_state(&snapshot, config.format);
+        let actions = plan(&state, NOW, &config.policy);
+        let (writes, warnings) = materialize(&snapshot, &state, &actions, &config, NOW).unwrap();
+        assert!(warnings.is_empty());
+        for write in writes {
+            if let Write::Secret(w) = write {
+                let target = match w.role {
+                    crate::rotate::apply::SecretRole::Ca => &mut snapshot.ca,
+                    crate::rotate::apply::SecretRole::Daemon => &mut snapshot.daemon,
+                    crate::rotate::apply::SecretRole::Client => &mut snapshot.client,
+                };
+                target.data = w.data;
+                target.annotations = w.annotations;
+            }
+        }
+        (snapshot, config)
+    }
+
+    #[test]
+    fn a_bootstrapped_snapshot_reads_back_consistently() {
+        let (snapshot, config) = bootstrapped();
+        let state = read_state(&snapshot, config.format);
+        let ca = state.ca.ok().expect("CA");
+        assert_eq!(ca.phase(), Phase::Stable);
+        let fp = &ca.signing.info.fingerprint;
+        for leaf in [state.daemon.ok().unwrap(), state.client.ok().unwrap()] {
+            assert_eq!(leaf.issuer.as_ref(), Some(fp));
+            assert_eq!(&leaf.bundle, &vec![fp.clone()]);
+            assert_eq!(leaf.updated_at, Some(NOW));
+            assert_eq!(leaf.info.not_before, NOW - crate::rotate::planner::BACKDATE);
+        }
+        assert!(state.warnings.is_empty());
+        // A bootstrapped state plans nothing (no workload: nothing to restart).
+        assert!(plan(&state, NOW, &config.policy).is_empty());
+    }
+
+    #[test]
+    fn broken_data_is_named_by_key() {
+        let (snapshot, config) = bootstrapped();
+
+        let mut garbage = snapshot.clone();
+        garbage
+            .client
+            .data
+            .insert("cert.pem".into(), b"-----BEGIN CERTIFICATE-----\nxx\n".to_vec());
+        let state = read_state(&garbage, config.format);
+        assert!(
+            matches!(&state.client, Slot::Broken(why) if why.starts_with("key cert.pem")),
+            "{:?}",
+            state.client
+        );
+
+        let mut swapped = snapshot.clone();
+        let client_key = swapped.client.data["key.pem"].clone();
+        swapped.daemon.data.insert("key.pem".into(), client_key);
+        let state = read_state(&swapped, config.format);
+        assert_eq!(
+            state.daemon,
+            Slot::Broken("key key.pem does not match cert.pem".into())
+        );
+
+        let mut lost = snapshot.clone();
+        lost.ca.data.remove(CA_KEY_KEY);
+        let state = read_state(&lost, config.format);
+        assert!(matches!(&state.ca, Slot::Broken(why) if why.contains("the CA key is lost")));
+        // The leaves still parse: their issuer is found in their own bundle.
+        assert!(state.daemon.ok().is_some());
+
+        let mut not_utf8 = snapshot;
+        not_utf8.ca.data.insert(CA_CERT_KEY.into(), vec![0xff, 0xfe]);
+        let state = read_state(&not_utf8, config.format);
+        assert_eq!(state.ca, Slot::Broken("key ca.crt is not UTF-8 text".into()));
+    }
+
+    #[test]
+    fn an_unusable_next_ca_is_dropped_with_a_warning() {
+        let (mut snapshot, config) = bootstrapped();
+        let ca_cert = snapshot.ca.data[CA_CERT_KEY].clone();
+        snapshot.ca.data.insert(NEXT_CA_CERT_KEY.into(), ca_cert);
+        let state = read_state(&snapshot, config.format);
+        assert_eq!(state.ca.ok().unwrap().phase(), Phase::Stable);
+        assert_eq!(state.warnings.len(), 1);
+        assert!(
+            state.warnings[0].contains("next-ca.key is missing"),
+            "{:?}",
+            state.warnings
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_keys() {
+        let (snapshot, config) = bootstrapped();
+        let state = read_state(&snapshot, config.format);
+        let text = format!("{snapshot:?} {state:?}");
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+    }
+}

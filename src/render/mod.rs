@@ -1,6 +1,49 @@
 //! Render: overlay → Kubernetes objects. Pure: no IO.
+//!
+//! [`render`] builds every object of one resolved overlay, in a stable order
+//! (the order they are applied in: setup, secrets, bootstrap, then the app).
 
 use serde::Serialize;
+
+use crate::overlay::{Overlay, Workload};
+
+/// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
+pub mod gitops;
+pub mod meta;
+pub mod network;
+pub mod rotation;
+pub mod secrets;
+pub mod tekton;
+pub mod workload;
+
+use meta::Meta;
+
+/// What render needs besides the overlay itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Context {
+    /// The overlay's name (file name without `.yaml`): `app.kubernetes.io/instance`.
+    pub overlay_name: String,
+}
+
+impl Context {
+    /// A context for the overlay called `overlay_name`.
+    pub fn new(overlay_name: impl Into<String>) -> Self {
+        Self {
+            overlay_name: overlay_name.into(),
+        }
+    }
+}
+
+/// Why an overlay could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A typed object could not be converted to a value.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// The overlay could not be written into the `kiln-config` ConfigMap.
+    #[error("failed to write the overlay into ConfigMap kiln-config: {0}")]
+    Config(#[from] crate::yaml::YamlError),
+}
 
 /// One rendered Kubernetes object, ready to be written as YAML.
 ///
@@ -48,5 +91,184 @@ impl Object {
                 .map(str::to_string),
             value,
         })
+    }
+}
+
+/// Render every object of one resolved overlay, in apply order: Namespace, ServiceAccounts,
+/// RBAC and ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
+/// daemon, its Service, NetworkPolicy and PDB, the Task(s) and the CronJob (1).
+///
+/// `rotation.enabled: false` leaves out the rotation objects (the Secrets stay: the daemon
+/// mounts them); `tekton.enabled: false` leaves out the Tasks.
+pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderError> {
+    let meta = Meta {
+        overlay,
+        instance: &ctx.overlay_name,
+    };
+    let rotation = overlay.rotation.enabled;
+    let mut objects = Vec::new();
+    let mut push = |object: Result<Object, ObjectError>| -> Result<(), RenderError> {
+        objects.push(object?);
+        Ok(())
+    };
+
+    // Wave -2: setup.
+    if overlay.create_namespace {
+        push(Object::from_typed(&workload::namespace(&meta)))?;
+    }
+    push(Object::from_typed(&workload::service_account(&meta)))?;
+    push(Object::from_typed(&network::kiln_network_policy(&meta)))?;
+    if rotation {
+        push(Object::from_typed(&rotation::service_account(&meta)))?;
+        push(Object::from_typed(&rotation::role(&meta)))?;
+        push(Object::from_typed(&rotation::role_binding(&meta)))?;
+        push(Object::from_typed(&secrets::config_map(&meta, overlay)?))?;
+    }
+    // Wave -1: the Secret shells.
+    for secret in secrets::secrets(&meta) {
+        push(Object::from_typed(&secret))?;
+    }
+    // Wave 0: the bootstrap hook.
+    if rotation {
+        push(Object::from_typed(&rotation::bootstrap_job(&meta)))?;
+    }
+    // Wave 1: the app.
+    match overlay.buildkit.workload {
+        Workload::Deployment => push(Object::from_typed(&workload::deployment(&meta)))?,
+        Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(&meta)))?,
+    }
+    push(Object::from_typed(&workload::service(&meta)))?;
+    push(Object::from_typed(&network::network_policy(&meta)))?;
+    if let Some(pdb) = workload::pod_disruption_budget(&meta) {
+        push(Object::from_typed(&pdb))?;
+    }
+    if overlay.tekton.enabled {
+        push(Object::from_typed(&tekton::task(&meta)))?;
+        if overlay.tekton.daemonless {
+            push(Object::from_typed(&tekton::daemonless_task(&meta)))?;
+        }
+    }
+    if rotation {
+        push(Object::from_typed(&rotation::cron_job(&meta)))?;
+    }
+    Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(objects: &[Object]) -> Vec<String> {
+        objects.iter().map(|o| format!("{}/{}", o.kind, o.name)).collect()
+    }
+
+    #[test]
+    fn renders_in_apply_order() {
+        let objects = render(&Overlay::default(), &Context::new("dev")).unwrap();
+        assert_eq!(
+            kinds(&objects),
+            [
+                "Namespace/buildkit",
+                "ServiceAccount/buildkitd",
+                "NetworkPolicy/kiln",
+                "ServiceAccount/kiln-rotate",
+                "Role/kiln-rotate",
+                "RoleBinding/kiln-rotate",
+                "ConfigMap/kiln-config",
+                "Secret/buildkit-ca",
+                "Secret/buildkit-daemon-certs",
+                "Secret/buildkit-client-certs",
+                "Job/kiln-bootstrap",
+                "Deployment/buildkitd",
+                "Service/buildkitd",
+                "NetworkPolicy/buildkitd",
+                "Task/buildkit",
+                "CronJob/kiln-rotate",
+            ]
+        );
+        let namespaced = objects.iter().filter(|o| o.kind != "Namespace");
+        assert!(
+            namespaced
+                .clone()
+                .all(|o| o.namespace.as_deref() == Some("buildkit"))
+        );
+        assert!(objects.iter().all(|o| !o.api_version.is_empty()));
+    }
+
+    #[test]
+    fn switches_leave_out_their_objects() {
+        let mut overlay = Overlay {
+            create_namespace: false,
+            ..Default::default()
+        };
+        overlay.rotation.enabled = false;
+        overlay.tekton.enabled = false;
+        let objects = render(&overlay, &Context::new("dev")).unwrap();
+        let kinds = kinds(&objects);
+        assert!(!kinds.iter().any(|k| k.starts_with("Namespace/")));
+        assert!(
+            !kinds
+                .iter()
+                .any(|k| k.contains("kiln-rotate") || k.contains("kiln-bootstrap"))
+        );
+        assert!(
+            !kinds
+                .iter()
+                .any(|k| k.starts_with("Task/") || k.starts_with("ConfigMap/"))
+        );
+        // The daemon still needs its Secrets.
+        assert_eq!(kinds.iter().filter(|k| k.starts_with("Secret/")).count(), 3);
+    }
+
+    #[test]
+    fn statefulset_with_replicas_adds_pdb_and_daemonless_adds_a_task() {
+        let mut overlay = Overlay::default();
+        overlay.buildkit.workload = Workload::Statefulset;
+        overlay.buildkit.replicas = 2;
+        overlay.tekton.daemonless = true;
+        let kinds = kinds(&render(&overlay, &Context::new("prod")).unwrap());
+        for expected in [
+            "StatefulSet/buildkitd",
+            "PodDisruptionBudget/buildkitd",
+            "Task/buildkit-daemonless",
+        ] {
+            assert!(kinds.contains(&expected.to_string()), "{expected} in {kinds:?}");
+        }
+        assert!(!kinds.contains(&"Deployment/buildkitd".to_string()));
+    }
+
+    #[test]
+    fn edge_values_render_without_panicking() {
+        let mut overlay = Overlay::default();
+        overlay.buildkit.replicas = u32::MAX;
+        overlay.buildkit.port = u16::MAX;
+        overlay.buildkit.service_name = String::new();
+        overlay.buildkit.resources.requests.clear();
+        overlay.buildkit.resources.limits.clear();
+        overlay.certs.secrets.ca = "ünïcode".into();
+        overlay.tekton.platforms = vec![String::new(); 3];
+        let objects = render(&overlay, &Context::new("")).unwrap();
+        let deployment = objects.iter().find(|o| o.kind == "Deployment").unwrap();
+        // Replicas beyond i32 are clamped, not wrapped.
+        assert_eq!(deployment.value["spec"]["replicas"], i32::MAX);
+        assert!(deployment.value["spec"]["template"]["spec"]["containers"][0]["resources"].is_null());
+    }
+
+    #[test]
+    fn from_typed_reads_identity_back() {
+        let ns = k8s_openapi::api::core::v1::Namespace {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("x".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let object = Object::from_typed(&ns).unwrap();
+        assert_eq!(
+            (object.api_version.as_str(), object.kind.as_str()),
+            ("v1", "Namespace")
+        );
+        assert_eq!(object.name, "x");
+        assert_eq!(object.namespace, None);
     }
 }

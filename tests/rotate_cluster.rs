@@ -610,3 +610,127 @@ fn bad_now_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --now \"yesterday\""));
     let _ = Path::new("unused");
 }
+
+/// Is `verb` on `resource`/`name` in `group` allowed by the Role's rules?
+fn role_allows(rules: &[Value], group: &str, resource: &str, name: Option<&str>, verb: &str) -> bool {
+    let has = |list: &Value, item: &str| list.as_array().is_some_and(|l| l.iter().any(|v| v == item));
+    rules.iter().any(|rule| {
+        has(&rule["apiGroups"], group)
+            && has(&rule["resources"], resource)
+            && has(&rule["verbs"], verb)
+            && match (&rule["resourceNames"], name) {
+                (Value::Null, _) => true,
+                (names, Some(name)) => has(names, name),
+                (_, None) => false,
+            }
+    })
+}
+
+#[test]
+fn the_rendered_cronjob_runs_within_its_role() {
+    let example = support::repo_root().join("examples/argocd/prod");
+    let read = |file: &str| -> Value {
+        let text = std::fs::read_to_string(example.join(file)).unwrap();
+        kiln::yaml::from_str::<Value>(&text, file).unwrap()
+    };
+    let mut env = Env::bare();
+    let namespace = "buildkit-prod";
+    for file in [
+        "secret-buildkit-ca.yaml",
+        "secret-buildkit-daemon-certs.yaml",
+        "secret-buildkit-client-certs.yaml",
+    ] {
+        env.server.insert("secrets", namespace, read(file));
+    }
+    env.server
+        .insert("statefulsets", namespace, read("statefulset-buildkitd.yaml"));
+    // The CronJob's own args, with the ConfigMap's overlay.yaml where it mounts it.
+    let config_map = read("configmap-kiln-config.yaml");
+    let config = env.config_file(config_map["data"]["overlay.yaml"].as_str().unwrap());
+    let cronjob = read("cronjob-kiln-rotate.yaml");
+    let container = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str().unwrap().replace(
+                "--config=/etc/kiln/overlay.yaml",
+                &format!("--config={}", config.display()),
+            )
+        })
+        .collect();
+    assert!(args.iter().any(|a| a == "--namespace=buildkit-prod"), "{args:?}");
+    let mut full: Vec<&str> = args.iter().map(String::as_str).collect();
+    full.extend(["--now", T0]);
+    for day in [0, 1] {
+        if day == 1 {
+            *full.last_mut().unwrap() = "2027-01-02T03:17:00Z";
+        }
+        let out = env.kiln(&full);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The tls format and P-384 from the overlay.
+    let daemon = env.server.secret_data(namespace, DAEMON);
+    let client = env.server.secret_data(namespace, CLIENT);
+    assert_eq!(
+        daemon.keys().collect::<Vec<_>>(),
+        ["ca.crt", "tls.crt", "tls.key"]
+    );
+    pki::verify_chain(&daemon["tls.crt"], &client["ca.crt"], t0()).unwrap();
+    pki::verify_chain(&client["tls.crt"], &daemon["ca.crt"], t0()).unwrap();
+    assert_eq!(
+        pki::parse_bundle(&daemon["tls.crt"]).unwrap()[0].key_algorithm,
+        "ecdsa-p384"
+    );
+    // Every request kiln made is allowed by the rendered Role.
+    let rules = read("role-kiln-rotate.yaml")["rules"].as_array().unwrap().clone();
+    let log = env.server.store().log.clone();
+    assert!(log.len() >= 8, "{log:?}");
+    for entry in &log {
+        let (method, path) = entry.split_once(' ').unwrap();
+        let group = if path.starts_with("/apis/apps/") {
+            "apps"
+        } else {
+            ""
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let ns_at = parts.iter().position(|p| *p == "namespaces").unwrap();
+        assert_eq!(parts[ns_at + 1], namespace, "{entry}");
+        let resource = parts[ns_at + 2];
+        let name = parts.get(ns_at + 3).copied();
+        let verb = match method {
+            "GET" => "get",
+            "PUT" => "update",
+            "PATCH" => "patch",
+            "POST" => "create",
+            other => panic!("unexpected {other}"),
+        };
+        assert!(
+            role_allows(&rules, group, resource, name, verb),
+            "the Role does not allow {entry}"
+        );
+    }
+}
+
+#[test]
+fn settings_come_from_a_named_overlay() {
+    let mut env = Env::new();
+    let overlays = env.dir.path().join("overlays");
+    std::fs::create_dir(&overlays).unwrap();
+    std::fs::write(
+        overlays.join("dev.yaml"),
+        "namespace: buildkit\ncerts:\n  validity: 20d\n",
+    )
+    .unwrap();
+    let dir = format!("--overlays={}", overlays.display());
+    env.rotate_ok(T0, &["--overlay", "dev", &dir]);
+    let cert = loaded(&env, DAEMON).cert;
+    assert_eq!(
+        pki::parse_bundle(&cert).unwrap()[0].not_after,
+        t0() + time::Duration::days(20)
+    );
+    let out = env.rotate(T0, &["--overlay", "nope", &dir]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}

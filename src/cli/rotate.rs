@@ -37,9 +37,15 @@ pub struct Source {
     #[arg(long, short = 'n', value_name = "NS")]
     pub namespace: Option<String>,
     /// A resolved overlay YAML file (the CronJob mounts it at /etc/kiln/overlay.yaml).
-    /// Without it, the built-in defaults are used.
-    #[arg(long, value_name = "FILE")]
+    /// Without it or --overlay, the built-in defaults are used.
+    #[arg(long, value_name = "FILE", conflicts_with = "overlay")]
     pub config: Option<PathBuf>,
+    /// Read the settings from this overlay (file name without `.yaml`) in --overlays.
+    #[arg(long, value_name = "NAME")]
+    pub overlay: Option<String>,
+    /// The overlays directory for --overlay.
+    #[arg(long, value_name = "DIR", default_value = "overlays")]
+    pub overlays: PathBuf,
     /// Plan as if it were this time (RFC 3339, such as 2027-01-01T00:00:00Z), for dry
     /// runs, what-if questions and tests.
     #[arg(long, value_name = "RFC3339")]
@@ -105,9 +111,10 @@ fn load_config(source: &Source, force: Option<ForceRenew>) -> anyhow::Result<(Co
             ))
         })?,
     };
-    let overlay = match &source.config {
-        None => Overlay::default(),
-        Some(path) => {
+    let overlay = match (&source.config, &source.overlay) {
+        (None, Some(name)) => crate::overlay::load(&source.overlays, name)?.overlay,
+        (None, None) => Overlay::default(),
+        (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("failed to read --config {}", path.display()))?;
             crate::yaml::from_str::<Overlay>(&text, &path.display().to_string())?

@@ -98,6 +98,18 @@ impl Config {
                 "certs.validity and certs.caValidity must be longer than 0s".into(),
             ));
         }
+        let century = crate::duration::Duration::from_days(100 * 365);
+        for (field, value) in [
+            ("certs.caValidity", certs.ca_validity),
+            ("certs.validity", certs.validity),
+            ("rotation.propagationDelay", overlay.rotation.propagation_delay),
+        ] {
+            if value > century {
+                return Err(RotateError::Settings(format!(
+                    "{field} ({value}) must be at most 100y"
+                )));
+            }
+        }
         if certs.validity >= certs.ca_validity {
             return Err(RotateError::Settings(format!(
                 "certs.validity ({}) must be shorter than certs.caValidity ({})",

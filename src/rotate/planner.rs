@@ -208,8 +208,10 @@ fn leaf_action(
         LeafKind::Daemon => "daemon",
         LeafKind::Client => "client",
     };
-    let not_before = (now - BACKDATE).max(target.signing_not_before);
-    let not_after = (now + policy.leaf_validity).min(target.signing_not_after);
+    let not_before = now.saturating_sub(BACKDATE).max(target.signing_not_before);
+    let not_after = now
+        .saturating_add(policy.leaf_validity)
+        .min(target.signing_not_after);
     let issue = |reason: String| Action::WriteLeaf {
         kind,
         bundle: target.bundle_refs(),
@@ -258,7 +260,7 @@ fn leaf_action(
     }
     let left = leaf.info.not_after - now;
     // A new leaf cannot outlive its CA; renewing is pointless when it would not last longer.
-    let renewal_helps = not_after > leaf.info.not_after + time::Duration::hours(1);
+    let renewal_helps = not_after > leaf.info.not_after.saturating_add(time::Duration::hours(1));
     if policy.force == Some(ForceRenew::Leaf) {
         return (
             Some(issue(format!(
@@ -361,7 +363,7 @@ fn step_settled(state: &State, now: OffsetDateTime, policy: &Policy) -> Result<(
         (Some(d), Some(c)) => d.max(c),
         _ => return Err("the leaf Secrets have no kiln.dev/updated-at".into()),
     };
-    let ready_at = last_write + policy.propagation_delay;
+    let ready_at = last_write.saturating_add(policy.propagation_delay);
     if now < ready_at {
         return Err(format!(
             "waiting for the propagation delay until {}",
@@ -380,8 +382,8 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
             message: message.clone(),
         })
         .collect();
-    let new_ca_not_before = now - BACKDATE;
-    let new_ca_not_after = now + policy.ca_validity;
+    let new_ca_not_before = now.saturating_sub(BACKDATE);
+    let new_ca_not_after = now.saturating_add(policy.ca_validity);
     let issue_new_ca = |out: &mut Vec<Action>, reason: String| {
         out.push(Action::IssueCa {
             not_before: new_ca_not_before,
@@ -461,7 +463,7 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
             out.push(Action::Warn {
                 message: format!("--force-renew ca: the rollover cannot start yet: {why}"),
             });
-        } else if ca_left < policy.propagation_delay * 2 {
+        } else if ca_left < policy.propagation_delay.saturating_mul(2) {
             out.push(Action::Warn {
                 message: format!(
                     "the signing CA expires at {} and the rollover (phase {}) cannot proceed: {why}",
@@ -542,13 +544,13 @@ pub fn next_action(
     let mut candidates = vec![now];
     let leaves = [state.daemon.ok(), state.client.ok()];
     for leaf in leaves.into_iter().flatten() {
-        candidates.push(leaf.info.not_after - policy.leaf_renew_before);
+        candidates.push(leaf.info.not_after.saturating_sub(policy.leaf_renew_before));
         if let Some(at) = leaf.updated_at {
-            candidates.push(at + policy.propagation_delay);
+            candidates.push(at.saturating_add(policy.propagation_delay));
         }
     }
     if let Some(ca) = state.ca.ok() {
-        candidates.push(ca.signing.info.not_after - policy.ca_renew_before);
+        candidates.push(ca.signing.info.not_after.saturating_sub(policy.ca_renew_before));
     }
     candidates.retain(|t| *t >= now);
     candidates.sort();
@@ -557,7 +559,7 @@ pub fn next_action(
         let at = if t == now {
             t
         } else {
-            t + time::Duration::seconds(1)
+            t.saturating_add(time::Duration::seconds(1))
         };
         let actions: Vec<Action> = plan(state, at, policy)
             .into_iter()
@@ -600,7 +602,7 @@ mod tests {
 
     fn ca(fp: &str, born: OffsetDateTime) -> Ca {
         Ca {
-            info: info(fp, born, born + DAY * (5 * 365)),
+            info: info(fp, born, born.saturating_add(DAY * (5 * 365))),
             cert_pem: String::new(),
             key_pem: Some(KeyPem(String::new())),
         }
@@ -608,7 +610,7 @@ mod tests {
 
     fn leaf(fp: &str, issuer: &str, bundle: &[&str], born: OffsetDateTime, sans: &[&str]) -> Leaf {
         Leaf {
-            info: info(fp, born, born + DAY * 90),
+            info: info(fp, born, born.saturating_add(DAY * 90)),
             issuer: Some(issuer.into()),
             sans: sans.iter().map(|s| s.to_string()).collect(),
             bundle: bundle.iter().map(|s| s.to_string()).collect(),
@@ -935,6 +937,23 @@ mod tests {
             panic!("{actions:?}")
         };
         assert_eq!(*not_after, NOW - DAY * (5 * 365 - 20) + DAY * (5 * 365));
+    }
+
+    #[test]
+    fn extreme_dates_never_panic() {
+        let far = datetime!(9999-12-31 23:59:59 UTC);
+        let mut state = stable(far - DAY * 100, far - DAY * 10);
+        leaf_mut(&mut state.client).updated_at = Some(far);
+        leaf_mut(&mut state.daemon).info.not_after = far;
+        for now in [far, datetime!(1970-01-01 0:00 UTC), far - DAY] {
+            let _ = plan(&state, now, &policy());
+            let _ = next_action(&state, now, &policy());
+        }
+        let mut p = policy();
+        p.propagation_delay = time::Duration::MAX;
+        p.ca_validity = time::Duration::MAX;
+        let _ = plan(&state, far, &p);
+        let _ = plan(&stable(NOW - DAY * (4 * 365), NOW - DAY * 10), NOW, &p);
     }
 
     #[test]

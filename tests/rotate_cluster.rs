@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
 use kiln::pki;
@@ -608,7 +608,44 @@ fn bad_now_is_a_usage_error() {
     let out = env.rotate("yesterday", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --now \"yesterday\""));
-    let _ = Path::new("unused");
+}
+
+#[test]
+fn no_cluster_config_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kiln()
+        .args(["rotate", "--namespace", NS])
+        .env("KUBECONFIG", dir.path().join("missing"))
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("failed to load the cluster config"),
+        "{stderr}"
+    );
+    assert!(
+        errors[0].ends_with("run in a pod with a ServiceAccount or set KUBECONFIG"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_settings_are_reported_before_touching_the_cluster() {
+    let mut env = Env::new();
+    let config = env.config_file("certs:\n  validity: 10y\n  caValidity: 5y\n");
+    let out = env.rotate(T0, &[&format!("--config={}", config.display())]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("certs.validity (10y) must be shorter than certs.caValidity (5y)"),
+        "{stderr}"
+    );
+    assert!(env.server.store().log.is_empty());
 }
 
 /// Is `verb` on `resource`/`name` in `group` allowed by the Role's rules?

@@ -707,6 +707,13 @@ fn the_rendered_cronjob_runs_within_its_role() {
         let out = env.kiln(&full);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    // The shells' own annotations survive (Argo CD would see a diff otherwise).
+    let ca = env.server.get("secrets", namespace, CA).unwrap();
+    assert!(
+        ca["metadata"]["annotations"]["kiln.dev/owned-by"].is_string(),
+        "{ca}"
+    );
+    assert!(ca["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/ssa"].is_string());
     // The tls format and P-384 from the overlay.
     let daemon = env.server.secret_data(namespace, DAEMON);
     let client = env.server.secret_data(namespace, CLIENT);

@@ -217,7 +217,7 @@ impl Cluster for Sim {
         let mut annotations: BTreeMap<String, String> = current
             .annotations
             .into_iter()
-            .filter(|(k, _)| !k.starts_with("kiln.dev/"))
+            .filter(|(k, _)| !state::SECRET_ANNOTATIONS.contains(&k.as_str()))
             .collect();
         annotations.extend(write.annotations.clone());
         self.secrets.insert(

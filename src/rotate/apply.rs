@@ -45,8 +45,8 @@ pub struct SecretWrite {
     pub secret_type: String,
     /// The whole new `data`.
     pub data: BTreeMap<String, Vec<u8>>,
-    /// The `kiln.dev/*` annotations; other `kiln.dev/*` annotations are removed,
-    /// annotations of other owners are kept.
+    /// The annotations kiln sets; the others of [`state::SECRET_ANNOTATIONS`] are
+    /// removed, annotations of other owners are kept.
     pub annotations: BTreeMap<String, String>,
     /// Why (for the Event and the report).
     pub reason: String,

@@ -266,7 +266,7 @@ fn merged_annotations(
     let mut annotations: BTreeMap<String, String> = existing
         .unwrap_or_default()
         .into_iter()
-        .filter(|(key, _)| !key.starts_with("kiln.dev/") || key == "kiln.dev/generated-by")
+        .filter(|(key, _)| !state::SECRET_ANNOTATIONS.contains(&key.as_str()))
         .collect();
     annotations.extend(ours.iter().map(|(k, v)| (k.clone(), v.clone())));
     annotations

@@ -38,6 +38,21 @@ pub const ANN_RESTARTED_AT: &str = "kiln.dev/restartedAt";
 /// Pod-template annotation: the version of the daemon Secret the pods were started for.
 pub const ANN_DAEMON_CERTS: &str = "kiln.dev/daemon-certs";
 
+/// Every Secret annotation `kiln rotate` writes; a write removes those it does not set
+/// and leaves every other annotation (Argo CD's, render's `kiln.dev/generated-by`) alone.
+pub const SECRET_ANNOTATIONS: &[&str] = &[
+    ANN_UPDATED_AT,
+    ANN_SERIAL,
+    ANN_NOT_AFTER,
+    ANN_ISSUER,
+    ANN_BUNDLE,
+    ANN_PHASE,
+    ANN_PHASE_SINCE,
+    ANN_CA_FINGERPRINT,
+    ANN_NEXT_CA_FINGERPRINT,
+    ANN_RETIRING_CA_FINGERPRINT,
+];
+
 /// Key in the CA Secret: the signing CA certificate.
 pub const CA_CERT_KEY: &str = "ca.crt";
 /// Key in the CA Secret: the signing CA key.

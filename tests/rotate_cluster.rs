@@ -778,3 +778,34 @@ fn settings_come_from_a_named_overlay() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+#[test]
+fn two_runs_at_once_converge_on_one_ca() {
+    // The bootstrap Job and a CronJob run can overlap: resourceVersion guards them.
+    let env = Env::new();
+    let spawn = || {
+        kiln()
+            .args(["rotate", "--namespace", NS, "--now", T0])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("HOME", env.dir.path())
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_complete(&env, t0());
+    let ca = env.data(CA)["ca.crt"].clone();
+    let ca_fp = pki::fingerprint(&ca).unwrap();
+    for name in [DAEMON, CLIENT] {
+        assert_eq!(
+            env.annotation(name, "kiln.dev/ca-fingerprints"),
+            Some(ca_fp.clone())
+        );
+    }
+}

@@ -53,6 +53,9 @@ pub enum SecretFormat {
 
 impl SecretFormat {
     /// The key names for (CA bundle, certificate, private key).
+    ///
+    /// The CA Secret uses the same three names for (trust bundle of every CA still
+    /// trusted, current CA certificate, current CA key).
     pub fn key_names(self) -> (&'static str, &'static str, &'static str) {
         match self {
             SecretFormat::Pem => ("ca.pem", "cert.pem", "key.pem"),
@@ -104,32 +107,28 @@ pub enum PkiError {
     #[error("invalid {field} {value:?}: use lowercase letters, digits and '-', at most 63 characters")]
     InvalidName { field: &'static str, value: String },
     /// not-after is not later than not-before.
-    #[error(
-        "failed to issue {what}: validity is empty (not-after {not_after} is not after not-before {not_before}); use a positive validity such as 90d"
-    )]
+    #[error("failed to issue {what}: validity is empty (not-after {} is not after not-before {}); use a positive validity such as 90d", rfc3339(*.not_after), rfc3339(*.not_before))]
     EmptyValidity {
         what: String,
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     },
     /// A validity window does not fit in a certificate.
-    #[error("failed to compute the validity of {what}: {lifetime} from {start} is out of range")]
+    #[error("failed to compute the validity of {what}: {lifetime} from {} is out of range", rfc3339(*.start))]
     ValidityOverflow {
         what: String,
         start: OffsetDateTime,
         lifetime: crate::duration::Duration,
     },
     /// A leaf would still be valid after its CA expired.
-    #[error(
-        "failed to issue {what}: it would expire at {leaf_not_after}, after its CA ({ca_not_after}); shorten the leaf validity or renew the CA"
-    )]
+    #[error("failed to issue {what}: it would expire at {}, after its CA ({}); shorten the leaf validity or renew the CA", rfc3339(*.leaf_not_after), rfc3339(*.ca_not_after))]
     OutlivesCa {
         what: String,
         leaf_not_after: OffsetDateTime,
         ca_not_after: OffsetDateTime,
     },
     /// A leaf would be valid before its CA.
-    #[error("failed to issue {what}: it would start at {leaf_not_before}, before its CA ({ca_not_before})")]
+    #[error("failed to issue {what}: it would start at {}, before its CA ({})", rfc3339(*.leaf_not_before), rfc3339(*.ca_not_before))]
     PrecedesCa {
         what: String,
         leaf_not_before: OffsetDateTime,
@@ -165,7 +164,7 @@ pub enum PkiError {
     #[error("failed to find a certificate: no \"BEGIN CERTIFICATE\" block")]
     NoCertificate,
     /// The certificate is outside its validity window.
-    #[error("certificate {subject:?} is not valid at {at}: valid from {not_before} to {not_after}")]
+    #[error("certificate {subject:?} is not valid at {}: valid from {} to {}", rfc3339(*.at), rfc3339(*.not_before), rfc3339(*.not_after))]
     NotValidAt {
         subject: String,
         at: OffsetDateTime,
@@ -176,9 +175,7 @@ pub enum PkiError {
     #[error("certificate {subject:?} does not chain to the trust bundle (issuer {issuer:?})")]
     Untrusted { subject: String, issuer: String },
     /// The CA that signed the certificate is outside its validity window.
-    #[error(
-        "CA {subject:?} that signed {leaf:?} is not valid at {at}: valid from {not_before} to {not_after}"
-    )]
+    #[error("CA {subject:?} that signed {leaf:?} is not valid at {}: valid from {} to {}", rfc3339(*.at), rfc3339(*.not_before), rfc3339(*.not_after))]
     CaNotValidAt {
         leaf: String,
         subject: String,
@@ -434,6 +431,15 @@ impl Validity {
     }
 }
 
+/// The common name kiln gives a CA: `kiln buildkit CA <namespace> <id>`, where the id is
+/// the first 8 hex digits of the serial. Each CA gets its own subject, so a certificate
+/// from another installation fails as an unknown issuer (not a bad signature), and the
+/// old and new CA of a rollover can be told apart.
+pub fn ca_common_name(namespace: &str, serial: Serial) -> String {
+    let id: String = hex(&serial.0).chars().take(8).collect();
+    format!("kiln buildkit CA {namespace} {id}")
+}
+
 /// What to put in a new CA certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaRequest {
@@ -494,6 +500,42 @@ fn generate_key(algorithm: Algorithm) -> Result<rcgen::KeyPair, PkiError> {
     })
 }
 
+/// The private key as unencrypted PKCS#8 PEM that every consumer reads.
+///
+/// ring writes Ed25519 keys as PKCS#8 v2 (RFC 5958, with the public key appended);
+/// OpenSSL 3.0 refuses those, so they are rewritten as the plain v1 form of RFC 8410,
+/// which OpenSSL, Go's crypto/x509 (buildkitd, buildctl), rustls and ring all read.
+fn private_key_pem(key: &rcgen::KeyPair) -> String {
+    const V2_PREFIX: [u8; 16] = [
+        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    const V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    let der = key.serialize_der();
+    match der.strip_prefix(&V2_PREFIX[..]) {
+        Some(rest) if rest.len() >= 32 => {
+            let mut v1 = V1_PREFIX.to_vec();
+            v1.extend_from_slice(&rest[..32]);
+            pem_encode("PRIVATE KEY", &v1)
+        }
+        _ => key.serialize_pem(),
+    }
+}
+
+/// PEM with 64-character lines, as OpenSSL writes it.
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 fn check_window(what: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<(), PkiError> {
     if not_after <= not_before {
         return Err(PkiError::EmptyValidity {
@@ -535,7 +577,7 @@ pub fn issue_ca(request: &CaRequest) -> Result<Issued, PkiError> {
     })?;
     Ok(Issued {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: private_key_pem(&key),
     })
 }
 
@@ -597,8 +639,31 @@ pub fn issue_leaf(ca: &Issued, request: &LeafRequest) -> Result<Issued, PkiError
     let cert = params.signed_by(&key, &issuer).map_err(sign_error)?;
     Ok(Issued {
         cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        key_pem: private_key_pem(&key),
     })
+}
+
+/// A trust bundle: the given PEM certificates concatenated, each ending in a newline,
+/// duplicates (same text) dropped, order kept.
+pub fn bundle<S: AsRef<str>>(pems: &[S]) -> String {
+    let mut out = String::new();
+    let mut seen = Vec::new();
+    for pem in pems {
+        let pem = pem.as_ref().trim();
+        if pem.is_empty() || seen.contains(&pem) {
+            continue;
+        }
+        seen.push(pem);
+        out.push_str(pem);
+        out.push('\n');
+    }
+    out
+}
+
+/// A time as RFC 3339 (`2026-01-31T12:00:00Z`), for messages and output.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }
 
 /// Lowercase hex of `bytes`, no separators.
@@ -898,6 +963,52 @@ mod tests {
         assert!(!debug.contains("PRIVATE KEY"));
         let body: String = ca.key_pem.lines().nth(1).unwrap().into();
         assert!(!debug.contains(&body));
+    }
+
+    #[test]
+    fn bundles_concatenate_without_duplicates() {
+        let (a, b) = (ca(Algorithm::EcdsaP256, 10, 1), ca(Algorithm::Ed25519, 10, 2));
+        let joined = bundle(&[a.cert_pem.trim_end(), &b.cert_pem, &a.cert_pem]);
+        let parsed = parse_bundle(&joined).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].fingerprint, a.fingerprint().unwrap());
+        assert_eq!(parsed[1].fingerprint, b.fingerprint().unwrap());
+        assert!(joined.ends_with("-----END CERTIFICATE-----\n"));
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_as_pkcs8_v1() {
+        use base64::Engine;
+        let ca = ca(Algorithm::Ed25519, 10, 1);
+        let body: String = ca.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+        assert_eq!(der.len(), 48);
+        assert_eq!(
+            &der[..5],
+            &[0x30, 0x2e, 0x02, 0x01, 0x00],
+            "version 0, no public key"
+        );
+        assert!(key_matches(&ca.cert_pem, &ca.key_pem).unwrap());
+        // The CA still signs with the rewritten key.
+        let leaf = issue_leaf(&ca, &leaf_request(LeafKind::Daemon, Algorithm::Ed25519, 5)).unwrap();
+        assert!(verify_chain(&leaf.cert_pem, &ca.cert_pem, NOW).is_ok());
+        let p256 = issue_ca(&CaRequest {
+            common_name: "p".into(),
+            algorithm: Algorithm::EcdsaP256,
+            not_before: NOW,
+            not_after: NOW + time::Duration::days(1),
+            serial: Serial::from_u128(1),
+        })
+        .unwrap();
+        assert!(p256.key_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    }
+
+    #[test]
+    fn ca_names_carry_the_serial() {
+        assert_eq!(
+            ca_common_name("ci", Serial::from_u128(0x0123_4567_89ab_cdef << 64)),
+            "kiln buildkit CA ci 01234567"
+        );
     }
 
     #[test]

@@ -38,3 +38,4 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED: {name} not found; run scripts/install-test-tools to enable this test");
     None
 }
+pub mod apiserver;

@@ -1,0 +1,642 @@
+//! The rotation state, read from the three Secrets and the buildkitd workload.
+//!
+//! Pure: [`read_state`] turns a [`Snapshot`] (raw Secret data and workload status, as
+//! fetched by the executor) into a typed [`State`], parsing certificates with
+//! [`crate::pki`]. The data is the truth; `kiln.dev/*` annotations are only read for the
+//! time of the last write, which the CA rollover gates on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::pki::{self, SecretFormat};
+
+/// Annotation: when kiln last wrote this Secret (RFC 3339).
+pub const ANN_UPDATED_AT: &str = "kiln.dev/updated-at";
+/// Annotation: the serial of the certificate in this Secret.
+pub const ANN_SERIAL: &str = "kiln.dev/serial";
+/// Annotation: the not-after of the certificate in this Secret.
+pub const ANN_NOT_AFTER: &str = "kiln.dev/not-after";
+/// Annotation: the fingerprint of the CA that signed the leaf.
+pub const ANN_ISSUER: &str = "kiln.dev/issuer-fingerprint";
+/// Annotation: the fingerprints of the CAs in the trust bundle, comma-separated.
+pub const ANN_BUNDLE: &str = "kiln.dev/ca-fingerprints";
+/// Annotation on the CA Secret: the rollover phase.
+pub const ANN_PHASE: &str = "kiln.dev/phase";
+/// Annotation on the CA Secret: when the phase started.
+pub const ANN_PHASE_SINCE: &str = "kiln.dev/phase-since";
+/// Annotation on the CA Secret: the fingerprint of the signing CA.
+pub const ANN_CA_FINGERPRINT: &str = "kiln.dev/ca-fingerprint";
+/// Annotation on the CA Secret: the fingerprint of the CA being introduced.
+pub const ANN_NEXT_CA_FINGERPRINT: &str = "kiln.dev/next-ca-fingerprint";
+/// Annotation on the CA Secret: the fingerprint of the CA being retired.
+pub const ANN_RETIRING_CA_FINGERPRINT: &str = "kiln.dev/retiring-ca-fingerprint";
+/// Pod-template annotation: when kiln last restarted the workload.
+pub const ANN_RESTARTED_AT: &str = "kiln.dev/restartedAt";
+/// Pod-template annotation: the version of the daemon Secret the pods were started for.
+pub const ANN_DAEMON_CERTS: &str = "kiln.dev/daemon-certs";
+
+/// Every Secret annotation `kiln rotate` writes; a write removes those it does not set
+/// and leaves every other annotation (Argo CD's, render's `kiln.dev/generated-by`) alone.
+pub const SECRET_ANNOTATIONS: &[&str] = &[
+    ANN_UPDATED_AT,
+    ANN_SERIAL,
+    ANN_NOT_AFTER,
+    ANN_ISSUER,
+    ANN_BUNDLE,
+    ANN_PHASE,
+    ANN_PHASE_SINCE,
+    ANN_CA_FINGERPRINT,
+    ANN_NEXT_CA_FINGERPRINT,
+    ANN_RETIRING_CA_FINGERPRINT,
+];
+
+/// Key in the CA Secret: the signing CA certificate.
+pub const CA_CERT_KEY: &str = "ca.crt";
+/// Key in the CA Secret: the signing CA key.
+pub const CA_KEY_KEY: &str = "ca.key";
+/// Key in the CA Secret: the CA being introduced (rollover phase `introduced`).
+pub const NEXT_CA_CERT_KEY: &str = "next-ca.crt";
+/// Key in the CA Secret: the key of the CA being introduced.
+pub const NEXT_CA_KEY_KEY: &str = "next-ca.key";
+/// Key in the CA Secret: the CA being retired (rollover phase `leaves-reissued`; no key).
+pub const RETIRING_CA_CERT_KEY: &str = "retiring-ca.crt";
+
+/// A private key in PEM. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPem(pub String);
+
+impl fmt::Debug for KeyPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyPem(<redacted>)")
+    }
+}
+
+/// One Secret as read from the cluster.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RawSecret {
+    /// False when the GET answered 404.
+    pub exists: bool,
+    /// `metadata.resourceVersion`, for guarded writes.
+    pub resource_version: Option<String>,
+    /// The `type`.
+    pub secret_type: Option<String>,
+    /// The decoded `data`.
+    pub data: BTreeMap<String, Vec<u8>>,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for RawSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawSecret")
+            .field("exists", &self.exists)
+            .field("resource_version", &self.resource_version)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("annotations", &self.annotations)
+            .finish()
+    }
+}
+
+/// The buildkitd Deployment or StatefulSet as read from the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawWorkload {
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// `status.observedGeneration`.
+    pub observed_generation: i64,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// `status.updatedReplicas`.
+    pub updated_replicas: i32,
+    /// `status.readyReplicas`.
+    pub ready_replicas: i32,
+    /// `status.availableReplicas` (Deployment) or readyReplicas (StatefulSet).
+    pub available_replicas: i32,
+    /// `status.replicas`: pods of every revision, so old pods still terminating count.
+    pub status_replicas: i32,
+    /// `spec.template.metadata.annotations`.
+    pub template_annotations: BTreeMap<String, String>,
+}
+
+/// Everything one run reads from the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// The CA Secret.
+    pub ca: RawSecret,
+    /// The daemon Secret.
+    pub daemon: RawSecret,
+    /// The client Secret.
+    pub client: RawSecret,
+    /// The workload; None when it does not exist.
+    pub workload: Option<RawWorkload>,
+}
+
+/// The facts about one certificate the planner needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// SHA-256 of the DER, lowercase hex.
+    pub fingerprint: String,
+    /// Lowercase hex serial.
+    pub serial: String,
+    /// First valid instant.
+    pub not_before: OffsetDateTime,
+    /// Last valid instant.
+    pub not_after: OffsetDateTime,
+}
+
+/// A CA certificate with its key (None for a CA being retired, whose key is dropped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ca {
+    /// The parsed facts.
+    pub info: CertInfo,
+    /// The certificate PEM.
+    pub cert_pem: String,
+    /// The private key PEM.
+    pub key_pem: Option<KeyPem>,
+}
+
+/// The second CA in the CA Secret during a rollover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtherCa {
+    /// Phase `introduced`: trusted everywhere, signs nothing yet.
+    Next(Ca),
+    /// Phase `leaves-reissued`: still trusted, no longer signs.
+    Retiring(Ca),
+}
+
+/// The CA rollover phase, derived from the CA Secret's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// One CA.
+    Stable,
+    /// The next CA is in every trust bundle; leaves are still from the old one.
+    Introduced,
+    /// Leaves come from the new CA; the old one is still trusted.
+    LeavesReissued,
+}
+
+impl Phase {
+    /// The annotation value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stable => "stable",
+            Phase::Introduced => "introduced",
+            Phase::LeavesReissued => "leaves-reissued",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The CA Secret, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaSecret {
+    /// The CA that signs leaves.
+    pub signing: Ca,
+    /// The other CA during a rollover.
+    pub other: Option<OtherCa>,
+    /// When the current phase started (annotation; informational).
+    pub phase_since: Option<OffsetDateTime>,
+}
+
+impl CaSecret {
+    /// The rollover phase.
+    pub fn phase(&self) -> Phase {
+        match self.other {
+            None => Phase::Stable,
+            Some(OtherCa::Next(_)) => Phase::Introduced,
+            Some(OtherCa::Retiring(_)) => Phase::LeavesReissued,
+        }
+    }
+
+    /// Every CA in the Secret: signing first.
+    pub fn all(&self) -> Vec<&Ca> {
+        let mut all = vec![&self.signing];
+        match &self.other {
+            Some(OtherCa::Next(ca)) | Some(OtherCa::Retiring(ca)) => all.push(ca),
+            None => {}
+        }
+        all
+    }
+
+    /// The CA with this fingerprint.
+    pub fn find(&self, fingerprint: &str) -> Option<&Ca> {
+        self.all()
+            .into_iter()
+            .find(|ca| ca.info.fingerprint == fingerprint)
+    }
+}
+
+/// A daemon or client Secret, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    /// The certificate.
+    pub info: CertInfo,
+    /// Fingerprint of the CA (from the CA Secret or the bundle) that signed it.
+    pub issuer: Option<String>,
+    /// The SANs.
+    pub sans: Vec<String>,
+    /// The fingerprints of the CAs in the trust bundle, in order.
+    pub bundle: Vec<String>,
+    /// The certificate PEM.
+    pub cert_pem: String,
+    /// The key PEM (it matches the certificate, or the Secret reads as broken).
+    pub key_pem: KeyPem,
+    /// When kiln last wrote the Secret (annotation).
+    pub updated_at: Option<OffsetDateTime>,
+}
+
+impl Leaf {
+    /// A short digest of the certificate and bundle: the pod-template annotation that
+    /// says which daemon Secret the running pods loaded.
+    pub fn version(&self) -> String {
+        content_version(&self.info.fingerprint, &self.bundle)
+    }
+}
+
+/// The version string of a leaf Secret's content (see [`Leaf::version`]).
+pub fn content_version(cert_fingerprint: &str, bundle: &[String]) -> String {
+    let mut text = cert_fingerprint.to_string();
+    for fp in bundle {
+        text.push(',');
+        text.push_str(fp);
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A Secret as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot<T> {
+    /// The Secret does not exist.
+    Missing,
+    /// The Secret exists with no data (the rendered shell).
+    Empty,
+    /// The data cannot be used; the reason names the key and the fault.
+    Broken(String),
+    /// Parsed.
+    Ok(T),
+}
+
+impl<T> Slot<T> {
+    /// The parsed value, if any.
+    pub fn ok(&self) -> Option<&T> {
+        match self {
+            Slot::Ok(value) => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Missing or empty: nothing was ever written.
+    pub fn is_blank(&self) -> bool {
+        matches!(self, Slot::Missing | Slot::Empty)
+    }
+}
+
+/// The workload as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// The daemon-Secret version in the pod template (see [`Leaf::version`]).
+    pub daemon_certs: Option<String>,
+    /// Every replica runs the current template and is ready; no old pod is left.
+    pub rollout_complete: bool,
+}
+
+/// Everything the planner knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// The CA Secret.
+    pub ca: Slot<CaSecret>,
+    /// The daemon Secret.
+    pub daemon: Slot<Leaf>,
+    /// The client Secret.
+    pub client: Slot<Leaf>,
+    /// The workload; None when it does not exist.
+    pub workload: Option<Workload>,
+    /// Problems found while reading that the planner repairs around (a broken next CA).
+    pub warnings: Vec<String>,
+}
+
+fn text<'a>(secret: &'a RawSecret, key: &str) -> Result<Option<&'a str>, String> {
+    match secret.data.get(key) {
+        None => Ok(None),
+        Some(bytes) => std::str::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| format!("key {key} is not UTF-8 text")),
+    }
+}
+
+fn annotation_time(secret: &RawSecret, key: &str) -> Option<OffsetDateTime> {
+    secret
+        .annotations
+        .get(key)
+        .and_then(|value| OffsetDateTime::parse(value, &Rfc3339).ok())
+}
+
+fn cert_info(pem: &str, key: &str) -> Result<CertInfo, String> {
+    let summary = pki::parse_bundle(pem)
+        .map_err(|e| format!("key {key}: {e}"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("key {key}: no certificate"))?;
+    Ok(CertInfo {
+        fingerprint: summary.fingerprint,
+        serial: summary.serial,
+        not_before: summary.not_before,
+        not_after: summary.not_after,
+    })
+}
+
+fn read_ca(secret: &RawSecret, cert_key: &str, key_key: Option<&str>) -> Result<Option<Ca>, String> {
+    let Some(cert_pem) = text(secret, cert_key)? else {
+        return Ok(None);
+    };
+    let info = cert_info(cert_pem, cert_key)?;
+    let key_pem = match key_key {
+        None => None,
+        Some(key_key) => {
+            let key = text(secret, key_key)?
+                .ok_or_else(|| format!("key {key_key} is missing: the CA key is lost"))?;
+            match pki::key_matches(cert_pem, key) {
+                Ok(true) => Some(KeyPem(key.to_string())),
+                Ok(false) => return Err(format!("key {key_key} does not match {cert_key}")),
+                Err(e) => return Err(format!("key {key_key}: {e}")),
+            }
+        }
+    };
+    Ok(Some(Ca {
+        info,
+        cert_pem: cert_pem.to_string(),
+        key_pem,
+    }))
+}
+
+fn read_ca_secret(secret: &RawSecret, warnings: &mut Vec<String>) -> Slot<CaSecret> {
+    if !secret.exists {
+        return Slot::Missing;
+    }
+    if secret.data.is_empty() {
+        return Slot::Empty;
+    }
+    let signing = match read_ca(secret, CA_CERT_KEY, Some(CA_KEY_KEY)) {
+        Ok(Some(ca)) => ca,
+        Ok(None) => return Slot::Broken(format!("key {CA_CERT_KEY} is missing")),
+        Err(reason) => return Slot::Broken(reason),
+    };
+    let next = read_ca(secret, NEXT_CA_CERT_KEY, Some(NEXT_CA_KEY_KEY));
+    let retiring = read_ca(secret, RETIRING_CA_CERT_KEY, None);
+    let other = match (next, retiring) {
+        (Ok(Some(next)), _) => Some(OtherCa::Next(next)),
+        (Err(reason), _) => {
+            // Nothing was signed by the next CA yet, so dropping it is safe: the
+            // rollover restarts with a fresh one.
+            warnings.push(format!(
+                "the next CA in the CA Secret is unusable ({reason}); dropping it"
+            ));
+            None
+        }
+        (Ok(None), Ok(Some(retiring))) => Some(OtherCa::Retiring(retiring)),
+        (Ok(None), Err(reason)) => {
+            warnings.push(format!(
+                "the retiring CA in the CA Secret is unusable ({reason}); dropping it early"
+            ));
+            None
+        }
+        (Ok(None), Ok(None)) => None,
+    };
+    Slot::Ok(CaSecret {
+        signing,
+        other,
+        phase_since: annotation_time(secret, ANN_PHASE_SINCE),
+    })
+}
+
+fn read_leaf(secret: &RawSecret, format: SecretFormat, cas: &[&Ca]) -> Slot<Leaf> {
+    if !secret.exists {
+        return Slot::Missing;
+    }
+    if secret.data.is_empty() {
+        return Slot::Empty;
+    }
+    match read_leaf_data(secret, format, cas) {
+        Ok(leaf) => Slot::Ok(leaf),
+        Err(reason) => Slot::Broken(reason),
+    }
+}
+
+fn read_leaf_data(secret: &RawSecret, format: SecretFormat, cas: &[&Ca]) -> Result<Leaf, String> {
+    let (bundle_key, cert_key, key_key) = format.key_names();
+    let missing = |key: &str| format!("key {key} is missing");
+    let bundle_pem = text(secret, bundle_key)?.ok_or_else(|| missing(bundle_key))?;
+    let cert_pem = text(secret, cert_key)?.ok_or_else(|| missing(cert_key))?;
+    let key_pem = text(secret, key_key)?.ok_or_else(|| missing(key_key))?;
+    let bundle = pki::parse_bundle(bundle_pem).map_err(|e| format!("key {bundle_key}: {e}"))?;
+    if let Some(not_ca) = bundle.iter().find(|c| !c.is_ca) {
+        return Err(format!(
+            "key {bundle_key}: {:?} is not a CA certificate",
+            not_ca.subject
+        ));
+    }
+    let summary = pki::parse_bundle(cert_pem)
+        .map_err(|e| format!("key {cert_key}: {e}"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| missing(cert_key))?;
+    match pki::key_matches(cert_pem, key_pem) {
+        Ok(true) => {}
+        Ok(false) => return Err(format!("key {key_key} does not match {cert_key}")),
+        Err(e) => return Err(format!("key {key_key}: {e}")),
+    }
+    // Which CA signed the leaf: look among the CA Secret's CAs and the bundle.
+    let mut issuer = None;
+    let candidates = cas
+        .iter()
+        .map(|ca| ca.cert_pem.as_str())
+        .chain(std::iter::once(bundle_pem));
+    for candidate in candidates {
+        let joined = format!("{cert_pem}\n{candidate}");
+        if let Ok(parsed) = pki::parse_bundle(&joined)
+            && let Some(fp) = parsed.first().and_then(|c| c.issuer_fingerprint.clone())
+            && fp != summary.fingerprint
+        {
+            issuer = Some(fp);
+            break;
+        }
+    }
+    Ok(Leaf {
+        info: CertInfo {
+            fingerprint: summary.fingerprint,
+            serial: summary.serial,
+            not_before: summary.not_before,
+            not_after: summary.not_after,
+        },
+        issuer,
+        sans: summary.sans,
+        bundle: bundle.into_iter().map(|c| c.fingerprint).collect(),
+        cert_pem: cert_pem.to_string(),
+        key_pem: KeyPem(key_pem.to_string()),
+        updated_at: annotation_time(secret, ANN_UPDATED_AT),
+    })
+}
+
+fn read_workload(raw: &RawWorkload) -> Workload {
+    let complete = raw.observed_generation >= raw.generation
+        && raw.updated_replicas >= raw.replicas
+        && raw.ready_replicas >= raw.replicas
+        && raw.available_replicas >= raw.replicas
+        && raw.status_replicas <= raw.replicas;
+    Workload {
+        daemon_certs: raw.template_annotations.get(ANN_DAEMON_CERTS).cloned(),
+        rollout_complete: complete,
+    }
+}
+
+/// Parse a snapshot into the planner's state. Never fails: what cannot be read becomes
+/// [`Slot::Broken`] with the reason, which the planner repairs.
+pub fn read_state(snapshot: &Snapshot, format: SecretFormat) -> State {
+    let mut warnings = Vec::new();
+    let ca = read_ca_secret(&snapshot.ca, &mut warnings);
+    let cas: Vec<&Ca> = ca.ok().map(|c| c.all()).unwrap_or_default();
+    let daemon = read_leaf(&snapshot.daemon, format, &cas);
+    let client = read_leaf(&snapshot.client, format, &cas);
+    State {
+        ca,
+        daemon,
+        client,
+        workload: snapshot.workload.as_ref().map(read_workload),
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::Overlay;
+    use crate::rotate::apply::{Write, materialize};
+    use crate::rotate::{Config, plan};
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2030-06-01 03:17 UTC);
+
+    fn shell() -> RawSecret {
+        RawSecret {
+            exists: true,
+            resource_version: Some("1".into()),
+            ..RawSecret::default()
+        }
+    }
+
+    /// A snapshot after a bootstrap, built by the real plan and materialize.
+    fn bootstrapped() -> (Snapshot, Config) {
+        let config = Config::from_overlay(&Overlay::default(), None, None).unwrap();
+        let mut snapshot = Snapshot {
+            ca: shell(),
+            daemon: shell(),
+            client: shell(),
+            workload: None,
+        };
+        let state = read_state(&snapshot, config.format);
+        let actions = plan(&state, NOW, &config.policy);
+        let (writes, warnings) = materialize(&snapshot, &state, &actions, &config, NOW).unwrap();
+        assert!(warnings.is_empty());
+        for write in writes {
+            if let Write::Secret(w) = write {
+                let target = match w.role {
+                    crate::rotate::apply::SecretRole::Ca => &mut snapshot.ca,
+                    crate::rotate::apply::SecretRole::Daemon => &mut snapshot.daemon,
+                    crate::rotate::apply::SecretRole::Client => &mut snapshot.client,
+                };
+                target.data = w.data;
+                target.annotations = w.annotations;
+            }
+        }
+        (snapshot, config)
+    }
+
+    #[test]
+    fn a_bootstrapped_snapshot_reads_back_consistently() {
+        let (snapshot, config) = bootstrapped();
+        let state = read_state(&snapshot, config.format);
+        let ca = state.ca.ok().expect("CA");
+        assert_eq!(ca.phase(), Phase::Stable);
+        let fp = &ca.signing.info.fingerprint;
+        for leaf in [state.daemon.ok().unwrap(), state.client.ok().unwrap()] {
+            assert_eq!(leaf.issuer.as_ref(), Some(fp));
+            assert_eq!(&leaf.bundle, &vec![fp.clone()]);
+            assert_eq!(leaf.updated_at, Some(NOW));
+            assert_eq!(leaf.info.not_before, NOW - crate::rotate::planner::BACKDATE);
+        }
+        assert!(state.warnings.is_empty());
+        // A bootstrapped state plans nothing (no workload: nothing to restart).
+        assert!(plan(&state, NOW, &config.policy).is_empty());
+    }
+
+    #[test]
+    fn broken_data_is_named_by_key() {
+        let (snapshot, config) = bootstrapped();
+
+        let mut garbage = snapshot.clone();
+        garbage
+            .client
+            .data
+            .insert("cert.pem".into(), b"-----BEGIN CERTIFICATE-----\nxx\n".to_vec());
+        let state = read_state(&garbage, config.format);
+        assert!(
+            matches!(&state.client, Slot::Broken(why) if why.starts_with("key cert.pem")),
+            "{:?}",
+            state.client
+        );
+
+        let mut swapped = snapshot.clone();
+        let client_key = swapped.client.data["key.pem"].clone();
+        swapped.daemon.data.insert("key.pem".into(), client_key);
+        let state = read_state(&swapped, config.format);
+        assert_eq!(
+            state.daemon,
+            Slot::Broken("key key.pem does not match cert.pem".into())
+        );
+
+        let mut lost = snapshot.clone();
+        lost.ca.data.remove(CA_KEY_KEY);
+        let state = read_state(&lost, config.format);
+        assert!(matches!(&state.ca, Slot::Broken(why) if why.contains("the CA key is lost")));
+        // The leaves still parse: their issuer is found in their own bundle.
+        assert!(state.daemon.ok().is_some());
+
+        let mut not_utf8 = snapshot;
+        not_utf8.ca.data.insert(CA_CERT_KEY.into(), vec![0xff, 0xfe]);
+        let state = read_state(&not_utf8, config.format);
+        assert_eq!(state.ca, Slot::Broken("key ca.crt is not UTF-8 text".into()));
+    }
+
+    #[test]
+    fn an_unusable_next_ca_is_dropped_with_a_warning() {
+        let (mut snapshot, config) = bootstrapped();
+        let ca_cert = snapshot.ca.data[CA_CERT_KEY].clone();
+        snapshot.ca.data.insert(NEXT_CA_CERT_KEY.into(), ca_cert);
+        let state = read_state(&snapshot, config.format);
+        assert_eq!(state.ca.ok().unwrap().phase(), Phase::Stable);
+        assert_eq!(state.warnings.len(), 1);
+        assert!(
+            state.warnings[0].contains("next-ca.key is missing"),
+            "{:?}",
+            state.warnings
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_keys() {
+        let (snapshot, config) = bootstrapped();
+        let state = read_state(&snapshot, config.format);
+        let text = format!("{snapshot:?} {state:?}");
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+    }
+}

@@ -1,0 +1,558 @@
+//! Ten years of daily `kiln rotate` runs against an in-memory cluster, with faults.
+//!
+//! The model: buildkitd pods load the daemon Secret when they start (rolling restarts
+//! replace one pod every 10 minutes; pods are also evicted at random); clients are
+//! TaskRuns that start at random times, load the client Secret at start and run for
+//! up to 40 hours (the propagation delay is 2 days). Every simulated hour, every running daemon and every running client
+//! (plus one starting right now) must trust each other, with nothing expired.
+//!
+//! Faults: crashes between any two writes, 409 conflicts, 5xx errors, skipped runs and
+//! outages of days, clock skew of minutes. Runs go through the real planner and the
+//! real `kiln::rotate::run` loop; certificates are real (ECDSA P-256).
+//!
+//! `KILN_SIM_LONG=1` runs more seeds and profiles.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kiln::overlay::Overlay;
+use kiln::pki;
+use kiln::rotate::apply::{ClusterError, EventRecord, RestartWrite, SecretWrite};
+use kiln::rotate::state::{self, RawSecret, RawWorkload, Snapshot};
+use kiln::rotate::{Cluster, Config, RunOptions};
+use time::{Duration, OffsetDateTime};
+
+/// splitmix64: a tiny seeded PRNG, enough for fault injection.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() % ((hi - lo + 1) as u64)) as i64
+    }
+}
+
+/// A certificate as a process loaded it: what it presents and what it trusts.
+#[derive(Clone, Debug)]
+struct Loaded {
+    cert_fp: String,
+    issuer_fp: Option<String>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    /// (fingerprint, not_before, not_after) of each trusted CA.
+    bundle: Vec<(String, OffsetDateTime, OffsetDateTime)>,
+}
+
+fn load(secret: &RawSecret, names: (&str, &str, &str)) -> Option<Loaded> {
+    let (ca_key, cert_key, _) = names;
+    let bundle_pem = std::str::from_utf8(secret.data.get(ca_key)?).ok()?;
+    let cert_pem = std::str::from_utf8(secret.data.get(cert_key)?).ok()?;
+    let bundle = pki::parse_bundle(bundle_pem).ok()?;
+    let joined = pki::parse_bundle(&format!("{cert_pem}\n{bundle_pem}")).ok()?;
+    let leaf = joined.first()?;
+    Some(Loaded {
+        cert_fp: leaf.fingerprint.clone(),
+        issuer_fp: leaf.issuer_fingerprint.clone(),
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        bundle: bundle
+            .iter()
+            .map(|c| (c.fingerprint.clone(), c.not_before, c.not_after))
+            .collect(),
+    })
+}
+
+/// Why `a` (presenting its cert) is not accepted by `b` (checking against its bundle) at `t`.
+fn accepts(b: &Loaded, a: &Loaded, t: OffsetDateTime) -> Result<(), String> {
+    if t < a.not_before || t > a.not_after {
+        return Err(format!(
+            "cert {} not valid at {t} (valid {} to {})",
+            &a.cert_fp[..8],
+            a.not_before,
+            a.not_after
+        ));
+    }
+    let issuer = a
+        .issuer_fp
+        .as_ref()
+        .ok_or("cert not signed by a CA in its own bundle")?;
+    let (_, nb, na) = b
+        .bundle
+        .iter()
+        .find(|(fp, _, _)| fp == issuer)
+        .ok_or_else(|| format!("issuer {} not in bundle", &issuer[..8]))?;
+    if t < *nb || t > *na {
+        return Err(format!("CA {} not valid at {t}", &issuer[..8]));
+    }
+    Ok(())
+}
+
+struct Pod {
+    generation: u64,
+    loaded: Option<Loaded>,
+}
+
+struct Client {
+    ends: OffsetDateTime,
+    loaded: Option<Loaded>,
+}
+
+#[derive(Default)]
+struct Faults {
+    /// Fail (as a crash: the process dies) at this write index.
+    crash_at: Option<usize>,
+    /// Answer 500 at this write index.
+    error_at: Option<usize>,
+    /// Someone else touches the Secret just before this write index: a real 409.
+    conflict_at: Option<usize>,
+}
+
+struct Sim {
+    secrets: BTreeMap<String, RawSecret>,
+    rv: u64,
+    generation: u64,
+    template: BTreeMap<String, String>,
+    pods: Vec<Pod>,
+    replicas: usize,
+    clients: Vec<Client>,
+    names: (&'static str, &'static str, &'static str),
+    faults: Faults,
+    writes: usize,
+    dead: bool,
+    cache: HashMap<(String, String), Option<Loaded>>,
+}
+
+impl Sim {
+    fn load_secret(&mut self, name: &str) -> Option<Loaded> {
+        let secret = self.secrets.get(name)?;
+        let key = (
+            name.to_string(),
+            secret.resource_version.clone().unwrap_or_default(),
+        );
+        if let Some(hit) = self.cache.get(&key) {
+            return hit.clone();
+        }
+        let loaded = load(secret, self.names);
+        self.cache.insert(key, loaded.clone());
+        loaded
+    }
+
+    fn bump(&mut self, name: &str) {
+        self.rv += 1;
+        if let Some(s) = self.secrets.get_mut(name) {
+            s.resource_version = Some(self.rv.to_string());
+        }
+    }
+
+    fn fault(&mut self, what: &str) -> Result<(), ClusterError> {
+        if self.dead {
+            return Err(ClusterError::Other {
+                verb: "reach",
+                what: what.into(),
+                message: "injected crash".into(),
+            });
+        }
+        let index = self.writes;
+        self.writes += 1;
+        if self.faults.crash_at == Some(index) {
+            self.dead = true;
+            return self.fault(what);
+        }
+        if self.faults.error_at == Some(index) {
+            return Err(ClusterError::Other {
+                verb: "write",
+                what: what.into(),
+                message: "injected HTTP 500".into(),
+            });
+        }
+        if self.faults.conflict_at == Some(index) {
+            self.bump(what);
+        }
+        Ok(())
+    }
+}
+
+impl Cluster for Sim {
+    fn read(&mut self) -> Result<Snapshot, ClusterError> {
+        let get = |name: &str| self.secrets.get(name).cloned().unwrap_or_default();
+        let updated = self
+            .pods
+            .iter()
+            .filter(|p| p.generation == self.generation)
+            .count() as i32;
+        Ok(Snapshot {
+            ca: get("buildkit-ca"),
+            daemon: get("buildkit-daemon-certs"),
+            client: get("buildkit-client-certs"),
+            workload: Some(RawWorkload {
+                generation: self.generation as i64,
+                observed_generation: self.generation as i64,
+                replicas: self.replicas as i32,
+                updated_replicas: updated,
+                ready_replicas: self.pods.iter().filter(|p| p.loaded.is_some()).count() as i32,
+                available_replicas: self.pods.iter().filter(|p| p.loaded.is_some()).count() as i32,
+                status_replicas: self.pods.len() as i32,
+                template_annotations: self.template.clone(),
+            }),
+        })
+    }
+
+    fn write_secret(&mut self, write: &SecretWrite) -> Result<(), ClusterError> {
+        self.fault(&write.name)?;
+        let current = self.secrets.get(&write.name).cloned().unwrap_or_default();
+        if current.exists && current.resource_version != write.resource_version {
+            return Err(ClusterError::Conflict {
+                what: write.name.clone(),
+            });
+        }
+        self.rv += 1;
+        let mut annotations: BTreeMap<String, String> = current
+            .annotations
+            .into_iter()
+            .filter(|(k, _)| !state::SECRET_ANNOTATIONS.contains(&k.as_str()))
+            .collect();
+        annotations.extend(write.annotations.clone());
+        self.secrets.insert(
+            write.name.clone(),
+            RawSecret {
+                exists: true,
+                resource_version: Some(self.rv.to_string()),
+                secret_type: Some(write.secret_type.clone()),
+                data: write.data.clone(),
+                annotations,
+            },
+        );
+        Ok(())
+    }
+
+    fn restart(&mut self, restart: &RestartWrite) -> Result<(), ClusterError> {
+        self.fault("buildkitd")?;
+        self.template
+            .insert(state::ANN_DAEMON_CERTS.into(), restart.daemon_certs.clone());
+        self.template
+            .insert(state::ANN_RESTARTED_AT.into(), restart.restarted_at.clone());
+        self.generation += 1;
+        Ok(())
+    }
+
+    fn event(&mut self, _event: &EventRecord) -> Result<(), ClusterError> {
+        Ok(())
+    }
+}
+
+struct Profile {
+    name: &'static str,
+    ca_validity: &'static str,
+    validity: &'static str,
+    propagation_delay: &'static str,
+    years: i64,
+    /// The longest outage of the CronJob, in days: less than renew-before, or nothing can help.
+    max_outage_days: i64,
+    /// The CronJob runs every this many hours.
+    every_hours: u64,
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    runs: u32,
+    failed_runs: u32,
+    skipped_days: u32,
+    leaf_renewals: u32,
+    rollovers: u32,
+    restarts: u32,
+    conflicts: u32,
+    checks: u64,
+}
+
+fn simulate(seed: u64, profile: &Profile) -> Outcome {
+    let mut rng = Rng(seed);
+    let mut overlay = Overlay {
+        namespace: "buildkit".into(),
+        ..Overlay::default()
+    };
+    overlay.certs.ca_validity = profile.ca_validity.parse().unwrap();
+    overlay.certs.validity = profile.validity.parse().unwrap();
+    overlay.rotation.propagation_delay = profile.propagation_delay.parse().unwrap();
+    let config = Config::from_overlay(&overlay, None, None).unwrap();
+    let names = overlay.certs.format.key_names();
+
+    let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let mut sim = Sim {
+        secrets: BTreeMap::new(),
+        rv: 0,
+        generation: 1,
+        template: BTreeMap::new(),
+        pods: (0..2)
+            .map(|_| Pod {
+                generation: 1,
+                loaded: None,
+            })
+            .collect(),
+        replicas: 2,
+        clients: Vec::new(),
+        names,
+        faults: Faults::default(),
+        writes: 0,
+        dead: false,
+        cache: HashMap::new(),
+    };
+    // The rendered shells exist, empty, before the first run.
+    for name in ["buildkit-ca", "buildkit-daemon-certs", "buildkit-client-certs"] {
+        sim.rv += 1;
+        sim.secrets.insert(
+            name.into(),
+            RawSecret {
+                exists: true,
+                resource_version: Some(sim.rv.to_string()),
+                secret_type: Some("Opaque".into()),
+                data: BTreeMap::new(),
+                annotations: BTreeMap::from([("kiln.dev/generated-by".into(), "kiln".into())]),
+            },
+        );
+    }
+
+    let step = Duration::minutes(10);
+    let end = start + Duration::days(365 * profile.years);
+    let mut out = Outcome::default();
+    let mut outage_until = start;
+    let mut retry_at: Option<OffsetDateTime> = None;
+    let mut bootstrapped = false;
+    let mut last_ca: Option<String> = None;
+    let mut last_client_serial: Option<String> = None;
+    let mut t = start;
+    let mut tick: u64 = 0;
+    let mut stalled_until = start;
+    let mut generation_seen = sim.generation;
+    while t < end {
+        // The rollout: replace one outdated pod every step, unless it is stalled
+        // (a pod Pending for lack of capacity).
+        if t >= stalled_until
+            && let Some(i) = sim.pods.iter().position(|p| p.generation != sim.generation)
+        {
+            let loaded = sim.load_secret("buildkit-daemon-certs");
+            sim.pods[i] = Pod {
+                generation: sim.generation,
+                loaded,
+            };
+        }
+        // Evictions: a pod restarts on its own and loads whatever the Secret holds now.
+        if rng.chance(0.002) {
+            let i = rng.range(0, sim.pods.len() as i64 - 1) as usize;
+            let generation = sim.pods[i].generation;
+            let loaded = sim.load_secret("buildkit-daemon-certs");
+            sim.pods[i] = Pod { generation, loaded };
+        }
+        if sim.generation != generation_seen {
+            generation_seen = sim.generation;
+            if rng.chance(0.2) {
+                stalled_until = t + Duration::hours(rng.range(1, 72));
+            }
+        }
+        // TaskRuns: most are short, a few run for more than a day.
+        sim.clients.retain(|c| c.ends > t);
+        if rng.chance(0.25) {
+            let loaded = sim.load_secret("buildkit-client-certs");
+            let minutes = if rng.chance(0.05) {
+                rng.range(360, 40 * 60)
+            } else {
+                rng.range(5, 360)
+            };
+            let ends = t + Duration::minutes(minutes);
+            sim.clients.push(Client { ends, loaded });
+        }
+
+        // The CronJob: at 03:10 (then every `every_hours`), plus a retry an hour after a failed run.
+        let daily = tick % (profile.every_hours * 6) == 19;
+        let retry = retry_at.is_some_and(|r| t >= r);
+        if daily || retry {
+            retry_at = None;
+            let skip = daily && !retry && (t < outage_until || rng.chance(0.03));
+            if daily && rng.chance(0.003) {
+                outage_until = t + Duration::days(rng.range(2, profile.max_outage_days));
+            }
+            if skip {
+                out.skipped_days += 1;
+            } else {
+                out.runs += 1;
+                let skew = Duration::seconds(rng.range(-600, 600));
+                sim.faults = Faults::default();
+                sim.writes = 0;
+                sim.dead = false;
+                // Most runs write nothing, so faults are frequent to hit the runs that do.
+                if rng.chance(0.35) {
+                    sim.faults.crash_at = Some(rng.range(0, 4) as usize);
+                }
+                if rng.chance(0.15) {
+                    sim.faults.error_at = Some(rng.range(0, 4) as usize);
+                }
+                if rng.chance(0.30) {
+                    sim.faults.conflict_at = Some(rng.range(0, 3) as usize);
+                }
+                let result = kiln::rotate::run(
+                    &mut sim,
+                    &config,
+                    RunOptions {
+                        now: t + skew,
+                        dry_run: false,
+                    },
+                );
+                match result {
+                    Ok(report) => {
+                        out.conflicts += report.conflicts;
+                        assert!(
+                            report.warnings.is_empty(),
+                            "seed {seed} {}: unexpected warning at {t}: {:?}",
+                            profile.name,
+                            report.warnings
+                        );
+                        out.restarts += report
+                            .changes
+                            .iter()
+                            .filter(|c| c.object.starts_with("Deployment/"))
+                            .count() as u32;
+                        if !bootstrapped {
+                            // TaskRuns that started before the first fill failed; forget them.
+                            sim.clients.clear();
+                        }
+                        bootstrapped = true;
+                    }
+                    Err(err) => {
+                        let text = err.to_string();
+                        assert!(
+                            text.contains("injected"),
+                            "seed {seed} {}: unexpected failure at {t}: {text}",
+                            profile.name
+                        );
+                        out.failed_runs += 1;
+                        if rng.chance(0.5) {
+                            retry_at = Some(t + Duration::hours(1));
+                        }
+                    }
+                }
+                // Count renewals and rollovers from the data.
+                let ca = sim.secrets["buildkit-ca"]
+                    .annotations
+                    .get(state::ANN_CA_FINGERPRINT)
+                    .cloned();
+                if last_ca.is_some() && ca != last_ca && bootstrapped {
+                    out.rollovers += 1;
+                }
+                last_ca = ca.or(last_ca);
+                let serial = sim.secrets["buildkit-client-certs"]
+                    .annotations
+                    .get(state::ANN_SERIAL)
+                    .cloned();
+                if last_client_serial.is_some() && serial != last_client_serial {
+                    out.leaf_renewals += 1;
+                }
+                last_client_serial = serial.or(last_client_serial);
+            }
+        }
+
+        // The invariant, every hour once the first run has filled the Secrets.
+        if bootstrapped && tick.is_multiple_of(6) {
+            let fresh = Client {
+                ends: t,
+                loaded: sim.load_secret("buildkit-client-certs"),
+            };
+            for (ci, client) in sim.clients.iter().chain(std::iter::once(&fresh)).enumerate() {
+                for (pi, pod) in sim.pods.iter().enumerate() {
+                    out.checks += 1;
+                    let Some(c) = &client.loaded else {
+                        panic!(
+                            "seed {seed} {}: at {t} client {ci} found no certificates",
+                            profile.name
+                        );
+                    };
+                    // A pod without certificates is not Ready: the Service sends it nothing.
+                    let Some(d) = &pod.loaded else { continue };
+                    let verdict = accepts(c, d, t)
+                        .map_err(|e| format!("client rejects daemon: {e}"))
+                        .and_then(|()| accepts(d, c, t).map_err(|e| format!("daemon rejects client: {e}")));
+                    if let Err(e) = verdict {
+                        panic!(
+                            "seed {seed} {}: invariant broken at {t} (client {ci}, pod {pi}): {e}",
+                            profile.name
+                        );
+                    }
+                }
+            }
+        }
+        t += step;
+        tick += 1;
+    }
+    out
+}
+
+fn check(seed: u64, profile: &Profile) {
+    let begun = std::time::Instant::now();
+    let out = simulate(seed, profile);
+    eprintln!(
+        "seed {seed} profile {} ({}y): {out:?} in {:?}",
+        profile.name,
+        profile.years,
+        begun.elapsed()
+    );
+    assert!(out.checks > 0);
+    assert!(out.leaf_renewals > 0, "no renewals: {out:?}");
+    assert!(out.failed_runs > 0, "no fault was injected: {out:?}");
+}
+
+const DEFAULTS: Profile = Profile {
+    name: "defaults",
+    ca_validity: "5y",
+    validity: "90d",
+    propagation_delay: "2d",
+    years: 10,
+    max_outage_days: 14,
+    every_hours: 24,
+};
+
+const SHORT_CA: Profile = Profile {
+    name: "short-ca",
+    ca_validity: "200d",
+    validity: "30d",
+    propagation_delay: "2d",
+    years: 10,
+    max_outage_days: 7,
+    every_hours: 6,
+};
+
+#[test]
+fn ten_years_with_default_lifetimes() {
+    let out = simulate(7, &DEFAULTS);
+    eprintln!("seed 7 defaults: {out:?}");
+    assert!(out.leaf_renewals >= 50, "{out:?}");
+    assert!(out.rollovers >= 2, "{out:?}");
+    assert!(
+        out.failed_runs > 0 && out.conflicts > 0 && out.skipped_days > 0,
+        "{out:?}"
+    );
+}
+
+#[test]
+fn ten_years_of_frequent_ca_rollovers() {
+    let out = simulate(11, &SHORT_CA);
+    eprintln!("seed 11 short-ca: {out:?}");
+    assert!(out.rollovers >= 15, "{out:?}");
+}
+
+#[test]
+fn more_seeds_behind_kiln_sim_long() {
+    if std::env::var_os("KILN_SIM_LONG").is_none() {
+        eprintln!("set KILN_SIM_LONG=1 to run 20 more seeds");
+        return;
+    }
+    for seed in 100..110 {
+        check(seed, &DEFAULTS);
+        check(seed, &SHORT_CA);
+    }
+}

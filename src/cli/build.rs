@@ -259,14 +259,7 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
                 ));
             }
             for (flag, value) in [("service", &args.service), ("namespace", &args.namespace)] {
-                let ok = !value.is_empty()
-                    && value.len() <= 63
-                    && value
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !value.starts_with('-')
-                    && !value.ends_with('-');
-                if !ok {
+                if !crate::overlay::is_dns1123_label(value) {
                     return Err(usage(format!(
                         "invalid --{flag} {value:?}: use lowercase letters, digits and '-', at most 63 characters"
                     )));

@@ -306,14 +306,7 @@ impl fmt::Display for San {
 
 /// Check a Kubernetes DNS label (RFC 1123): a Service name or a namespace.
 fn check_label(field: &'static str, value: &str) -> Result<(), PkiError> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
+    if crate::overlay::is_dns1123_label(value) {
         Ok(())
     } else {
         Err(PkiError::InvalidName {

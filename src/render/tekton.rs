@@ -2,8 +2,8 @@
 //! daemonless variant. Tekton kinds are kiln's own serde structs.
 
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, Capabilities, EmptyDirVolumeSource, EnvVar, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, EmptyDirVolumeSource, EnvVar, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
@@ -466,23 +466,10 @@ pub fn daemonless_task(meta: &Meta) -> Task {
         ],
         volume_mounts: vec![VolumeMount {
             name: "state".into(),
-            mount_path: "/home/user/.local/share/buildkit".into(),
+            mount_path: super::workload::state_dir(Mode::Rootless).into(),
             ..Default::default()
         }],
-        security_context: Some(SecurityContext {
-            run_as_user: Some(1000),
-            run_as_group: Some(1000),
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "Unconfined".into(),
-                ..Default::default()
-            }),
-            app_armor_profile: Some(AppArmorProfile {
-                type_: "Unconfined".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(super::workload::container_security(Mode::Rootless)),
         compute_resources: meta::resources(&buildkit.resources),
         ..Default::default()
     };

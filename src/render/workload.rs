@@ -118,14 +118,17 @@ fn probe(mode: Mode) -> Probe {
     }
 }
 
-fn state_dir(mode: Mode) -> &'static str {
+/// Where buildkitd keeps its state in `mode` (an emptyDir is mounted there).
+pub(super) fn state_dir(mode: Mode) -> &'static str {
     match mode {
         Mode::Rootless => "/home/user/.local/share/buildkit",
         Mode::Privileged | Mode::Userns => "/var/lib/buildkit",
     }
 }
 
-fn container_security(mode: Mode) -> SecurityContext {
+/// The buildkitd container's security context for `mode` (the daemonless Tekton step
+/// runs rootless buildkitd too, so it shares this).
+pub(super) fn container_security(mode: Mode) -> SecurityContext {
     match mode {
         // rootlesskit creates user and mount namespaces through the setuid newuidmap helpers,
         // which is why privilege escalation stays allowed and capabilities are not dropped.

@@ -282,13 +282,9 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
         return Err(usage("invalid --attempts 0: use at least 1"));
     }
     let now = match args.now.as_deref() {
-        Some(text) => Some(
-            OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|e| {
-                usage(format!(
-                    "invalid --now {text:?}: {e}; write it as 2027-01-01T00:00:00Z"
-                ))
-            })?,
-        ),
+        Some(text) => {
+            Some(super::parse_time(text).map_err(|e| usage(format!("invalid --now {text:?}: {e}")))?)
+        }
         None => None,
     };
     let context = core::normalize_path(&args.context);

@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::UsageError;
 use crate::duration::Duration;
@@ -78,7 +77,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub force: bool,
     /// Issue as if the time were this (RFC 3339), instead of the system clock.
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    #[arg(long, value_name = "RFC3339", value_parser = super::parse_time)]
     pub now: Option<OffsetDateTime>,
 }
 
@@ -106,13 +105,8 @@ pub struct InspectArgs {
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: OutputFormat,
     /// Check validity as of this time (RFC 3339), instead of the system clock.
-    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    #[arg(long, value_name = "RFC3339", value_parser = super::parse_time)]
     pub now: Option<OffsetDateTime>,
-}
-
-fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|e| format!("{e}; write an RFC 3339 time such as 2026-01-31T12:00:00Z"))
 }
 
 /// Run a `kiln certs` subcommand.

@@ -26,6 +26,12 @@ pub const EXIT_USAGE: u8 = 2;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Parse a `--now` value (RFC 3339). The error says how to write one; callers add the flag.
+pub(crate) fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{e}; write an RFC 3339 time such as 2027-01-01T00:00:00Z"))
+}
+
 /// kiln runs a Moby BuildKit build farm on Kubernetes the GitOps way.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, long_about = None, propagate_version = true)]

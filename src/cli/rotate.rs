@@ -105,11 +105,9 @@ fn init_logging() {
 fn load_config(source: &Source, force: Option<ForceRenew>) -> anyhow::Result<(Config, OffsetDateTime)> {
     let now = match &source.now {
         None => OffsetDateTime::now_utc(),
-        Some(text) => OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
-            UsageError(format!(
-                "invalid --now {text:?}: use RFC 3339, such as 2027-01-01T00:00:00Z"
-            ))
-        })?,
+        Some(text) => {
+            super::parse_time(text).map_err(|e| UsageError(format!("invalid --now {text:?}: {e}")))?
+        }
     };
     let overlay = match (&source.config, &source.overlay) {
         (None, Some(name)) => crate::overlay::load(&source.overlays, name)?.overlay,

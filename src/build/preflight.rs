@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Daemon;
-use crate::pki::{self, PkiError};
+use crate::pki::{self, PkiError, SecretFormat};
 
 /// The fix printed for anything certificate-related that rotation should have handled.
 const FIX_ROTATE: &str = "the kiln-rotate CronJob has not run; check `kiln status`";
@@ -136,9 +136,10 @@ pub enum PreflightError {
 /// own `--tlsdir` does).
 pub fn find_tls_files(dir: &Path) -> Result<TlsFiles, PreflightError> {
     let pick = |names: [&str; 2]| names.iter().map(|n| dir.join(n)).find(|p| p.is_file());
-    let ca = pick(["ca.pem", "ca.crt"]);
-    let cert = pick(["cert.pem", "tls.crt"]);
-    let key = pick(["key.pem", "tls.key"]);
+    let (pem, tls) = (SecretFormat::Pem.key_names(), SecretFormat::Tls.key_names());
+    let ca = pick([pem.0, tls.0]);
+    let cert = pick([pem.1, tls.1]);
+    let key = pick([pem.2, tls.2]);
     match (ca, cert, key) {
         (Some(ca), Some(cert), Some(key)) => Ok(TlsFiles { ca, cert, key }),
         (ca, cert, key) => {

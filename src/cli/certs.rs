@@ -550,10 +550,8 @@ struct Row {
     key_matches: Option<bool>,
 }
 
-const NAME_SETS: [(&str, &str, &str); 2] = [
-    ("ca.pem", "cert.pem", "key.pem"),
-    ("ca.crt", "tls.crt", "tls.key"),
-];
+/// The (CA bundle, certificate, key) names of every [`SecretFormat`], tried in this order.
+const NAME_SETS: [(&str, &str, &str); 2] = [SecretFormat::Pem.key_names(), SecretFormat::Tls.key_names()];
 
 fn read_text(path: &Path) -> anyhow::Result<String> {
     fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))

@@ -56,7 +56,7 @@ impl SecretFormat {
     ///
     /// The CA Secret uses the same three names for (trust bundle of every CA still
     /// trusted, current CA certificate, current CA key).
-    pub fn key_names(self) -> (&'static str, &'static str, &'static str) {
+    pub const fn key_names(self) -> (&'static str, &'static str, &'static str) {
         match self {
             SecretFormat::Pem => ("ca.pem", "cert.pem", "key.pem"),
             SecretFormat::Tls => ("ca.crt", "tls.crt", "tls.key"),

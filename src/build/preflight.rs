@@ -191,12 +191,6 @@ pub fn human_span(span: time::Duration) -> String {
     }
 }
 
-/// An instant as RFC 3339 (`2027-01-01T00:00:00Z`), for messages and logs.
-pub fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| at.to_string())
-}
-
 /// What a passing client check found, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCheck {
@@ -252,14 +246,14 @@ pub fn check_client(
         return Err(PreflightError::Expired {
             path: cert_path,
             ago: human_span(now - leaf.not_after),
-            not_after: rfc3339(leaf.not_after),
+            not_after: pki::rfc3339(leaf.not_after),
         });
     }
     if now < leaf.not_before {
         return Err(PreflightError::NotYetValid {
             path: cert_path,
             wait: human_span(leaf.not_before - now),
-            not_before: rfc3339(leaf.not_before),
+            not_before: pki::rfc3339(leaf.not_before),
         });
     }
     let verified = pki::verify_chain(&material.cert_pem, &material.ca_pem, now).map_err(|e| match e {
@@ -268,7 +262,7 @@ pub fn check_client(
         } => PreflightError::CaNotValid {
             ca: ca_path.clone(),
             subject,
-            not_after: rfc3339(not_after),
+            not_after: pki::rfc3339(not_after),
         },
         PkiError::Untrusted { issuer, .. } => PreflightError::Untrusted {
             cert: cert_path.clone(),

@@ -359,7 +359,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let client = preflight::check_client(&files, &material, now)?;
     tracing::info!(
         subject = %client.subject,
-        expires = %preflight::rfc3339(client.not_after),
+        expires = %crate::pki::rfc3339(client.not_after),
         "client certificate is valid and chains to the CA bundle"
     );
     let tls_config = preflight::client_config(&config.tls_dir, &material)?;

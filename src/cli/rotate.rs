@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::UsageError;
 use crate::overlay::Overlay;
@@ -162,7 +161,7 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
             for change in &report.changes {
                 let mut line = format!("  {:<40} {}", change.object, change.reason);
                 if let (Some(serial), Some(not_after)) = (&change.serial, change.not_after) {
-                    let date = not_after.format(&Rfc3339).unwrap_or_default();
+                    let date = crate::pki::rfc3339(not_after);
                     line.push_str(&format!(" (serial {}, expires {date})", short(serial)));
                 }
                 println!("{line}");

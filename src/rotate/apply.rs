@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::overlay::RestartStrategy;
 use crate::pki::{self, CaRequest, Issued, LeafKind, LeafRequest, Serial};
@@ -185,10 +184,6 @@ pub enum Write {
     Restart(RestartWrite),
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
-}
-
 struct PoolCa {
     cert_pem: String,
     key_pem: Option<String>,
@@ -243,7 +238,7 @@ pub fn materialize(
     let mut writes = Vec::new();
     let mut warnings = Vec::new();
     let mut daemon_version = state.daemon.ok().map(|d| d.version());
-    let now_text = rfc3339(now);
+    let now_text = crate::pki::rfc3339(now);
     for action in actions {
         match action {
             Action::Warn { message } => warnings.push(message.clone()),
@@ -294,7 +289,10 @@ pub fn materialize(
                     (state::ANN_PHASE_SINCE.to_string(), now_text.clone()),
                     (state::ANN_CA_FINGERPRINT.to_string(), signing.fingerprint.clone()),
                     (state::ANN_SERIAL.to_string(), signing.serial.clone()),
-                    (state::ANN_NOT_AFTER.to_string(), rfc3339(signing.not_after)),
+                    (
+                        state::ANN_NOT_AFTER.to_string(),
+                        crate::pki::rfc3339(signing.not_after),
+                    ),
                     (state::ANN_UPDATED_AT.to_string(), now_text.clone()),
                 ]);
                 if let Some((role, other)) = other {
@@ -436,7 +434,10 @@ pub fn materialize(
                 ]);
                 let annotations = BTreeMap::from([
                     (state::ANN_SERIAL.to_string(), summary.serial.clone()),
-                    (state::ANN_NOT_AFTER.to_string(), rfc3339(summary.not_after)),
+                    (
+                        state::ANN_NOT_AFTER.to_string(),
+                        crate::pki::rfc3339(summary.not_after),
+                    ),
                     (state::ANN_ISSUER.to_string(), issuer),
                     (state::ANN_BUNDLE.to_string(), bundle_fps.join(",")),
                     (state::ANN_UPDATED_AT.to_string(), now_text.clone()),
@@ -621,7 +622,7 @@ fn apply_writes(
                 tracing::info!(
                     secret = %secret.name,
                     serial = %secret.serial,
-                    not_after = %rfc3339(secret.not_after),
+                    not_after = %crate::pki::rfc3339(secret.not_after),
                     reason = %secret.reason,
                     "wrote Secret"
                 );

@@ -191,11 +191,6 @@ fn days(d: time::Duration) -> i64 {
     d.whole_days()
 }
 
-fn fmt_time(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
-}
-
 /// Decide what to do with one leaf Secret. Returns the action and, for repairs, a warning.
 fn leaf_action(
     slot: &Slot<Leaf>,
@@ -251,7 +246,7 @@ fn leaf_action(
     if leaf.info.not_after <= now {
         let warning = format!(
             "the {name} certificate expired at {}; reissuing it (connections fail until restarts pick it up)",
-            fmt_time(leaf.info.not_after)
+            crate::pki::rfc3339(leaf.info.not_after)
         );
         return (
             Some(issue(format!("repair: expired {name} certificate"))),
@@ -367,7 +362,7 @@ fn step_settled(state: &State, now: OffsetDateTime, policy: &Policy) -> Result<(
     if now < ready_at {
         return Err(format!(
             "waiting for the propagation delay until {}",
-            fmt_time(ready_at)
+            crate::pki::rfc3339(ready_at)
         ));
     }
     Ok(())
@@ -431,7 +426,7 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
         out.push(Action::Warn {
             message: format!(
                 "the signing CA expired at {}; starting over with a new CA (clients and daemons trust each other again once both use the new certificates)",
-                fmt_time(ca.signing.info.not_after)
+                crate::pki::rfc3339(ca.signing.info.not_after)
             ),
         });
         let target = issue_new_ca(&mut out, "repair: expired CA".into());
@@ -467,7 +462,7 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
             out.push(Action::Warn {
                 message: format!(
                     "the signing CA expires at {} and the rollover (phase {}) cannot proceed: {why}",
-                    fmt_time(ca.signing.info.not_after),
+                    crate::pki::rfc3339(ca.signing.info.not_after),
                     ca.phase()
                 ),
             });

@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::Config;
 use super::planner::{Action, next_action};
@@ -204,10 +203,6 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
     }
 }
 
-fn date(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
 /// The human table.
 pub fn table(report: &StatusReport) -> String {
     let mut out = String::new();
@@ -217,7 +212,7 @@ pub fn table(report: &StatusReport) -> String {
         .unwrap_or_else(|| "none".into());
     let since = report
         .phase_since
-        .map(|t| format!(" since {}", date(t)))
+        .map(|t| format!(" since {}", crate::pki::rfc3339(t)))
         .unwrap_or_default();
     let _ = writeln!(out, "namespace {}: CA phase {phase}{since}", report.namespace);
     let _ = writeln!(
@@ -226,7 +221,10 @@ pub fn table(report: &StatusReport) -> String {
         "CERT", "SECRET", "STATE", "EXPIRES", "DAYS LEFT"
     );
     for cert in &report.certs {
-        let expires = cert.not_after.map(date).unwrap_or_else(|| "-".into());
+        let expires = cert
+            .not_after
+            .map(crate::pki::rfc3339)
+            .unwrap_or_else(|| "-".into());
         let days = cert
             .days_left
             .map(|d| d.to_string())
@@ -256,7 +254,7 @@ pub fn table(report: &StatusReport) -> String {
             let when = if next.at <= report.now {
                 "now".to_string()
             } else {
-                date(next.at)
+                crate::pki::rfc3339(next.at)
             };
             let _ = writeln!(out, "next action: {when}");
             for action in &next.actions {

@@ -205,7 +205,7 @@ struct NodeDeserializer<'de> {
 }
 
 impl<'de> NodeDeserializer<'de> {
-    #[allow(clippy::wrong_self_convention)]
+    /// Deserialize an unsigned number, naming the field when the value is negative.
     fn unsigned<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TreeError> {
         if let NodeValue::Number(n) = &self.node.value
             && n.as_i64().is_some_and(|i| i < 0)

@@ -82,6 +82,15 @@ fn parse_ders(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, PkiError> {
         .collect()
 }
 
+/// The first certificate of `ders` (DER and parsed), as the single-certificate checks use.
+fn parse_first(ders: &[Vec<u8>]) -> Result<(&[u8], X509Certificate<'_>), PkiError> {
+    let first = ders.first().ok_or(PkiError::NoCertificate)?;
+    let cert = parse_ders(std::slice::from_ref(first))?
+        .pop()
+        .ok_or(PkiError::NoCertificate)?;
+    Ok((first, cert))
+}
+
 /// SHA-256 of DER bytes, lowercase hex.
 pub fn fingerprint_der(der: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
@@ -90,8 +99,8 @@ pub fn fingerprint_der(der: &[u8]) -> String {
 /// The SHA-256 fingerprint (lowercase hex of the DER) of the first certificate in `pem`.
 pub fn fingerprint(pem: &str) -> Result<String, PkiError> {
     let ders = certificate_ders(pem)?;
-    parse_ders(&ders[..1])?;
-    Ok(fingerprint_der(&ders[0]))
+    let (der, _) = parse_first(&ders)?;
+    Ok(fingerprint_der(der))
 }
 
 fn key_algorithm(cert: &X509Certificate<'_>) -> String {
@@ -243,8 +252,8 @@ fn check_time(
 /// With several CAs in the bundle (a CA rollover), any one of them may have signed it.
 pub fn verify_chain(leaf_pem: &str, bundle_pem: &str, at: OffsetDateTime) -> Result<Verified, PkiError> {
     let leaf_ders = certificate_ders(leaf_pem)?;
-    let leaf_certs = parse_ders(&leaf_ders[..1])?;
-    let leaf = &leaf_certs[0];
+    let (_, leaf_cert) = parse_first(&leaf_ders)?;
+    let leaf = &leaf_cert;
     let subject = leaf.subject().to_string();
     check_time(leaf, at).map_err(|(not_before, not_after)| PkiError::NotValidAt {
         subject: subject.clone(),
@@ -287,9 +296,9 @@ pub fn verify_chain(leaf_pem: &str, bundle_pem: &str, at: OffsetDateTime) -> Res
 /// certificate in `cert_pem`.
 pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool, PkiError> {
     let ders = certificate_ders(cert_pem)?;
-    let certs = parse_ders(&ders[..1])?;
+    let (_, cert) = parse_first(&ders)?;
     let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| PkiError::ParseKey {
         message: e.to_string(),
     })?;
-    Ok(certs[0].public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+    Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
 }

@@ -369,7 +369,7 @@ impl<'s> Resolver<'s> {
         let mut overlay: Overlay = merged.deserialize().map_err(|e| {
             let (source, line, field) = e.at.unwrap_or_default();
             OverlayError::Field {
-                location: location(&paths[source.min(paths.len() - 1)], line),
+                location: location(source_path(&paths, source), line),
                 field,
                 message: e.message,
             }
@@ -454,7 +454,7 @@ impl<'s> Resolver<'s> {
         self.handlebars
             .render_template(text, context)
             .map_err(|e| OverlayError::Template {
-                location: location(&paths[node.source.min(paths.len() - 1)], node.line),
+                location: location(source_path(paths, node.source), node.line),
                 field: field.to_string(),
                 message: template_message(&e),
             })
@@ -665,6 +665,11 @@ fn merge(base: &mut Node, over: Node) {
     }
 }
 
+/// The file of `Node::source == source` (clamped to the last file of the chain).
+fn source_path(paths: &[String], source: usize) -> &str {
+    paths.get(source).or(paths.last()).map_or("", String::as_str)
+}
+
 /// The file and line that set a dotted field (or its closest parent that a file set;
 /// the leaf file when only defaults apply).
 fn provenance(merged: &Node, field: &str, paths: &[String]) -> (String, u64) {
@@ -681,8 +686,8 @@ fn provenance(merged: &Node, field: &str, paths: &[String]) -> (String, u64) {
         }
     }
     match node {
-        Some(n) => (paths[n.source.min(paths.len() - 1)].clone(), n.line),
-        None => (paths[0].clone(), 0),
+        Some(n) => (source_path(paths, n.source).to_string(), n.line),
+        None => (source_path(paths, 0).to_string(), 0),
     }
 }
 

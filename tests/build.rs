@@ -937,6 +937,10 @@ fn bad_usage_exits_2_before_anything_runs() {
         (vec!["--image=app:1", "--build-arg==x"], "the key is empty"),
         (vec!["--image=app:1", "--timeout=soon"], "invalid --timeout"),
         (vec!["--image=app:1", "--timeout=0s"], "invalid --timeout"),
+        (
+            vec!["--image=app:1", "--timeout=9223372036854775807s"],
+            "invalid --timeout",
+        ),
         (vec!["--image=app:1", "--platform=linux"], "invalid platform"),
         (
             vec!["--image=app:1", "--addr=unix:///run/buildkit.sock"],

@@ -373,7 +373,13 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
-    let deadline = Instant::now() + config.timeout;
+    // A --timeout of billions of years parses, but would overflow the monotonic clock.
+    let deadline = Instant::now().checked_add(config.timeout).ok_or_else(|| {
+        usage(format!(
+            "invalid --timeout: {}s is too long; use a duration such as 30m",
+            config.timeout.as_secs()
+        ))
+    })?;
     let attempts = config.retry.rounds.max(1);
     for attempt in 0..attempts {
         let chosen = runtime.block_on(preflight::choose_daemon(

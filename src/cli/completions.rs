@@ -10,6 +10,7 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
+/// Print the completion script for `args.shell` to stdout.
 pub fn completions(args: CompletionsArgs, cmd: &mut clap::Command) -> anyhow::Result<ExitCode> {
     clap_complete::generate(args.shell, cmd, "kiln", &mut std::io::stdout());
     Ok(ExitCode::SUCCESS)

@@ -121,10 +121,6 @@ fn load_config(source: &Source, force: Option<ForceRenew>) -> anyhow::Result<(Co
     Ok((config, now))
 }
 
-fn short(fp: &str) -> &str {
-    &fp[..fp.len().min(16)]
-}
-
 /// `kiln rotate`.
 pub fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     init_logging();
@@ -162,7 +158,10 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
                 let mut line = format!("  {:<40} {}", change.object, change.reason);
                 if let (Some(serial), Some(not_after)) = (&change.serial, change.not_after) {
                     let date = crate::pki::rfc3339(not_after);
-                    line.push_str(&format!(" (serial {}, expires {date})", short(serial)));
+                    line.push_str(&format!(
+                        " (serial {}, expires {date})",
+                        crate::rotate::short_hex(serial)
+                    ));
                 }
                 println!("{line}");
             }

@@ -21,6 +21,11 @@ pub use apply::{Cluster, ClusterError, Report, RunOptions, run};
 pub use planner::{Action, ForceRenew, Policy, plan};
 pub use state::{Snapshot, State, read_state};
 
+/// The first 16 characters of a fingerprint or serial (hex), enough to tell them apart in messages.
+pub fn short_hex(hex: &str) -> &str {
+    hex.get(..16).unwrap_or(hex)
+}
+
 /// Why a rotation run could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {

@@ -187,10 +187,6 @@ impl Target {
     }
 }
 
-fn days(d: time::Duration) -> i64 {
-    d.whole_days()
-}
-
 /// Decide what to do with one leaf Secret. Returns the action and, for repairs, a warning.
 fn leaf_action(
     slot: &Slot<Leaf>,
@@ -238,7 +234,7 @@ fn leaf_action(
             CaRef::New => format!("the {name} certificate must come from the new CA"),
             CaRef::Existing(ref fp) => format!(
                 "the {name} certificate is not signed by the signing CA {}",
-                &fp[..fp.len().min(16)]
+                super::short_hex(fp)
             ),
         };
         return (Some(issue(reason)), None);
@@ -268,7 +264,7 @@ fn leaf_action(
         return (
             Some(issue(format!(
                 "renew: the {name} certificate expires in {} days",
-                days(left)
+                left.whole_days()
             ))),
             None,
         );
@@ -479,7 +475,7 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
             let reason = if ca_left < policy.ca_renew_before {
                 format!(
                     "CA rollover: the CA expires in {} days; introducing the next CA",
-                    days(ca_left)
+                    ca_left.whole_days()
                 )
             } else {
                 "CA rollover (--force-renew ca): introducing the next CA".into()

@@ -584,7 +584,9 @@ fn fill(out: &Path, tmp: &Path, plan: &Plan) -> Result<(), OutputError> {
     Ok(())
 }
 
-fn swap(out: &Path, tmp: &Path, old: &Path) -> Result<(), OutputError> {
+/// Replace the directory `out` with the filled directory `tmp`: move `out` aside to `old`,
+/// move `tmp` in, then remove `old`. If the second rename fails, `out` is put back.
+pub fn swap(out: &Path, tmp: &Path, old: &Path) -> Result<(), OutputError> {
     if out.exists() {
         std::fs::rename(out, old).map_err(io("move aside", out))?;
         if let Err(error) = std::fs::rename(tmp, out) {

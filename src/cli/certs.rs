@@ -496,21 +496,9 @@ fn write_tree(root: &Path, files: &[OutFile]) -> anyhow::Result<()> {
 }
 
 fn replace_dir(tmp: &Path, out: &Path) -> anyhow::Result<()> {
-    if fs::symlink_metadata(out).is_ok() {
-        let parent = tmp.parent().unwrap_or(Path::new("."));
-        let old = parent.join(format!(".kiln-old-{}", random_suffix()?));
-        fs::rename(out, &old).with_context(|| format!("failed to move the old {} aside", out.display()))?;
-        if let Err(err) = fs::rename(tmp, out) {
-            let _ = fs::rename(&old, out);
-            return Err(err)
-                .with_context(|| format!("failed to move the new certificates to {}", out.display()));
-        }
-        fs::remove_dir_all(&old).with_context(|| format!("failed to remove the old {}", old.display()))?;
-    } else {
-        fs::rename(tmp, out)
-            .with_context(|| format!("failed to move the certificates to {}", out.display()))?;
-    }
-    Ok(())
+    let parent = tmp.parent().unwrap_or(Path::new("."));
+    let old = parent.join(format!(".kiln-old-{}", random_suffix()?));
+    Ok(crate::output::swap(out, tmp, &old)?)
 }
 
 // ---------------------------------------------------------------- inspect

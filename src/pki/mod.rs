@@ -548,7 +548,7 @@ fn distinguished_name(common_name: &str) -> rcgen::DistinguishedName {
 }
 
 /// Issue a self-signed CA: basicConstraints CA:true with path length 0 (it signs leaves
-/// only), key usage keyCertSign and cRLSign, a subject key identifier.
+/// only), key usage keyCertSign, cRLSign and digitalSignature, a subject key identifier.
 pub fn issue_ca(request: &CaRequest) -> Result<Issued, PkiError> {
     let what = format!("CA {:?}", request.common_name);
     check_window(&what, request.not_before, request.not_after)?;

@@ -941,6 +941,10 @@ fn bad_usage_exits_2_before_anything_runs() {
             vec!["--image=app:1", "--timeout=9223372036854775807s"],
             "invalid --timeout",
         ),
+        (
+            vec!["--image=app:1", "--replicas=4294967295"],
+            "invalid --replicas",
+        ),
         (vec!["--image=app:1", "--platform=linux"], "invalid platform"),
         (
             vec!["--image=app:1", "--addr=unix:///run/buildkit.sock"],

@@ -14,6 +14,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 
+/// The most StatefulSet replicas `kiln build` hashes over: the ring holds
+/// [`ring::DEFAULT_VNODES`] points per replica, so an absurd count would exhaust memory.
+pub const MAX_REPLICAS: u32 = 1024;
+
 /// Why a build input or output could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuildError {

@@ -258,6 +258,13 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
                     "invalid --replicas 0: there must be at least one buildkitd",
                 ));
             }
+            if args.replicas > core::MAX_REPLICAS {
+                return Err(usage(format!(
+                    "invalid --replicas {}: kiln build hashes over at most {} replicas; pass --addr for a Service instead",
+                    args.replicas,
+                    core::MAX_REPLICAS
+                )));
+            }
             for (flag, value) in [("service", &args.service), ("namespace", &args.namespace)] {
                 if !crate::overlay::is_dns1123_label(value) {
                     return Err(usage(format!(

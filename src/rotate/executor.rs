@@ -37,7 +37,6 @@ pub struct KubeCluster {
     config: Config,
     /// The Secrets as last read, for read-modify-write.
     read: BTreeMap<String, Secret>,
-    clock: fn() -> time::OffsetDateTime,
     events_sent: u32,
 }
 
@@ -142,7 +141,6 @@ impl KubeCluster {
             namespace: config.namespace.clone(),
             config: config.clone(),
             read: BTreeMap::new(),
-            clock: time::OffsetDateTime::now_utc,
             events_sent: 0,
         })
     }
@@ -404,7 +402,8 @@ impl Cluster for KubeCluster {
     }
 
     fn event(&mut self, event: &EventRecord) -> Result<(), ClusterError> {
-        let now = (self.clock)();
+        // An Event records when it happened: the real clock, even under --now.
+        let now = time::OffsetDateTime::now_utc();
         self.events_sent += 1;
         let name = format!(
             "{}.{:x}{:04x}",

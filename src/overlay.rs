@@ -12,6 +12,20 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::pki::{Algorithm, SecretFormat};
 
+mod load;
+mod validate;
+
+pub use load::{
+    BASE_OVERLAY_NAME, DEFAULT_OVERLAY_NAME, OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES,
+    load, load_all, resolve_all,
+};
+pub use validate::{Invalid, is_dns1123_label, is_dns1123_subdomain, validate};
+
+/// The JSON Schema of an overlay file, as printed by `kiln schema`.
+pub fn schema() -> serde_json::Value {
+    schemars::schema_for!(Overlay).to_value()
+}
+
 /// The pinned BuildKit version rendered when an overlay does not choose one.
 pub const DEFAULT_BUILDKIT_VERSION: &str = "v0.23.2";
 
@@ -370,12 +384,16 @@ pub struct Gitops {
     pub repo_url: String,
     /// The branch or tag.
     pub revision: String,
-    /// The path of the rendered tree inside the repository.
+    /// The path of the rendered tree inside the repository. Empty: the `--out` directory as
+    /// given (run kiln from the repository root), such as `rendered`.
     pub path: String,
     /// The Argo CD project.
     pub project: String,
-    /// The namespace Argo CD or Flux runs in.
+    /// The namespace Argo CD or Flux runs in. Empty: `argocd` or `flux-system`.
     pub controller_namespace: String,
+    /// Flux only: Kustomizations (in the controller namespace) that must be ready before
+    /// this overlay's, such as the one that installs Tekton's CRDs.
+    pub depends_on: Vec<String>,
 }
 
 impl Default for Gitops {
@@ -384,9 +402,10 @@ impl Default for Gitops {
             flavor: Flavor::default(),
             repo_url: "https://git.example.com/platform/buildkit.git".into(),
             revision: "main".into(),
-            path: "rendered".into(),
+            path: String::new(),
             project: "default".into(),
             controller_namespace: String::new(),
+            depends_on: Vec::new(),
         }
     }
 }

@@ -1,6 +1,40 @@
 //! Render: overlay → Kubernetes objects. Pure: no IO.
+//!
+//! [`render`] builds every object of one resolved overlay, in a stable order
+//! (the order they are applied in: setup, secrets, bootstrap, then the app).
 
 use serde::Serialize;
+
+use crate::overlay::{Overlay, Workload};
+
+pub mod meta;
+pub mod workload;
+
+use meta::Meta;
+
+/// What render needs besides the overlay itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Context {
+    /// The overlay's name (file name without `.yaml`): `app.kubernetes.io/instance`.
+    pub overlay_name: String,
+}
+
+impl Context {
+    /// A context for the overlay called `overlay_name`.
+    pub fn new(overlay_name: impl Into<String>) -> Self {
+        Self {
+            overlay_name: overlay_name.into(),
+        }
+    }
+}
+
+/// Why an overlay could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A typed object could not be converted to a value.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+}
 
 /// One rendered Kubernetes object, ready to be written as YAML.
 ///
@@ -50,3 +84,33 @@ impl Object {
         })
     }
 }
+
+/// Render every object of one resolved overlay, in apply order.
+pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderError> {
+    let meta = Meta {
+        overlay,
+        instance: &ctx.overlay_name,
+    };
+    let mut objects = Vec::new();
+    let mut push = |object: Result<Object, ObjectError>| -> Result<(), RenderError> {
+        objects.push(object?);
+        Ok(())
+    };
+
+    if overlay.create_namespace {
+        push(Object::from_typed(&workload::namespace(&meta)))?;
+    }
+    push(Object::from_typed(&workload::service_account(&meta)))?;
+    match overlay.buildkit.workload {
+        Workload::Deployment => push(Object::from_typed(&workload::deployment(&meta)))?,
+        Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(&meta)))?,
+    }
+    push(Object::from_typed(&workload::service(&meta)))?;
+    if let Some(pdb) = workload::pod_disruption_budget(&meta) {
+        push(Object::from_typed(&pdb))?;
+    }
+    Ok(objects)
+}
+
+/// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
+pub mod gitops;

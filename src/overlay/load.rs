@@ -1,0 +1,894 @@
+//! Loading overlays: read the files (the only IO here), resolve `extends:`, render templates,
+//! read the result into [`Overlay`], validate it, and render the `extra/*.yaml.hbs` manifests.
+//!
+//! Which files are rendered: every `<dir>/<name>.yaml` except `base.yaml` and files whose
+//! name starts with `_`; those are parents only (reachable through `extends:`), though
+//! `--overlay base` still renders base on request. A `key: null` in a child resets the key
+//! to its default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use handlebars::{Handlebars, RenderErrorReason};
+use serde_json::json;
+
+use super::Overlay;
+use super::validate::{is_dns1123_label, is_dns1123_subdomain, validate};
+use crate::render::Object;
+use crate::yaml::{self, Node, NodeValue};
+
+/// The name of the embedded overlay used when there is no overlays directory.
+pub const DEFAULT_OVERLAY_NAME: &str = "default";
+
+/// The overlay that is a parent only: `load_all` does not render it.
+pub const BASE_OVERLAY_NAME: &str = "base";
+
+/// The template variables every string value may use.
+pub const TEMPLATE_VARIABLES: &str =
+    "overlay, namespace, buildkit.version, buildkit.image, buildkit.serviceName, kiln.version, kiln.image";
+
+/// One overlay, fully resolved: parents merged, templates rendered, values validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The overlay name: the file name without `.yaml`, or `default`.
+    pub name: String,
+    /// The settings.
+    pub overlay: Overlay,
+    /// Where it came from, as written in file headers: `overlays/dev.yaml`, or
+    /// `the embedded default overlay`.
+    pub source: String,
+    /// The `extends:` chain, this overlay first.
+    pub chain: Vec<String>,
+    /// The objects from `<dir>/<name>/extra/*.yaml.hbs` of every overlay in the chain
+    /// (parents first), rendered and validated.
+    pub extras: Vec<Object>,
+}
+
+/// An overlay that could not be loaded. Every message names the file, and where it can
+/// the line and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// The directory could not be listed.
+    #[error("failed to list overlays in {dir}: {source}")]
+    List { dir: PathBuf, source: std::io::Error },
+    /// A file could not be read.
+    #[error("failed to read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// A file is not valid YAML.
+    #[error("failed to parse {path}: {message}")]
+    Parse { path: String, message: String },
+    /// A file is YAML but not a mapping.
+    #[error(
+        "failed to load {path}: an overlay must be a YAML mapping of fields (such as `namespace: buildkit`), not {found}"
+    )]
+    NotMapping { path: String, found: &'static str },
+    /// A field has an unknown name, a wrong type or a bad value.
+    #[error("failed to load {location}: {field}: {message}")]
+    Field {
+        location: String,
+        field: String,
+        message: String,
+    },
+    /// A template in a string value failed.
+    #[error("failed to render the template in {location}: {field}: {message}")]
+    Template {
+        location: String,
+        field: String,
+        message: String,
+    },
+    /// The requested overlay does not exist.
+    #[error("failed to find overlay {name:?}: there is no {path} (available: {available})")]
+    NotFound {
+        name: String,
+        path: String,
+        available: String,
+    },
+    /// An overlay name that cannot be a file, a directory and a label value.
+    #[error("invalid overlay name {name:?}: use a DNS-1123 label such as dev or prod-eu")]
+    Name { name: String },
+    /// An `extends:` names an overlay that does not exist.
+    #[error(
+        "failed to resolve extends in {location}: parent overlay {parent:?} not found: there is no {path} (chain: {chain})"
+    )]
+    MissingParent {
+        location: String,
+        parent: String,
+        path: String,
+        chain: String,
+    },
+    /// `extends:` chains loop.
+    #[error("failed to resolve extends: cycle {chain}; remove one of these extends")]
+    Cycle { chain: String },
+    /// An extra manifest is broken.
+    #[error("failed to load {path}: {message}")]
+    Extra { path: String, message: String },
+    /// The directory holds no overlay to render.
+    #[error(
+        "failed to find overlays in {dir}: add {dir}/<name>.yaml (base.yaml and _*.yaml are parents only)"
+    )]
+    Empty { dir: String },
+}
+
+/// The overlay files of one directory, read into memory.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The directory, as the user named it (for messages).
+    dir: String,
+    /// The last component of the directory (for file headers, so they do not depend on
+    /// where the repository is checked out).
+    dir_name: String,
+    /// Overlay texts by name.
+    files: BTreeMap<String, String>,
+    /// Extra manifest templates by overlay name: (file name, text), sorted.
+    extras: BTreeMap<String, Vec<(String, String)>>,
+    /// True when the directory does not exist and the embedded default is used.
+    embedded: bool,
+}
+
+impl Sources {
+    /// Read every overlay file and extra manifest of `dir`. A missing directory gives the
+    /// embedded default overlay.
+    pub fn read(dir: &Path) -> Result<Self, OverlayError> {
+        let mut sources = Self {
+            dir: dir.display().to_string(),
+            dir_name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string()),
+            ..Self::default()
+        };
+        if !dir.exists() {
+            sources.embedded = true;
+            sources.files.insert(DEFAULT_OVERLAY_NAME.into(), String::new());
+            return Ok(sources);
+        }
+        let list = |d: &Path| -> Result<Vec<PathBuf>, OverlayError> {
+            let mut paths = std::fs::read_dir(d)
+                .map_err(|source| OverlayError::List {
+                    dir: d.to_path_buf(),
+                    source,
+                })?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| OverlayError::List {
+                    dir: d.to_path_buf(),
+                    source,
+                })?;
+            paths.sort();
+            Ok(paths)
+        };
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| OverlayError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        for path in list(dir)? {
+            let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if let Some(name) = file.strip_suffix(".yaml")
+                && path.is_file()
+            {
+                sources.files.insert(name.to_string(), read(&path)?);
+            } else if path.is_dir() && path.join("extra").is_dir() {
+                let mut extras = Vec::new();
+                for extra in list(&path.join("extra"))? {
+                    if let Some(name) = extra.file_name().and_then(|n| n.to_str())
+                        && name.ends_with(".yaml.hbs")
+                        && extra.is_file()
+                    {
+                        extras.push((name.to_string(), read(&extra)?));
+                    }
+                }
+                sources.extras.insert(file.to_string(), extras);
+            }
+        }
+        Ok(sources)
+    }
+
+    /// Sources held in memory (tests, the KRM function): overlay name → text.
+    pub fn from_memory(dir: &str, files: BTreeMap<String, String>) -> Self {
+        Self {
+            dir: dir.to_string(),
+            dir_name: dir.rsplit('/').next().unwrap_or(dir).to_string(),
+            files,
+            ..Self::default()
+        }
+    }
+
+    /// Add an extra manifest template for an overlay (tests, the KRM function).
+    pub fn add_extra(&mut self, overlay: &str, file_name: &str, text: &str) {
+        self.extras
+            .entry(overlay.to_string())
+            .or_default()
+            .push((file_name.to_string(), text.to_string()));
+    }
+
+    /// The names `resolve_all` renders: every overlay except `base` and `_*`, sorted.
+    pub fn rendered_names(&self) -> Vec<String> {
+        self.files
+            .keys()
+            .filter(|n| n.as_str() != BASE_OVERLAY_NAME && !n.starts_with('_'))
+            .cloned()
+            .collect()
+    }
+
+    fn path(&self, name: &str) -> String {
+        format!("{}/{name}.yaml", self.dir.trim_end_matches('/'))
+    }
+
+    fn header_source(&self, name: &str) -> String {
+        if self.embedded {
+            "the embedded default overlay".into()
+        } else {
+            format!("{}/{name}.yaml", self.dir_name)
+        }
+    }
+}
+
+/// Read `dir` and resolve one overlay by name.
+pub fn load(dir: &Path, name: &str) -> Result<Resolved, OverlayError> {
+    Resolver::new(&Sources::read(dir)?).resolve(name)
+}
+
+/// Read `dir` and resolve every overlay it renders (see the module docs), sorted by name.
+pub fn load_all(dir: &Path) -> Result<Vec<Resolved>, OverlayError> {
+    resolve_all(&Sources::read(dir)?)
+}
+
+/// Resolve every overlay `sources` renders, sorted by name.
+pub fn resolve_all(sources: &Sources) -> Result<Vec<Resolved>, OverlayError> {
+    let names = sources.rendered_names();
+    if names.is_empty() {
+        return Err(OverlayError::Empty {
+            dir: sources.dir.clone(),
+        });
+    }
+    let resolver = Resolver::new(sources);
+    names.iter().map(|name| resolver.resolve(name)).collect()
+}
+
+/// Resolves overlays of one [`Sources`]; holds the template engine.
+pub struct Resolver<'s> {
+    sources: &'s Sources,
+    /// The file paths, numbered as `Node::source`.
+    handlebars: Handlebars<'static>,
+}
+
+impl<'s> Resolver<'s> {
+    /// A resolver with a strict, non-escaping template engine.
+    pub fn new(sources: &'s Sources) -> Self {
+        let mut handlebars = Handlebars::new();
+        handlebars.set_strict_mode(true);
+        handlebars.register_escape_fn(handlebars::no_escape);
+        Self { sources, handlebars }
+    }
+
+    /// Resolve one overlay by name.
+    pub fn resolve(&self, name: &str) -> Result<Resolved, OverlayError> {
+        if !is_dns1123_label(name) {
+            return Err(OverlayError::Name {
+                name: name.to_string(),
+            });
+        }
+        let sources = self.sources;
+        if !sources.files.contains_key(name) {
+            return Err(OverlayError::NotFound {
+                name: name.to_string(),
+                path: sources.path(name),
+                available: sources.rendered_names().join(", "),
+            });
+        }
+
+        // Walk the chain leaf first; `paths[i]` is the file of `Node::source == i`.
+        let mut chain: Vec<String> = Vec::new();
+        let mut paths: Vec<String> = Vec::new();
+        let mut trees: Vec<Node> = Vec::new();
+        let mut next = Some(name.to_string());
+        while let Some(current) = next.take() {
+            if let Some(pos) = chain.iter().position(|c| *c == current) {
+                let mut cycle = chain[pos..].to_vec();
+                cycle.push(current);
+                return Err(OverlayError::Cycle {
+                    chain: cycle.join(" -> "),
+                });
+            }
+            let path = if sources.embedded {
+                sources.header_source(&current)
+            } else {
+                sources.path(&current)
+            };
+            let text = sources
+                .files
+                .get(&current)
+                .map(String::as_str)
+                .unwrap_or_default();
+            let tree = parse_overlay(text, &path, trees.len())?;
+            if let Some(extends) = tree.get("extends") {
+                let location = location(&path, extends.line);
+                let parent = extends.as_str().ok_or_else(|| OverlayError::Field {
+                    location: location.clone(),
+                    field: "extends".into(),
+                    message: "must be the name of a parent overlay, such as base".into(),
+                })?;
+                if !sources.files.contains_key(parent) {
+                    let mut shown = chain.clone();
+                    shown.push(current.clone());
+                    shown.push(parent.to_string());
+                    return Err(OverlayError::MissingParent {
+                        location,
+                        parent: parent.to_string(),
+                        path: sources.path(parent),
+                        chain: shown.join(" -> "),
+                    });
+                }
+                next = Some(parent.to_string());
+            }
+            chain.push(current);
+            paths.push(path);
+            trees.push(tree);
+        }
+
+        let mut merged = Node::new(NodeValue::Map(Vec::new()), 0);
+        for tree in trees.into_iter().rev() {
+            merge(&mut merged, tree);
+        }
+        if let NodeValue::Map(entries) = &mut merged.value {
+            entries.retain(|e| e.key != "extends");
+        }
+
+        let context = self.context(name, &merged, &paths)?;
+        self.render_strings(&mut merged, "", &context, &paths)?;
+
+        let mut overlay: Overlay = merged.deserialize().map_err(|e| {
+            let (source, line, field) = e.at.unwrap_or_default();
+            OverlayError::Field {
+                location: location(&paths[source.min(paths.len() - 1)], line),
+                field,
+                message: e.message,
+            }
+        })?;
+        overlay.extends = chain.get(1).cloned();
+
+        if let Some(problem) = validate(&overlay).into_iter().next() {
+            let (path, line) = provenance(&merged, &problem.field, &paths);
+            return Err(OverlayError::Field {
+                location: location(&path, line),
+                field: problem.field,
+                message: problem.message,
+            });
+        }
+
+        let mut extras = Vec::new();
+        for overlay_name in chain.iter().rev() {
+            for (file, text) in sources.extras.get(overlay_name).into_iter().flatten() {
+                let path = format!(
+                    "{}/{overlay_name}/extra/{file}",
+                    sources.dir.trim_end_matches('/')
+                );
+                extras.extend(self.extra(&path, text, &context)?);
+            }
+        }
+
+        Ok(Resolved {
+            name: name.to_string(),
+            overlay,
+            source: sources.header_source(name),
+            chain,
+            extras,
+        })
+    }
+
+    /// The template context: the overlay name, kiln's version, and the few values other
+    /// strings may refer to (themselves rendered with the overlay name and kiln version only).
+    fn context(
+        &self,
+        name: &str,
+        merged: &Node,
+        paths: &[String],
+    ) -> Result<serde_json::Value, OverlayError> {
+        let defaults = Overlay::default();
+        let base = json!({ "overlay": name, "kiln": { "version": crate::VERSION } });
+        let value = |field: &str, default: &str| -> Result<String, OverlayError> {
+            match merged.get_path(field) {
+                Some(node) => match node.as_str() {
+                    Some(text) => self.template(text, &base, field, node, paths),
+                    // A wrong type is reported with its line by the typed read that follows.
+                    None => Ok(default.to_string()),
+                },
+                None => Ok(default.to_string()),
+            }
+        };
+        Ok(json!({
+            "overlay": name,
+            "namespace": value("namespace", &defaults.namespace)?,
+            "buildkit": {
+                "version": value("buildkit.version", &defaults.buildkit.version)?,
+                "image": value("buildkit.image", &defaults.buildkit.image)?,
+                "serviceName": value("buildkit.serviceName", &defaults.buildkit.service_name)?,
+            },
+            "kiln": {
+                "version": crate::VERSION,
+                "image": value("kiln.image", &defaults.kiln.image)?,
+            },
+        }))
+    }
+
+    fn template(
+        &self,
+        text: &str,
+        context: &serde_json::Value,
+        field: &str,
+        node: &Node,
+        paths: &[String],
+    ) -> Result<String, OverlayError> {
+        if !text.contains("{{") {
+            return Ok(text.to_string());
+        }
+        self.handlebars
+            .render_template(text, context)
+            .map_err(|e| OverlayError::Template {
+                location: location(&paths[node.source.min(paths.len() - 1)], node.line),
+                field: field.to_string(),
+                message: template_message(&e),
+            })
+    }
+
+    fn render_strings(
+        &self,
+        node: &mut Node,
+        field: &str,
+        context: &serde_json::Value,
+        paths: &[String],
+    ) -> Result<(), OverlayError> {
+        match &mut node.value {
+            NodeValue::String(text) if text.contains("{{") => {
+                let rendered = {
+                    let probe = Node {
+                        value: NodeValue::Null,
+                        line: node.line,
+                        source: node.source,
+                    };
+                    self.template(text, context, field, &probe, paths)?
+                };
+                node.value = NodeValue::String(rendered);
+            }
+            NodeValue::Seq(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.render_strings(item, &format!("{field}[{i}]"), context, paths)?;
+                }
+            }
+            NodeValue::Map(entries) => {
+                for entry in entries {
+                    let child = if field.is_empty() {
+                        entry.key.clone()
+                    } else {
+                        format!("{field}.{}", entry.key)
+                    };
+                    self.render_strings(&mut entry.value, &child, context, paths)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Render, parse and check one extra manifest file.
+    fn extra(
+        &self,
+        path: &str,
+        text: &str,
+        context: &serde_json::Value,
+    ) -> Result<Vec<Object>, OverlayError> {
+        let err = |message: String| OverlayError::Extra {
+            path: path.to_string(),
+            message,
+        };
+        let rendered = self
+            .handlebars
+            .render_template(text, context)
+            .map_err(|e| err(format!("template error: {}", template_message(&e))))?;
+        let docs: Vec<serde_json::Value> =
+            yaml::from_str_multi(&rendered, path).map_err(|e| err(yaml_message(&e)))?;
+        let mut objects = Vec::new();
+        for (i, doc) in docs.into_iter().enumerate() {
+            if doc.is_null() {
+                continue;
+            }
+            let n = i + 1;
+            if !doc.is_object() {
+                return Err(err(format!(
+                    "document {n} must be a Kubernetes object (a mapping), not {}",
+                    json_kind(&doc)
+                )));
+            }
+            let text_at = |pointer: &str| {
+                doc.pointer(pointer)
+                    .and_then(|v| v.as_str())
+                    .filter(|s| !s.is_empty())
+            };
+            let Some(api_version) = text_at("/apiVersion") else {
+                return Err(err(format!("document {n} has no apiVersion")));
+            };
+            let Some(kind) = text_at("/kind") else {
+                return Err(err(format!("document {n} has no kind")));
+            };
+            let Some(name) = text_at("/metadata/name") else {
+                return Err(err(format!("document {n} ({kind}) has no metadata.name")));
+            };
+            if !is_dns1123_subdomain(name) {
+                return Err(err(format!(
+                    "document {n}: {kind} name {name:?} is not a valid DNS-1123 name"
+                )));
+            }
+            let namespace = match doc.pointer("/metadata/namespace") {
+                None => None,
+                Some(v) => match v.as_str() {
+                    Some(ns) if is_dns1123_label(ns) => Some(ns.to_string()),
+                    _ => {
+                        return Err(err(format!(
+                            "document {n}: {kind} {name}: metadata.namespace must be a DNS-1123 label"
+                        )));
+                    }
+                },
+            };
+            objects.push(Object {
+                api_version: api_version.to_string(),
+                kind: kind.to_string(),
+                name: name.to_string(),
+                namespace,
+                value: doc.clone(),
+            });
+        }
+        Ok(objects)
+    }
+}
+
+/// Parse one overlay file into a tree whose every node carries `source`.
+fn parse_overlay(text: &str, path: &str, source: usize) -> Result<Node, OverlayError> {
+    let tree = yaml::parse_tree(text, path, source).map_err(|e| OverlayError::Parse {
+        path: path.to_string(),
+        message: yaml_message(&e),
+    });
+    // An empty file (or only comments) is an empty overlay.
+    let tree = match tree {
+        Ok(tree) => tree,
+        Err(_)
+            if text
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---") =>
+        {
+            Node::new(NodeValue::Map(Vec::new()), source)
+        }
+        Err(e) => return Err(e),
+    };
+    let found = match tree.value {
+        NodeValue::Map(_) => return Ok(tree),
+        NodeValue::Null => return Ok(Node::new(NodeValue::Map(Vec::new()), source)),
+        NodeValue::Seq(_) => "a list",
+        NodeValue::String(_) => "a string",
+        NodeValue::Number(_) => "a number",
+        NodeValue::Bool(_) => "a boolean",
+    };
+    Err(OverlayError::NotMapping {
+        path: path.to_string(),
+        found,
+    })
+}
+
+/// Deep merge: maps merge key by key, everything else (lists included) is replaced, and
+/// `null` removes the key so the default applies.
+fn merge(base: &mut Node, over: Node) {
+    match (&mut base.value, over.value) {
+        (NodeValue::Map(base_entries), NodeValue::Map(over_entries)) => {
+            for entry in over_entries {
+                let existing = base_entries.iter().position(|e| e.key == entry.key);
+                match (existing, &entry.value.value) {
+                    (Some(i), NodeValue::Null) => {
+                        base_entries.remove(i);
+                    }
+                    (None, NodeValue::Null) => {}
+                    (Some(i), _) => {
+                        base_entries[i].line = entry.line;
+                        merge(&mut base_entries[i].value, entry.value);
+                    }
+                    (None, _) => base_entries.push(entry),
+                }
+            }
+            base.line = over.line;
+            base.source = over.source;
+        }
+        (_, value) => {
+            *base = Node {
+                value,
+                line: over.line,
+                source: over.source,
+            }
+        }
+    }
+}
+
+/// The file and line that set a dotted field (or its closest parent that a file set;
+/// the leaf file when only defaults apply).
+fn provenance(merged: &Node, field: &str, paths: &[String]) -> (String, u64) {
+    let mut node = None;
+    let mut current = merged;
+    for key in field.split('.') {
+        let key = key.split('[').next().unwrap_or(key);
+        match current.get(key) {
+            Some(child) => {
+                current = child;
+                node = Some(child);
+            }
+            None => break,
+        }
+    }
+    match node {
+        Some(n) => (paths[n.source.min(paths.len() - 1)].clone(), n.line),
+        None => (paths[0].clone(), 0),
+    }
+}
+
+fn location(path: &str, line: u64) -> String {
+    if line == 0 {
+        path.to_string()
+    } else {
+        format!("{path}:{line}")
+    }
+}
+
+fn template_message(e: &handlebars::RenderError) -> String {
+    let message = match e.reason() {
+        RenderErrorReason::MissingVariable(Some(var)) => {
+            format!("unknown variable `{var}` (available: {TEMPLATE_VARIABLES})")
+        }
+        other => other.to_string(),
+    };
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn yaml_message(e: &yaml::YamlError) -> String {
+    match e {
+        yaml::YamlError::Parse { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(files: &[(&str, &str)]) -> Sources {
+        Sources::from_memory(
+            "overlays",
+            files
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect(),
+        )
+    }
+
+    fn err(files: &[(&str, &str)], name: &str) -> String {
+        Resolver::new(&sources(files))
+            .resolve(name)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn extends_merges_maps_and_replaces_lists() {
+        let s = sources(&[
+            (
+                "base",
+                "buildkit:\n  replicas: 2\n  extraArgs: [--a, --b]\n  nodeSelector:\n    a: x\n",
+            ),
+            (
+                "dev",
+                "extends: base\nbuildkit:\n  extraArgs: [--c]\n  nodeSelector:\n    b: z\n",
+            ),
+        ]);
+        let r = Resolver::new(&s).resolve("dev").unwrap();
+        assert_eq!(r.overlay.buildkit.replicas, 2);
+        assert_eq!(r.overlay.buildkit.extra_args, ["--c"]);
+        assert_eq!(r.overlay.buildkit.node_selector.len(), 2);
+        assert_eq!(r.chain, ["dev", "base"]);
+        assert_eq!(r.overlay.extends.as_deref(), Some("base"));
+        assert_eq!(r.source, "overlays/dev.yaml");
+    }
+
+    #[test]
+    fn null_resets_to_default() {
+        let s = sources(&[
+            ("base", "buildkit:\n  replicas: 5\n"),
+            ("dev", "extends: base\nbuildkit:\n  replicas: null\n"),
+        ]);
+        assert_eq!(
+            Resolver::new(&s)
+                .resolve("dev")
+                .unwrap()
+                .overlay
+                .buildkit
+                .replicas,
+            1
+        );
+    }
+
+    #[test]
+    fn templates_render_with_context() {
+        let s = sources(&[(
+            "dev",
+            "namespace: buildkit-{{overlay}}\ncommonLabels:\n  ns: \"{{namespace}}\"\n  v: \"{{buildkit.version}}\"\n",
+        )]);
+        let r = Resolver::new(&s).resolve("dev").unwrap();
+        assert_eq!(r.overlay.namespace, "buildkit-dev");
+        assert_eq!(r.overlay.common_labels["ns"], "buildkit-dev");
+        assert_eq!(
+            r.overlay.common_labels["v"],
+            crate::overlay::DEFAULT_BUILDKIT_VERSION
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = err(
+            &[("base", "buildkit:\n  bogus: 1\n"), ("dev", "extends: base\n")],
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/base.yaml:2: buildkit.bogus: unknown field `bogus`"),
+            "{e}"
+        );
+        let e = err(&[("dev", "buildkit:\n  replicas: -3\n")], "dev");
+        assert_eq!(
+            e,
+            "failed to load overlays/dev.yaml:2: buildkit.replicas: must be 0 or more, got -3"
+        );
+        let e = err(&[("dev", "buildkit:\n  replicas: lots\n")], "dev");
+        assert!(
+            e.starts_with(
+                "failed to load overlays/dev.yaml:2: buildkit.replicas: invalid type: string \"lots\""
+            ),
+            "{e}"
+        );
+        let e = err(&[("dev", "namespace: Bad_NS\n")], "dev");
+        assert!(
+            e.starts_with(
+                "failed to load overlays/dev.yaml:1: namespace: \"Bad_NS\" is not a valid DNS-1123 label"
+            ),
+            "{e}"
+        );
+        let e = err(&[("dev", "buildkit:\n  mode: turbo\n")], "dev");
+        assert!(
+            e.contains(
+                "overlays/dev.yaml:2: buildkit.mode: unknown variant `turbo`, expected one of `rootless`"
+            ),
+            "{e}"
+        );
+        let e = err(&[("dev", "certs:\n  validity: 90 days\n")], "dev");
+        assert!(
+            e.contains("overlays/dev.yaml:2: certs.validity: invalid duration \"90 days\""),
+            "{e}"
+        );
+        let e = err(&[("dev", "certs:\n  validity: 10y\n")], "dev");
+        assert!(e.contains("overlays/dev.yaml:2: certs.validity: the leaf validity 10y must be shorter than certs.caValidity 5y"), "{e}");
+        let e = err(&[("dev", "rotation:\n  schedule: every night\n")], "dev");
+        assert!(
+            e.contains("overlays/dev.yaml:2: rotation.schedule: \"every night\" is not a cron schedule"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn extends_errors_name_the_chain() {
+        let e = err(
+            &[
+                ("a", "extends: b\n"),
+                ("b", "extends: c\n"),
+                ("c", "extends: a\n"),
+            ],
+            "a",
+        );
+        assert_eq!(
+            e,
+            "failed to resolve extends: cycle a -> b -> c -> a; remove one of these extends"
+        );
+        let e = err(&[("dev", "extends: base\n"), ("base", "extends: nope\n")], "dev");
+        assert_eq!(
+            e,
+            "failed to resolve extends in overlays/base.yaml:1: parent overlay \"nope\" not found: there is no overlays/nope.yaml (chain: dev -> base -> nope)"
+        );
+    }
+
+    #[test]
+    fn template_errors_are_strict() {
+        let e = err(&[("dev", "namespace: \"{{nope}}\"\n")], "dev");
+        assert!(
+            e.starts_with(
+                "failed to render the template in overlays/dev.yaml:1: namespace: unknown variable `nope`"
+            ),
+            "{e}"
+        );
+        let e = err(&[("dev", "commonLabels:\n  a: \"{{#if}}\"\n")], "dev");
+        assert!(
+            e.starts_with("failed to render the template in overlays/dev.yaml:2: commonLabels.a:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn not_a_mapping_and_empty_files() {
+        let e = err(&[("dev", "- a\n- b\n")], "dev");
+        assert!(
+            e.contains("overlays/dev.yaml: an overlay must be a YAML mapping"),
+            "{e}"
+        );
+        assert!(e.ends_with("not a list"), "{e}");
+        let s = sources(&[("dev", "# nothing yet\n")]);
+        assert_eq!(
+            Resolver::new(&s).resolve("dev").unwrap().overlay.namespace,
+            "buildkit"
+        );
+    }
+
+    #[test]
+    fn base_and_underscore_files_are_parents_only() {
+        let s = sources(&[("base", ""), ("_common", ""), ("dev", ""), ("prod", "")]);
+        assert_eq!(s.rendered_names(), ["dev", "prod"]);
+        let names: Vec<_> = resolve_all(&s).unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["dev", "prod"]);
+        assert!(
+            resolve_all(&sources(&[("base", "")]))
+                .unwrap_err()
+                .to_string()
+                .contains("failed to find overlays")
+        );
+    }
+
+    #[test]
+    fn extras_are_rendered_and_checked() {
+        let mut s = sources(&[
+            ("base", ""),
+            ("dev", "extends: base\nnamespace: ns-{{overlay}}\n"),
+        ]);
+        s.add_extra("base", "cm.yaml.hbs", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{{overlay}}\n  namespace: \"{{namespace}}\"\n---\n");
+        s.add_extra(
+            "dev",
+            "quota.yaml.hbs",
+            "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: q\n",
+        );
+        let r = Resolver::new(&s).resolve("dev").unwrap();
+        let names: Vec<_> = r
+            .extras
+            .iter()
+            .map(|o| (o.kind.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(names, [("ConfigMap", "cm-dev"), ("ResourceQuota", "q")]);
+        assert_eq!(r.extras[0].namespace.as_deref(), Some("ns-dev"));
+
+        let mut s = sources(&[("dev", "")]);
+        s.add_extra("dev", "bad.yaml.hbs", "apiVersion: v1\nkind: ConfigMap\n");
+        let e = Resolver::new(&s).resolve("dev").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "failed to load overlays/dev/extra/bad.yaml.hbs: document 1 (ConfigMap) has no metadata.name"
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(err(&[("dev", "")], "../x").contains("invalid overlay name"));
+        assert!(err(&[("dev", "")], "prod").contains("there is no overlays/prod.yaml (available: dev)"));
+    }
+}

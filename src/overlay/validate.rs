@@ -1,0 +1,374 @@
+//! Value checks that types alone cannot express: names, quantities, schedules, lifetimes.
+//! Pure: each check returns the dotted field path and what is wrong.
+
+use super::Overlay;
+
+/// One invalid value: the dotted field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Dotted field path, such as `buildkit.serviceName`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// True for a DNS-1123 label: at most 63 lowercase alphanumerics or `-`, alphanumeric at both ends.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// True for a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// True for a label value: empty, or at most 63 alphanumerics, `-`, `_`, `.`, alphanumeric at both ends.
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// True for a label or annotation key: `[prefix/]name`.
+fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, s),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+/// True for a Kubernetes quantity such as `500m`, `2Gi`, `1.5`, `1e3`.
+fn is_quantity(s: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E", "",
+    ];
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let number = number.strip_prefix(['+', '-']).unwrap_or(number);
+    let digits_ok = !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && number.bytes().filter(|b| *b == b'.').count() <= 1
+        && number.bytes().any(|b| b.is_ascii_digit());
+    let exponent_ok = suffix.strip_prefix(['e', 'E']).is_some_and(|e| {
+        !e.is_empty()
+            && e.trim_start_matches(['+', '-'])
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+    });
+    digits_ok && (SUFFIXES.contains(&suffix) || exponent_ok)
+}
+
+/// True for a cron schedule of five fields (or a `@daily`-style macro).
+fn is_cron_schedule(s: &str) -> bool {
+    const MACROS: &[&str] = &[
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@midnight",
+        "@hourly",
+    ];
+    if MACROS.contains(&s.trim()) {
+        return true;
+    }
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    fields.len() == 5
+        && fields.iter().all(|f| {
+            f.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"*/,-?".contains(&b))
+        })
+}
+
+/// True for an image reference: no whitespace, not empty, no uppercase in the repository.
+fn is_image(s: &str) -> bool {
+    !s.is_empty() && !s.contains(char::is_whitespace)
+}
+
+/// Check every value of a resolved overlay. Returns all problems, in field order.
+pub fn validate(o: &Overlay) -> Vec<Invalid> {
+    let mut out = Vec::new();
+    let label = |out: &mut Vec<Invalid>, field: &str, value: &str| {
+        if !is_dns1123_label(value) {
+            out.push(invalid(
+                field,
+                format!(
+                    "{value:?} is not a valid DNS-1123 label: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+                ),
+            ));
+        }
+    };
+    let subdomain = |out: &mut Vec<Invalid>, field: &str, value: &str| {
+        if !is_dns1123_subdomain(value) {
+            out.push(invalid(
+                field,
+                format!(
+                    "{value:?} is not a valid DNS-1123 name: use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
+                ),
+            ));
+        }
+    };
+    label(&mut out, "namespace", &o.namespace);
+    for (key, value) in &o.common_labels {
+        if !is_label_key(key) {
+            out.push(invalid(
+                format!("commonLabels.{key}"),
+                format!("{key:?} is not a valid label key"),
+            ));
+        }
+        if !is_label_value(value) {
+            out.push(invalid(
+                format!("commonLabels.{key}"),
+                format!("{value:?} is not a valid label value: at most 63 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+    }
+
+    let b = &o.buildkit;
+    if b.version.is_empty() || b.version.contains(char::is_whitespace) || b.version.len() > 63 {
+        out.push(invalid(
+            "buildkit.version",
+            "must be a BuildKit release tag, such as v0.23.2",
+        ));
+    }
+    if !is_image(&b.image) {
+        out.push(invalid(
+            "buildkit.image",
+            "must be an image repository, such as docker.io/moby/buildkit",
+        ));
+    }
+    label(&mut out, "buildkit.serviceName", &b.service_name);
+    if b.service_name.starts_with(|c: char| c.is_ascii_digit()) {
+        out.push(invalid(
+            "buildkit.serviceName",
+            "a Service name must start with a letter",
+        ));
+    }
+    if b.port == 0 {
+        out.push(invalid("buildkit.port", "must be a TCP port from 1 to 65535"));
+    }
+    resources(&mut out, "buildkit.resources", &b.resources);
+    for (key, value) in &b.node_selector {
+        if !is_label_key(key) || !is_label_value(value) {
+            out.push(invalid(
+                format!("buildkit.nodeSelector.{key}"),
+                format!("{key}={value} is not a valid node label"),
+            ));
+        }
+    }
+    for (i, t) in b.tolerations.iter().enumerate() {
+        if let Some(op) = &t.operator
+            && op != "Exists"
+            && op != "Equal"
+        {
+            out.push(invalid(
+                format!("buildkit.tolerations[{i}].operator"),
+                format!("{op:?} must be Exists or Equal"),
+            ));
+        }
+        if let Some(effect) = &t.effect
+            && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect.as_str())
+        {
+            out.push(invalid(
+                format!("buildkit.tolerations[{i}].effect"),
+                format!("{effect:?} must be NoSchedule, PreferNoSchedule or NoExecute"),
+            ));
+        }
+    }
+    if !b.cache_size.is_empty() && !is_quantity(&b.cache_size) {
+        out.push(invalid(
+            "buildkit.cacheSize",
+            format!("{:?} is not a Kubernetes quantity, such as 50Gi", b.cache_size),
+        ));
+    }
+
+    let t = &o.tekton;
+    subdomain(&mut out, "tekton.name", &t.name);
+    if t.timeout.is_zero() {
+        out.push(invalid("tekton.timeout", "must be longer than 0s, such as 1h"));
+    }
+    resources(&mut out, "tekton.stepResources", &t.step_resources);
+
+    let c = &o.certs;
+    if c.ca_validity.is_zero() {
+        out.push(invalid("certs.caValidity", "must be longer than 0s, such as 5y"));
+    }
+    if c.validity.is_zero() {
+        out.push(invalid("certs.validity", "must be longer than 0s, such as 90d"));
+    } else if c.validity >= c.ca_validity {
+        out.push(invalid(
+            "certs.validity",
+            format!(
+                "the leaf validity {} must be shorter than certs.caValidity {}",
+                c.validity, c.ca_validity
+            ),
+        ));
+    }
+    if let Some(renew) = c.renew_before
+        && (renew.is_zero() || renew >= c.validity)
+    {
+        out.push(invalid(
+            "certs.renewBefore",
+            format!(
+                "{renew} must be longer than 0s and shorter than certs.validity {}",
+                c.validity
+            ),
+        ));
+    }
+    for (i, san) in c.extra_sans.iter().enumerate() {
+        let dns = san.strip_prefix("*.").unwrap_or(san);
+        if san.parse::<std::net::IpAddr>().is_err() && !is_dns1123_subdomain(dns) {
+            out.push(invalid(
+                format!("certs.extraSans[{i}]"),
+                format!("{san:?} is neither an IP address nor a lowercase DNS name"),
+            ));
+        }
+    }
+    subdomain(&mut out, "certs.secrets.ca", &c.secrets.ca);
+    subdomain(&mut out, "certs.secrets.daemon", &c.secrets.daemon);
+    subdomain(&mut out, "certs.secrets.client", &c.secrets.client);
+    let names = [&c.secrets.ca, &c.secrets.daemon, &c.secrets.client];
+    if names[0] == names[1] || names[1] == names[2] || names[0] == names[2] {
+        out.push(invalid(
+            "certs.secrets",
+            "the ca, daemon and client Secrets need three different names",
+        ));
+    }
+
+    let r = &o.rotation;
+    if !is_cron_schedule(&r.schedule) {
+        out.push(invalid(
+            "rotation.schedule",
+            format!(
+                "{:?} is not a cron schedule: write five fields (minute hour day month weekday), such as \"17 3 * * *\", or @daily",
+                r.schedule
+            ),
+        ));
+    }
+    if r.time_zone.is_empty()
+        || !r
+            .time_zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+    {
+        out.push(invalid(
+            "rotation.timeZone",
+            format!("{:?} is not an IANA time zone name, such as Etc/UTC", r.time_zone),
+        ));
+    }
+    resources(&mut out, "rotation.resources", &r.resources);
+
+    if !is_image(&o.kiln.image) {
+        out.push(invalid(
+            "kiln.image",
+            "must be an image reference, such as ghcr.io/kiln-dev/kiln:0.1.0",
+        ));
+    }
+
+    let g = &o.gitops;
+    if g.repo_url.is_empty() || g.repo_url.contains(char::is_whitespace) {
+        out.push(invalid(
+            "gitops.repoURL",
+            "must be the URL of the git repository the GitOps tool reads",
+        ));
+    }
+    if g.revision.is_empty() {
+        out.push(invalid(
+            "gitops.revision",
+            "must be a branch, tag or commit, such as main",
+        ));
+    }
+    if g.path.starts_with('/') || g.path.split('/').any(|p| p == "..") {
+        out.push(invalid(
+            "gitops.path",
+            "must be a relative path inside the repository, such as rendered",
+        ));
+    }
+    subdomain(&mut out, "gitops.project", &g.project);
+    for (i, name) in g.depends_on.iter().enumerate() {
+        subdomain(&mut out, &format!("gitops.dependsOn[{i}]"), name);
+    }
+    if !g.controller_namespace.is_empty() {
+        label(&mut out, "gitops.controllerNamespace", &g.controller_namespace);
+    }
+    out
+}
+
+fn resources(out: &mut Vec<Invalid>, field: &str, r: &super::Resources) {
+    for (kind, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+        for (name, value) in map {
+            if !is_quantity(value) {
+                out.push(invalid(
+                    format!("{field}.{kind}.{name}"),
+                    format!("{value:?} is not a Kubernetes quantity, such as 500m or 2Gi"),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_dns1123_label("buildkit-dev"));
+        for bad in ["", "Buildkit", "-a", "a-", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(!is_dns1123_label(bad), "{bad:?}");
+        }
+        assert!(is_dns1123_subdomain("buildkit.ca-1"));
+        assert!(!is_dns1123_subdomain("a..b"));
+    }
+
+    #[test]
+    fn quantities() {
+        for good in ["500m", "2Gi", "1", "1.5", "1e3", "100M"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "2 Gi", "Gi", "1.2.3", "12x", "abc"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schedules() {
+        assert!(is_cron_schedule("17 3 * * *"));
+        assert!(is_cron_schedule("@daily"));
+        assert!(is_cron_schedule("*/15 0-6 1,15 JAN MON-FRI"));
+        assert!(!is_cron_schedule("every day"));
+        assert!(!is_cron_schedule("* * * *"));
+    }
+
+    #[test]
+    fn default_overlay_is_valid() {
+        assert_eq!(validate(&Overlay::default()), vec![]);
+    }
+
+    #[test]
+    fn lifetimes_must_nest() {
+        let mut o = Overlay::default();
+        o.certs.validity = o.certs.ca_validity;
+        o.certs.renew_before = Some(crate::duration::Duration::from_days(400 * 5));
+        let fields: Vec<_> = validate(&o).into_iter().map(|i| i.field).collect();
+        assert_eq!(fields, ["certs.validity", "certs.renewBefore"]);
+    }
+}

@@ -1,0 +1,537 @@
+//! The buildkitd daemon: Namespace, ServiceAccount, Deployment or StatefulSet, Services, PDB.
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    AppArmorProfile, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath, Namespace,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::meta::{self, Component, Meta, Wave};
+use crate::overlay::{Mode, Workload};
+
+/// The annotation that explains, on the object, why a pod cannot meet the restricted standard.
+pub const POD_SECURITY_NOTE: &str = "kiln.dev/pod-security";
+/// A free-text note on an object, for choices a reader would otherwise wonder about.
+pub const NOTE: &str = "kiln.dev/note";
+
+/// The uid and gid the rootless image runs as (fixed by the image).
+const ROOTLESS_UID: i64 = 1000;
+/// Where the daemon Secret is mounted.
+const CERTS_DIR: &str = "/certs";
+/// The daemon container's name.
+const CONTAINER: &str = "buildkitd";
+
+/// The Namespace, labelled for the `privileged` Pod Security level the daemon needs.
+pub fn namespace(meta: &Meta) -> Namespace {
+    let mut labels = meta.labels(Component::Namespace);
+    labels.insert("pod-security.kubernetes.io/enforce".into(), "privileged".into());
+    let mut metadata = ObjectMeta {
+        name: Some(meta.namespace().to_string()),
+        labels: Some(labels),
+        annotations: Some(meta.annotations(Wave::Setup)),
+        ..Default::default()
+    };
+    meta::annotate(
+        &mut metadata,
+        &[(
+            POD_SECURITY_NOTE,
+            "privileged: buildkitd needs Unconfined seccomp and AppArmor (rootless) or privileged: true \
+             (privileged, userns), which baseline and restricted forbid; kiln's own pods meet restricted",
+        )],
+    );
+    Namespace {
+        metadata,
+        ..Default::default()
+    }
+}
+
+/// The daemon's ServiceAccount. It holds no RBAC: buildkitd never talks to the API.
+pub fn service_account(meta: &Meta) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta.object(
+            &meta.overlay.buildkit.service_name,
+            Component::Daemon,
+            Wave::Setup,
+        ),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+/// The unix socket buildkitd listens on in this mode (the probes use it).
+pub fn unix_socket(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Rootless => "unix:///run/user/1000/buildkit/buildkitd.sock",
+        Mode::Privileged | Mode::Userns => "unix:///run/buildkit/buildkitd.sock",
+    }
+}
+
+/// The daemon image reference: `<image>:<version>`, with `-rootless` in rootless mode.
+pub fn daemon_image(meta: &Meta) -> String {
+    let buildkit = &meta.overlay.buildkit;
+    match buildkit.mode {
+        Mode::Rootless => format!("{}:{}-rootless", buildkit.image, buildkit.version),
+        Mode::Privileged | Mode::Userns => format!("{}:{}", buildkit.image, buildkit.version),
+    }
+}
+
+/// The buildkitd command line.
+pub fn daemon_args(meta: &Meta) -> Vec<String> {
+    let buildkit = &meta.overlay.buildkit;
+    let (ca, cert, key) = meta.overlay.certs.format.key_names();
+    let mut args = vec![
+        "--addr".to_string(),
+        unix_socket(buildkit.mode).to_string(),
+        "--addr".to_string(),
+        format!("tcp://0.0.0.0:{}", buildkit.port),
+        "--tlscacert".to_string(),
+        format!("{CERTS_DIR}/{ca}"),
+        "--tlscert".to_string(),
+        format!("{CERTS_DIR}/{cert}"),
+        "--tlskey".to_string(),
+        format!("{CERTS_DIR}/{key}"),
+    ];
+    if buildkit.mode == Mode::Rootless {
+        args.push("--oci-worker-no-process-sandbox".to_string());
+    }
+    args.extend(buildkit.extra_args.iter().cloned());
+    args
+}
+
+fn probe(mode: Mode) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(
+                ["buildctl", "--addr", unix_socket(mode), "debug", "workers"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+        }),
+        initial_delay_seconds: Some(5),
+        period_seconds: Some(30),
+        ..Default::default()
+    }
+}
+
+fn state_dir(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Rootless => "/home/user/.local/share/buildkit",
+        Mode::Privileged | Mode::Userns => "/var/lib/buildkit",
+    }
+}
+
+fn container_security(mode: Mode) -> SecurityContext {
+    match mode {
+        // rootlesskit creates user and mount namespaces through the setuid newuidmap helpers,
+        // which is why privilege escalation stays allowed and capabilities are not dropped.
+        Mode::Rootless => SecurityContext {
+            run_as_user: Some(ROOTLESS_UID),
+            run_as_group: Some(ROOTLESS_UID),
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "Unconfined".into(),
+                ..Default::default()
+            }),
+            app_armor_profile: Some(AppArmorProfile {
+                type_: "Unconfined".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Mode::Privileged | Mode::Userns => SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        },
+    }
+}
+
+/// Why this mode cannot meet the restricted (or even baseline) Pod Security Standard.
+pub fn pod_security_reason(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Rootless => {
+            "privileged: rootless BuildKit runs as uid 1000 but needs Unconfined seccomp and AppArmor \
+             (and setuid newuidmap) to create user namespaces; baseline forbids Unconfined profiles"
+        }
+        Mode::Privileged => {
+            "privileged: privileged-mode BuildKit runs as root with privileged: true; \
+             use mode rootless or userns to reduce this"
+        }
+        Mode::Userns => {
+            "privileged: userns BuildKit sets privileged: true inside its own user namespace \
+             (hostUsers: false), so root in the pod is not root on the node"
+        }
+    }
+}
+
+fn pod_template(meta: &Meta) -> PodTemplateSpec {
+    let overlay = meta.overlay;
+    let buildkit = &overlay.buildkit;
+    let mode = buildkit.mode;
+    let (ca, cert, key) = overlay.certs.format.key_names();
+    let size_limit = (!buildkit.cache_size.is_empty()).then(|| Quantity(buildkit.cache_size.clone()));
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(daemon_image(meta)),
+        args: Some(daemon_args(meta)),
+        ports: Some(vec![ContainerPort {
+            name: Some("buildkitd".into()),
+            container_port: i32::from(buildkit.port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(probe(mode)),
+        liveness_probe: Some(probe(mode)),
+        resources: meta::resources(&buildkit.resources),
+        security_context: Some(container_security(mode)),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "certs".into(),
+                mount_path: CERTS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "state".into(),
+                mount_path: state_dir(mode).into(),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    // Listing the keys makes the kubelet hold the pod in ContainerCreating until the
+    // bootstrap Job has written them, instead of crash-looping on an empty Secret.
+    let items = [ca, cert, key]
+        .map(|name| KeyToPath {
+            key: name.into(),
+            path: name.into(),
+            ..Default::default()
+        })
+        .to_vec();
+    let (default_mode, fs_group) = match mode {
+        Mode::Rootless => (0o440, Some(ROOTLESS_UID)),
+        Mode::Privileged | Mode::Userns => (0o400, None),
+    };
+    let volumes = vec![
+        Volume {
+            name: "certs".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(overlay.certs.secrets.daemon.clone()),
+                items: Some(items),
+                default_mode: Some(default_mode),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "state".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    PodTemplateSpec {
+        metadata: Some(meta.pod_template(Component::Daemon)),
+        spec: Some(PodSpec {
+            service_account_name: Some(buildkit.service_name.clone()),
+            automount_service_account_token: Some(false),
+            host_users: (mode == Mode::Userns).then_some(false),
+            security_context: fs_group.map(|gid| PodSecurityContext {
+                fs_group: Some(gid),
+                ..Default::default()
+            }),
+            containers: vec![container],
+            volumes: Some(volumes),
+            node_selector: meta::non_empty(&buildkit.node_selector),
+            tolerations: meta::tolerations(&buildkit.tolerations),
+            ..Default::default()
+        }),
+    }
+}
+
+fn daemon_metadata(meta: &Meta) -> ObjectMeta {
+    let mut metadata = meta.object(&meta.overlay.buildkit.service_name, Component::Daemon, Wave::App);
+    meta::annotate(
+        &mut metadata,
+        &[
+            (POD_SECURITY_NOTE, pod_security_reason(meta.overlay.buildkit.mode)),
+            (
+                "kiln.dev/restart",
+                "kiln rotate restarts this workload after a renewal by patching kiln.dev/restartedAt \
+                 into the pod template (buildkitd reads its TLS files only at start)",
+            ),
+        ],
+    );
+    metadata
+}
+
+fn replicas(meta: &Meta) -> i32 {
+    i32::try_from(meta.overlay.buildkit.replicas).unwrap_or(i32::MAX)
+}
+
+/// The daemon as a Deployment (any replica serves any build).
+pub fn deployment(meta: &Meta) -> Deployment {
+    Deployment {
+        metadata: daemon_metadata(meta),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas(meta)),
+            selector: meta.selector(Component::Daemon),
+            template: pod_template(meta),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The daemon as a StatefulSet: stable names `<service>-<i>.<service>.<ns>.svc` for cache affinity.
+pub fn stateful_set(meta: &Meta) -> StatefulSet {
+    StatefulSet {
+        metadata: daemon_metadata(meta),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas(meta)),
+            service_name: Some(meta.overlay.buildkit.service_name.clone()),
+            pod_management_policy: Some("Parallel".into()),
+            selector: meta.selector(Component::Daemon),
+            template: pod_template(meta),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Service named `buildkit.serviceName`.
+///
+/// For a Deployment it is a ClusterIP Service. For a StatefulSet it is the headless
+/// governing Service: it gives each replica the name `<service>-<i>.<service>.<ns>.svc`,
+/// which the daemon certificate's `*.<service>.<ns>.svc` SAN covers, and `<service>.<ns>.svc`
+/// still resolves to every ready replica. A second load-balanced Service would need a
+/// name the certificate does not carry, so there is none.
+pub fn service(meta: &Meta) -> Service {
+    let buildkit = &meta.overlay.buildkit;
+    let headless = buildkit.workload == Workload::Statefulset;
+    let mut metadata = meta.object(&buildkit.service_name, Component::Daemon, Wave::App);
+    if headless {
+        meta::annotate(
+            &mut metadata,
+            &[(
+                NOTE,
+                "headless governing Service of the StatefulSet: per-replica DNS <pod>.<service>.<ns>.svc \
+                 for kiln build's consistent hashing; the service name itself resolves to all ready replicas",
+            )],
+        );
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: headless.then(|| "None".to_string()),
+            selector: Some(meta.selector_labels(Component::Daemon)),
+            ports: Some(vec![ServicePort {
+                name: Some("buildkitd".into()),
+                port: i32::from(buildkit.port),
+                target_port: Some(IntOrString::String("buildkitd".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A PodDisruptionBudget (maxUnavailable 1), rendered only when replicas > 1.
+pub fn pod_disruption_budget(meta: &Meta) -> Option<PodDisruptionBudget> {
+    (meta.overlay.buildkit.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta.object(&meta.overlay.buildkit.service_name, Component::Daemon, Wave::App),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(meta.selector(Component::Daemon)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::Overlay;
+    use crate::pki::SecretFormat;
+
+    fn with(mode: Mode, f: impl FnOnce(&mut Overlay)) -> Overlay {
+        let mut overlay = Overlay::default();
+        overlay.buildkit.mode = mode;
+        f(&mut overlay);
+        overlay
+    }
+
+    fn pod(overlay: &Overlay) -> PodSpec {
+        let meta = Meta {
+            overlay,
+            instance: "dev",
+        };
+        deployment(&meta).spec.unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn rootless_uses_rootless_image_uid_and_unconfined_fields() {
+        let overlay = with(Mode::Rootless, |o| o.buildkit.cache_size = "20Gi".into());
+        let spec = pod(&overlay);
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("docker.io/moby/buildkit:v0.23.2-rootless")
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_user, Some(1000));
+        assert_eq!(sc.run_as_group, Some(1000));
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "Unconfined");
+        assert_eq!(sc.app_armor_profile.as_ref().unwrap().type_, "Unconfined");
+        assert_eq!(sc.privileged, None);
+        let args = c.args.as_ref().unwrap();
+        assert!(args.contains(&"--oci-worker-no-process-sandbox".to_string()));
+        assert_eq!(args[1], "unix:///run/user/1000/buildkit/buildkitd.sock");
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.mount_path == "/home/user/.local/share/buildkit")
+        );
+        let state = spec
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "state")
+            .unwrap();
+        assert_eq!(
+            state.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("20Gi".into()))
+        );
+        assert_eq!(spec.host_users, None);
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn privileged_and_userns_run_privileged_with_var_lib_state() {
+        for mode in [Mode::Privileged, Mode::Userns] {
+            let overlay = with(mode, |_| {});
+            let spec = pod(&overlay);
+            let c = &spec.containers[0];
+            assert_eq!(c.image.as_deref(), Some("docker.io/moby/buildkit:v0.23.2"));
+            assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+            assert_eq!(c.args.as_ref().unwrap()[1], "unix:///run/buildkit/buildkitd.sock");
+            assert!(
+                !c.args
+                    .as_ref()
+                    .unwrap()
+                    .contains(&"--oci-worker-no-process-sandbox".to_string())
+            );
+            assert!(
+                c.volume_mounts
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m.mount_path == "/var/lib/buildkit")
+            );
+            assert_eq!(spec.host_users, (mode == Mode::Userns).then_some(false));
+        }
+    }
+
+    #[test]
+    fn args_use_format_key_names_and_extra_args_last() {
+        let overlay = with(Mode::Privileged, |o| {
+            o.certs.format = SecretFormat::Tls;
+            o.buildkit.port = 4321;
+            o.buildkit.extra_args = vec!["--debug".into()];
+        });
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "dev",
+        };
+        let args = daemon_args(&meta);
+        assert_eq!(
+            args,
+            [
+                "--addr",
+                "unix:///run/buildkit/buildkitd.sock",
+                "--addr",
+                "tcp://0.0.0.0:4321",
+                "--tlscacert",
+                "/certs/ca.crt",
+                "--tlscert",
+                "/certs/tls.crt",
+                "--tlskey",
+                "/certs/tls.key",
+                "--debug"
+            ]
+        );
+    }
+
+    #[test]
+    fn probes_talk_to_the_unix_socket() {
+        let overlay = with(Mode::Rootless, |_| {});
+        let spec = pod(&overlay);
+        let probe = spec.containers[0].readiness_probe.clone().unwrap();
+        assert_eq!(
+            probe.exec.unwrap().command.unwrap(),
+            [
+                "buildctl",
+                "--addr",
+                "unix:///run/user/1000/buildkit/buildkitd.sock",
+                "debug",
+                "workers"
+            ]
+        );
+        assert_eq!(probe.initial_delay_seconds, Some(5));
+        assert_eq!(probe.period_seconds, Some(30));
+    }
+
+    #[test]
+    fn statefulset_service_is_headless_and_governing() {
+        let overlay = with(Mode::Rootless, |o| {
+            o.buildkit.workload = Workload::Statefulset;
+            o.buildkit.replicas = 3;
+        });
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "prod",
+        };
+        let sts = stateful_set(&meta);
+        let svc = service(&meta);
+        assert_eq!(sts.spec.as_ref().unwrap().service_name, svc.metadata.name);
+        assert_eq!(svc.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+        let pdb = pod_disruption_budget(&meta).unwrap();
+        assert_eq!(pdb.spec.unwrap().max_unavailable, Some(IntOrString::Int(1)));
+    }
+
+    #[test]
+    fn single_replica_has_no_pdb_and_a_cluster_ip_service() {
+        let overlay = with(Mode::Rootless, |_| {});
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "dev",
+        };
+        assert!(pod_disruption_budget(&meta).is_none());
+        assert_eq!(service(&meta).spec.unwrap().cluster_ip, None);
+    }
+
+    #[test]
+    fn every_mode_explains_its_pod_security_exemption() {
+        for mode in [Mode::Rootless, Mode::Privileged, Mode::Userns] {
+            let overlay = with(mode, |_| {});
+            let meta = Meta {
+                overlay: &overlay,
+                instance: "dev",
+            };
+            let annotations = deployment(&meta).metadata.annotations.unwrap();
+            assert!(annotations[POD_SECURITY_NOTE].starts_with("privileged: "));
+        }
+    }
+}

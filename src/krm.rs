@@ -11,11 +11,13 @@
 //! unchanged (annotations such as `internal.config.kubernetes.io/*` included). Errors
 //! and warnings become `results`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::overlay::{OverlayError, Resolver, Sources, is_dns1123_label};
 use crate::render::Object;
 
 /// `apiVersion` of a ResourceList.
@@ -380,21 +382,93 @@ pub fn read_stack(config: &Value) -> Result<(Stack, Vec<Diagnostic>), Vec<Diagno
     Ok((stack, warnings))
 }
 
-/// Why `name` cannot be an overlay name (a lowercase RFC 1123 label), if it cannot.
+/// Why `name` cannot be an overlay name (the same rule as overlay file names), if it cannot.
 fn overlay_name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
-        return Some("is missing".to_string());
+        Some("is missing".to_string())
+    } else if !is_dns1123_label(name) {
+        Some(format!(
+            "{name:?} is not a DNS-1123 label (lowercase a-z, 0-9 and '-', at most 63 characters)"
+        ))
+    } else {
+        None
     }
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    let valid_ends = !name.starts_with('-') && !name.ends_with('-');
-    if name.len() > 63 || !valid_chars || !valid_ends {
-        return Some(format!(
-            "{name:?} is not a lowercase DNS label (a-z, 0-9 and '-', at most 63 characters)"
-        ));
+}
+
+/// Whether the stack's spec names a parent overlay (then the caller reads the overlays
+/// directory for [`generate`]).
+pub fn needs_parents(stack: &Stack) -> bool {
+    stack
+        .spec
+        .get("extends")
+        .is_some_and(|extends| !extends.is_null())
+}
+
+/// Load the stack's spec as the overlay `metadata.name`, exactly as `kiln render` loads
+/// `overlays/<name>.yaml` (same merge, templates and validation), then render it.
+///
+/// `overlays_dir` names the directory `parents` came from (for messages); `parents`
+/// holds its overlay files by name, for `extends:` (a file with the stack's own name is
+/// replaced by the spec).
+pub fn generate(
+    stack: &Stack,
+    overlays_dir: &str,
+    mut parents: BTreeMap<String, String>,
+) -> Result<Generated, Vec<Diagnostic>> {
+    let spec_text = crate::yaml::to_string(&stack.spec)
+        .map_err(|e| vec![Diagnostic::error(Some("spec"), e.to_string())])?;
+    parents.insert(stack.name.clone(), spec_text);
+    let sources = Sources::from_memory(overlays_dir, parents);
+    let spec_path = format!("{}/{}.yaml", overlays_dir.trim_end_matches('/'), stack.name);
+    let resolved = Resolver::new(&sources)
+        .resolve(&stack.name)
+        .map_err(|e| vec![overlay_diagnostic(e, &spec_path)])?;
+    let context = crate::render::Context::new(&stack.name);
+    let mut objects = crate::render::render(&resolved.overlay, &context)
+        .map_err(|e| vec![Diagnostic::error(None, e.to_string())])?;
+    objects.extend(resolved.extras);
+    Ok(Generated {
+        objects,
+        warnings: Vec::new(),
+    })
+}
+
+/// An overlay error as a diagnostic on the BuildkitStack: field paths get the `spec.`
+/// prefix; places in the spec itself are dropped (its lines are not the user's), places
+/// in parent overlay files are kept.
+fn overlay_diagnostic(error: OverlayError, spec_path: &str) -> Diagnostic {
+    let in_spec = |location: &str| location == spec_path || location.starts_with(&format!("{spec_path}:"));
+    match error {
+        OverlayError::Field {
+            location,
+            field,
+            message,
+        }
+        | OverlayError::Template {
+            location,
+            field,
+            message,
+        } => {
+            let path = format!("spec.{field}");
+            if in_spec(&location) {
+                Diagnostic::error(Some(&path), message)
+            } else {
+                Diagnostic::error(Some(&path), format!("{message} (set in {location})"))
+            }
+        }
+        OverlayError::Name { name } => Diagnostic::error(
+            Some("metadata.name"),
+            format!("{name:?} is not a DNS-1123 label: metadata.name is the overlay name"),
+        ),
+        OverlayError::MissingParent { .. } | OverlayError::Cycle { .. } => Diagnostic::error(
+            Some("spec.extends"),
+            error.to_string().replace(spec_path, "the BuildkitStack spec"),
+        ),
+        other => Diagnostic::error(
+            None,
+            other.to_string().replace(spec_path, "the BuildkitStack spec"),
+        ),
     }
-    None
 }
 
 /// The outcome of running the KRM function on a ResourceList.
@@ -649,6 +723,80 @@ mod tests {
         let errors = read_stack(&config).unwrap_err();
         let fields: Vec<_> = errors.iter().filter_map(|e| e.field.as_deref()).collect();
         assert_eq!(fields, vec!["apiVersion", "kind", "metadata.name", "spec"]);
+    }
+
+    fn stack(spec: Value) -> Stack {
+        read_stack(&stack_config(spec)).unwrap().0
+    }
+
+    #[test]
+    fn generate_renders_the_spec_as_the_named_overlay() {
+        let generated = generate(
+            &stack(json!({"namespace": "bk-{{overlay}}"})),
+            "overlays",
+            BTreeMap::new(),
+        )
+        .unwrap();
+        assert!(generated.objects.iter().any(|o| o.kind == "Deployment"));
+        assert!(
+            generated
+                .objects
+                .iter()
+                .filter_map(|o| o.namespace.as_deref())
+                .all(|ns| ns == "bk-dev")
+        );
+    }
+
+    #[test]
+    fn generate_errors_carry_spec_field_paths() {
+        let errors = generate(
+            &stack(json!({"buildkit": {"replicas": "many"}})),
+            "overlays",
+            BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].field.as_deref(), Some("spec.buildkit.replicas"));
+        assert!(
+            !errors[0].message.contains("overlays/dev.yaml"),
+            "{}",
+            errors[0].message
+        );
+        let errors = generate(&stack(json!({"bogus": 1})), "overlays", BTreeMap::new()).unwrap_err();
+        assert_eq!(errors[0].field.as_deref(), Some("spec.bogus"));
+    }
+
+    #[test]
+    fn generate_resolves_extends_from_the_given_overlays() {
+        let parents = BTreeMap::from([(
+            "base".to_string(),
+            "namespace: from-base\nbuildkit:\n  replicas: 3\n".to_string(),
+        )]);
+        let generated = generate(&stack(json!({"extends": "base"})), "app/overlays", parents).unwrap();
+        let deployment = generated.objects.iter().find(|o| o.kind == "Deployment").unwrap();
+        assert_eq!(deployment.namespace.as_deref(), Some("from-base"));
+        assert_eq!(deployment.value["spec"]["replicas"], 3);
+
+        let errors = generate(
+            &stack(json!({"extends": "nope"})),
+            "app/overlays",
+            BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].field.as_deref(), Some("spec.extends"));
+        assert!(
+            errors[0].message.contains("app/overlays/nope.yaml"),
+            "{}",
+            errors[0].message
+        );
+
+        let parents = BTreeMap::from([("base".to_string(), "buildkit:\n  port: 99999\n".to_string())]);
+        let errors = generate(&stack(json!({"extends": "base"})), "app/overlays", parents).unwrap_err();
+        assert_eq!(errors[0].field.as_deref(), Some("spec.buildkit.port"));
+        assert!(
+            errors[0].message.contains("app/overlays/base.yaml:2"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]

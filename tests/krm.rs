@@ -43,7 +43,13 @@ fn parse_yaml(yaml: &str) -> Value {
 
 /// The identity Kustomize uses for an object.
 fn id(object: &Value) -> String {
-    let field = |p: &str| object.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+    let field = |p: &str| {
+        object
+            .pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     format!(
         "{} {} {}/{}",
         field("/apiVersion"),
@@ -57,7 +63,11 @@ fn id(object: &Value) -> String {
 fn by_id(objects: &[Value]) -> BTreeMap<String, Value> {
     let mut map = BTreeMap::new();
     for object in objects {
-        assert!(map.insert(id(object), object.clone()).is_none(), "duplicate {}", id(object));
+        assert!(
+            map.insert(id(object), object.clone()).is_none(),
+            "duplicate {}",
+            id(object)
+        );
     }
     map
 }
@@ -176,7 +186,11 @@ fn krm_appends_generated_objects_after_untouched_items() {
     assert_objects(generated);
     assert_eq!(by_id(generated), by_id(&expected_for_example()));
     assert_eq!(output["functionConfig"], stack);
-    assert!(output.get("results").is_none(), "unexpected results: {}", output["results"]);
+    assert!(
+        output.get("results").is_none(),
+        "unexpected results: {}",
+        output["results"]
+    );
 }
 
 #[test]
@@ -201,12 +215,19 @@ fn krm_reports_a_bad_function_config_as_an_error_result_with_the_field_path() {
     // The list still comes back, with the items untouched and nothing generated.
     assert_eq!(output["items"], input["items"]);
     let results = output["results"].as_array().unwrap();
-    let error = results.iter().find(|r| r["severity"] == "error").expect("an error result");
+    let error = results
+        .iter()
+        .find(|r| r["severity"] == "error")
+        .expect("an error result");
     assert_eq!(error["field"]["path"], "spec.buildkit.replicas");
     assert_eq!(error["resourceRef"]["kind"], "BuildkitStack");
     assert_eq!(error["resourceRef"]["name"], "dev");
     assert!(!error["message"].as_str().unwrap().is_empty());
-    assert!(text(&out.stderr).contains("spec.buildkit.replicas"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("spec.buildkit.replicas"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -288,7 +309,10 @@ fn krm_example_config_renders_the_same_objects_as_the_legacy_example() {
     assert_eq!(function["exec"]["args"], json!(["krm"]));
     let out = krm(&kiln::yaml::to_string(&resource_list(&krm_stack)).unwrap());
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let items = parse_yaml(&text(&out.stdout))["items"].as_array().unwrap().clone();
+    let items = parse_yaml(&text(&out.stdout))["items"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_objects(&items[2..]);
     let namespaces: Vec<_> = items[2..]
         .iter()
@@ -323,18 +347,28 @@ fn legacy_plugin_errors_name_the_file_and_field_and_print_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("stack.yaml") && stderr.contains("spec.buildkit.replicas"), "{stderr}");
+    assert!(
+        stderr.contains("stack.yaml") && stderr.contains("spec.buildkit.replicas"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn install_plugin_links_then_copies_kiln_at_the_kustomize_path() {
     let home = tempfile::tempdir().unwrap();
     let expected = home.path().join("kiln.dev/v1alpha1/buildkitstack/BuildkitStack");
-    let out = kiln().args(["install-plugin", "--dir"]).arg(home.path()).output().unwrap();
+    let out = kiln()
+        .args(["install-plugin", "--dir"])
+        .arg(home.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), expected.display().to_string());
     let link = std::fs::read_link(&expected).expect("a symlink");
-    assert_eq!(link, PathBuf::from(env!("CARGO_BIN_EXE_kiln")).canonicalize().unwrap());
+    assert_eq!(
+        link,
+        PathBuf::from(env!("CARGO_BIN_EXE_kiln")).canonicalize().unwrap()
+    );
 
     // Re-running replaces the install; --copy writes an executable file.
     let out = kiln()
@@ -357,7 +391,10 @@ fn install_plugin_links_then_copies_kiln_at_the_kustomize_path() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(by_id(&parse_stream(&text(&out.stdout))), by_id(&expected_for_example()));
+    assert_eq!(
+        by_id(&parse_stream(&text(&out.stdout))),
+        by_id(&expected_for_example())
+    );
 }
 
 #[test]
@@ -370,8 +407,14 @@ fn install_plugin_defaults_to_the_kustomize_plugin_home() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let expected = xdg.path().join("kustomize/plugin/kiln.dev/v1alpha1/buildkitstack/BuildkitStack");
-    assert!(std::fs::symlink_metadata(&expected).is_ok(), "{}", expected.display());
+    let expected = xdg
+        .path()
+        .join("kustomize/plugin/kiln.dev/v1alpha1/buildkitstack/BuildkitStack");
+    assert!(
+        std::fs::symlink_metadata(&expected).is_ok(),
+        "{}",
+        expected.display()
+    );
 
     let plugin_home = tempfile::tempdir().unwrap();
     let out = kiln()
@@ -382,8 +425,12 @@ fn install_plugin_defaults_to_the_kustomize_plugin_home() {
         .unwrap();
     assert!(out.status.success());
     assert!(
-        std::fs::symlink_metadata(plugin_home.path().join("kiln.dev/v1alpha1/buildkitstack/BuildkitStack"))
-            .is_ok()
+        std::fs::symlink_metadata(
+            plugin_home
+                .path()
+                .join("kiln.dev/v1alpha1/buildkitstack/BuildkitStack")
+        )
+        .is_ok()
     );
 }
 
@@ -403,11 +450,19 @@ fn kustomize(kubectl: &Path, plugin_home: &Path, dir: &Path) -> Output {
 fn kubectl_kustomize_builds_the_example_like_kiln_render_plus_the_patch() {
     let Some(kubectl) = tool("kubectl") else { return };
     let plugin_home = tempfile::tempdir().unwrap();
-    let out = kiln().args(["install-plugin", "--dir"]).arg(plugin_home.path()).output().unwrap();
+    let out = kiln()
+        .args(["install-plugin", "--dir"])
+        .arg(plugin_home.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let built = kustomize(&kubectl, plugin_home.path(), &example("kustomize-plugin"));
-    assert!(built.status.success(), "kustomize failed: {}", text(&built.stderr));
+    assert!(
+        built.status.success(),
+        "kustomize failed: {}",
+        text(&built.stderr)
+    );
     let actual = parse_stream(&text(&built.stdout));
     assert_objects(&actual);
 
@@ -417,7 +472,10 @@ fn kubectl_kustomize_builds_the_example_like_kiln_render_plus_the_patch() {
     let rendered = render_stdout(work.path(), "dev");
     let plain = work.path().join("plain");
     std::fs::create_dir(&plain).unwrap();
-    let stream: Vec<String> = rendered.iter().map(|o| kiln::yaml::to_string(o).unwrap()).collect();
+    let stream: Vec<String> = rendered
+        .iter()
+        .map(|o| kiln::yaml::to_string(o).unwrap())
+        .collect();
     std::fs::write(plain.join("rendered.yaml"), stream.join("---\n")).unwrap();
     std::fs::copy(
         example("kustomize-plugin/buildkitd-patch.yaml"),
@@ -440,7 +498,10 @@ fn kubectl_kustomize_builds_the_example_like_kiln_render_plus_the_patch() {
         .find(|o| o["kind"] == "Deployment")
         .expect("a Deployment");
     assert_eq!(deployment["metadata"]["labels"]["team"], "platform");
-    assert_eq!(deployment["spec"]["template"]["spec"]["priorityClassName"], "build-farm");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["priorityClassName"],
+        "build-farm"
+    );
     assert_eq!(deployment["metadata"]["namespace"], "buildkit-dev");
 }
 
@@ -448,10 +509,18 @@ fn kubectl_kustomize_builds_the_example_like_kiln_render_plus_the_patch() {
 fn kubectl_kustomize_reports_a_bad_generator_config() {
     let Some(kubectl) = tool("kubectl") else { return };
     let plugin_home = tempfile::tempdir().unwrap();
-    let out = kiln().args(["install-plugin", "--dir"]).arg(plugin_home.path()).output().unwrap();
+    let out = kiln()
+        .args(["install-plugin", "--dir"])
+        .arg(plugin_home.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let app = tempfile::tempdir().unwrap();
-    std::fs::write(app.path().join("kustomization.yaml"), "generators: [stack.yaml]\n").unwrap();
+    std::fs::write(
+        app.path().join("kustomization.yaml"),
+        "generators: [stack.yaml]\n",
+    )
+    .unwrap();
     std::fs::write(
         app.path().join("stack.yaml"),
         "apiVersion: kiln.dev/v1alpha1\nkind: BuildkitStack\nmetadata:\n  name: dev\nspec:\n  buildkit:\n    mode: superuser\n",
@@ -468,11 +537,19 @@ fn kubectl_kustomize_reports_a_bad_generator_config() {
 fn kubectl_kustomize_resolves_extends_against_the_kustomization_overlays() {
     let Some(kubectl) = tool("kubectl") else { return };
     let plugin_home = tempfile::tempdir().unwrap();
-    let out = kiln().args(["install-plugin", "--dir"]).arg(plugin_home.path()).output().unwrap();
+    let out = kiln()
+        .args(["install-plugin", "--dir"])
+        .arg(plugin_home.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let base = json!({"namespace": "buildkit-{{overlay}}", "buildkit": {"replicas": 3}});
     let app = overlay_dir(&[("base", &base)]);
-    std::fs::write(app.path().join("kustomization.yaml"), "generators: [stack.yaml]\n").unwrap();
+    std::fs::write(
+        app.path().join("kustomization.yaml"),
+        "generators: [stack.yaml]\n",
+    )
+    .unwrap();
     std::fs::write(
         app.path().join("stack.yaml"),
         "apiVersion: kiln.dev/v1alpha1\nkind: BuildkitStack\nmetadata:\n  name: staging\nspec:\n  extends: base\n",
@@ -506,7 +583,10 @@ fn cmp_generate(dir: &Path, env: &[(&str, &str)]) -> Output {
 fn two_overlays() -> tempfile::TempDir {
     overlay_dir(&[
         ("dev", &json!({"namespace": "buildkit-dev"})),
-        ("prod", &json!({"namespace": "buildkit-prod", "buildkit": {"replicas": 2}})),
+        (
+            "prod",
+            &json!({"namespace": "buildkit-prod", "buildkit": {"replicas": 2}}),
+        ),
     ])
 }
 
@@ -526,7 +606,10 @@ fn cmp_renders_only_objects_of_the_overlay_chosen_by_the_application() {
     let dir = two_overlays();
     let out = cmp_generate(
         dir.path(),
-        &[("ARGOCD_APP_NAME", "buildkit-prod"), ("ARGOCD_ENV_OVERLAY", "prod")],
+        &[
+            ("ARGOCD_APP_NAME", "buildkit-prod"),
+            ("ARGOCD_ENV_OVERLAY", "prod"),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let objects = parse_stream(&text(&out.stdout));
@@ -552,18 +635,33 @@ fn cmp_renders_only_objects_of_the_overlay_chosen_by_the_application() {
 fn cmp_failures_exit_non_zero_never_empty_success() {
     let dir = two_overlays();
     // An overlay that does not exist.
-    let out = cmp_generate(dir.path(), &[("ARGOCD_APP_NAME", "x"), ("ARGOCD_ENV_OVERLAY", "staging")]);
+    let out = cmp_generate(
+        dir.path(),
+        &[("ARGOCD_APP_NAME", "x"), ("ARGOCD_ENV_OVERLAY", "staging")],
+    );
     assert!(!out.status.success());
     assert!(!text(&out.stderr).is_empty());
     // A broken overlay.
-    std::fs::write(dir.path().join("overlays/broken.yaml"), "buildkit:\n  replicas: many\n").unwrap();
+    std::fs::write(
+        dir.path().join("overlays/broken.yaml"),
+        "buildkit:\n  replicas: many\n",
+    )
+    .unwrap();
     let out = cmp_generate(dir.path(), &[("ARGOCD_ENV_OVERLAY", "broken")]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("buildkit.replicas"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("buildkit.replicas"),
+        "{}",
+        text(&out.stderr)
+    );
     // An overlays directory with nothing to render.
     let empty = overlay_dir(&[]);
     let out = cmp_generate(empty.path(), &[("ARGOCD_APP_NAME", "buildkit-prod")]);
-    assert!(!out.status.success(), "empty render must fail: {}", text(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "empty render must fail: {}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -605,7 +703,11 @@ spec:
 "#,
     )
     .unwrap();
-    let out = Command::new(kubectl).arg("kustomize").arg(dir.path()).output().unwrap();
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let objects = parse_stream(&text(&out.stdout));
     let config_map = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
@@ -639,8 +741,20 @@ spec:
         .unwrap();
     assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"]);
     for shared in ["var-files", "plugins"] {
-        assert!(sidecar["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == shared));
-        assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["name"] == shared));
+        assert!(
+            sidecar["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == shared)
+        );
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == shared)
+        );
     }
 }
 
@@ -650,12 +764,19 @@ fn cmp_application_uses_the_plugin_and_an_overlay() {
     let app = parse_yaml(&std::fs::read_to_string(example("argocd-cmp/application.yaml")).unwrap());
     assert_eq!(plugin["apiVersion"], "argoproj.io/v1alpha1");
     assert_eq!(app["kind"], "Application");
-    assert_eq!(app["spec"]["source"]["plugin"]["name"], plugin["metadata"]["name"]);
+    assert_eq!(
+        app["spec"]["source"]["plugin"]["name"],
+        plugin["metadata"]["name"]
+    );
     let env = app["spec"]["source"]["plugin"]["env"].as_array().unwrap();
     assert!(env.iter().any(|e| e["name"] == "OVERLAY" && e["value"] == "prod"));
     let parameters = plugin["spec"]["parameters"]["static"].as_array().unwrap();
     assert!(parameters.iter().any(|p| p["name"] == "overlay"));
     // Argo CD must never replace objects (kiln owns the Secret data in-cluster).
     let options = app["spec"]["syncPolicy"]["syncOptions"].as_array().unwrap();
-    assert!(!options.iter().any(|o| o.as_str().unwrap().starts_with("Replace=true")));
+    assert!(
+        !options
+            .iter()
+            .any(|o| o.as_str().unwrap().starts_with("Replace=true"))
+    );
 }

@@ -1,5 +1,6 @@
 //! `kiln krm` (the KRM function and the legacy exec plugin) and `kiln install-plugin`.
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -142,9 +143,42 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
 }
 
 /// Load the stack's spec as an overlay (the same path as `kiln render`) and render it.
+/// `extends:` names overlays in `<root>/overlays/`, read only when the spec extends one.
 fn generate(stack: &Stack, root: &Path) -> Result<Generated, Vec<Diagnostic>> {
-    let _ = (stack, root);
-    Err(vec![Diagnostic::error(None, "render is not built yet")])
+    let dir = root.join("overlays");
+    let parents = if krm::needs_parents(stack) {
+        read_overlay_files(&dir)
+            .map_err(|e| vec![Diagnostic::error(Some("spec.extends"), format!("{e:#}"))])?
+    } else {
+        BTreeMap::new()
+    };
+    krm::generate(stack, &dir.display().to_string(), parents)
+}
+
+/// The `*.yaml` files of an overlays directory by name (none when it does not exist).
+fn read_overlay_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    if !dir.is_dir() {
+        return Ok(files);
+    }
+    let entries = std::fs::read_dir(dir).with_context(|| format!("failed to list {}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("failed to list {}", dir.display()))?
+            .path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".yaml"));
+        if let Some(name) = name
+            && path.is_file()
+        {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            files.insert(name.to_string(), text);
+        }
+    }
+    Ok(files)
 }
 
 /// Run `kiln install-plugin`.

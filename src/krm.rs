@@ -351,6 +351,21 @@ pub fn read_stack(config: &Value) -> Result<(Stack, Vec<Diagnostic>), Vec<Diagno
     if !errors.is_empty() {
         return Err(errors);
     }
+    let (resource_ref, file) = reference(config);
+    let stack = Stack {
+        name: name.to_string(),
+        namespace: namespace.clone(),
+        spec,
+        resource_ref,
+        file,
+    };
+    Ok((stack, warnings))
+}
+
+/// A reference to the functionConfig and the file it came from, read leniently so that
+/// results about a broken config still point at it.
+fn reference(config: &Value) -> (ResourceRef, Option<File>) {
+    let text = |pointer: &str| config.pointer(pointer).and_then(Value::as_str);
     let annotation = |key: &str| {
         config
             .get("metadata")
@@ -367,19 +382,13 @@ pub fn read_stack(config: &Value) -> Result<(Stack, Vec<Diagnostic>), Vec<Diagno
                 .or_else(|| annotation("config.kubernetes.io/index"))
                 .and_then(|index| index.parse().ok()),
         });
-    let stack = Stack {
-        name: name.to_string(),
-        namespace: namespace.clone(),
-        spec,
-        resource_ref: ResourceRef {
-            api_version: STACK_API_VERSION.to_string(),
-            kind: STACK_KIND.to_string(),
-            name: name.to_string(),
-            namespace,
-        },
-        file,
+    let resource_ref = ResourceRef {
+        api_version: text("/apiVersion").unwrap_or_default().to_string(),
+        kind: text("/kind").unwrap_or_default().to_string(),
+        name: text("/metadata/name").unwrap_or_default().to_string(),
+        namespace: text("/metadata/namespace").map(str::to_string),
     };
-    Ok((stack, warnings))
+    (resource_ref, file)
 }
 
 /// Why `name` cannot be an overlay name (the same rule as overlay file names), if it cannot.
@@ -490,30 +499,31 @@ where
 {
     let no_config = Value::Null;
     let config = list.function_config.as_ref().unwrap_or(&no_config);
-    let (diagnostics, stack, generated) = if config.is_null() {
+    let (diagnostics, generated) = if config.is_null() {
         let missing = Diagnostic::error(
             Some("functionConfig"),
             format!("is missing: declare a {STACK_API_VERSION} {STACK_KIND} whose spec is an overlay"),
         );
-        (vec![missing], None, None)
+        (vec![missing], None)
     } else {
         match read_stack(config) {
-            Err(errors) => (errors, None, None),
+            Err(errors) => (errors, None),
             Ok((stack, mut warnings)) => match generate(&stack) {
                 Err(errors) => {
                     warnings.extend(errors);
-                    (warnings, Some(stack), None)
+                    (warnings, None)
                 }
                 Ok(generated) => {
                     warnings.extend(generated.warnings.iter().cloned());
-                    (warnings, Some(stack), Some(generated))
+                    (warnings, Some(generated))
                 }
             },
         }
     };
+    let reference = (!config.is_null()).then(|| reference(config));
     let mut results: Vec<KrmResult> = diagnostics
         .into_iter()
-        .map(|d| to_result(d, stack.as_ref()))
+        .map(|d| to_result(d, reference.as_ref()))
         .collect();
     if let Some(generated) = &generated {
         results.extend(conflicts(&list.items, &generated.objects));
@@ -526,13 +536,13 @@ where
     Outcome { list, failed }
 }
 
-fn to_result(diagnostic: Diagnostic, stack: Option<&Stack>) -> KrmResult {
+fn to_result(diagnostic: Diagnostic, reference: Option<&(ResourceRef, Option<File>)>) -> KrmResult {
     KrmResult {
         message: diagnostic.message,
         severity: diagnostic.severity,
-        resource_ref: stack.map(|s| s.resource_ref.clone()),
+        resource_ref: reference.map(|(r, _)| r.clone()),
         field: diagnostic.field.map(|path| Field { path }),
-        file: stack.and_then(|s| s.file.clone()),
+        file: reference.and_then(|(_, f)| f.clone()),
     }
 }
 

@@ -248,8 +248,8 @@ fn krm_error_results_are_readable() {
     let config = json!({
         "apiVersion": "kiln.dev/v1alpha1",
         "kind": "BuildkitStack",
-        "metadata": {"name": "Dev", "annotations": {"internal.config.kubernetes.io/path": "stack.yaml"}},
-        "spec": {"buildkit": {"replicas": 2}},
+        "metadata": {"name": "dev", "annotations": {"internal.config.kubernetes.io/path": "stack.yaml"}},
+        "spec": {"namespace": "Build Kit", "buildkit": {"replicas": 2}},
     });
     let input = json!({"apiVersion": "config.kubernetes.io/v1", "kind": "ResourceList", "items": [], "functionConfig": config});
     let out = krm(&kiln::yaml::to_string(&input).unwrap());

@@ -436,6 +436,10 @@ pub fn generate(
     let mut objects = crate::render::render(&resolved.overlay, &context)
         .map_err(|e| vec![Diagnostic::error(None, e.to_string())])?;
     objects.extend(resolved.extras);
+    if objects.is_empty() {
+        // Never answer with nothing: downstream, no objects means "delete everything".
+        return Err(vec![Diagnostic::error(None, "rendered no objects")]);
+    }
     Ok(Generated {
         objects,
         warnings: Vec::new(),

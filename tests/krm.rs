@@ -629,6 +629,27 @@ fn cmp_renders_only_objects_of_the_overlay_chosen_by_the_application() {
     let objects = parse_stream(&text(&out.stdout));
     assert_objects(&objects);
     assert_eq!(namespaces(&objects), vec!["buildkit-dev"]);
+
+    // plugin.env OVERLAY wins over the parameter, which wins over the Application name.
+    let out = cmp_generate(
+        dir.path(),
+        &[
+            ("ARGOCD_APP_NAME", "dev"),
+            ("ARGOCD_ENV_OVERLAY", "prod"),
+            ("ARGOCD_APP_PARAMETERS", r#"[{"name":"overlay","string":"dev"}]"#),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        namespaces(&parse_stream(&text(&out.stdout))),
+        vec!["buildkit-prod"]
+    );
+    let out = cmp_generate(dir.path(), &[("ARGOCD_APP_NAME", "prod")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        namespaces(&parse_stream(&text(&out.stdout))),
+        vec!["buildkit-prod"]
+    );
 }
 
 #[test]

@@ -1,1 +1,585 @@
-//! TODO(skeleton): filled in by its issue.
+//! Laying rendered objects out as files, and writing the tree atomically.
+//!
+//! [`layout`] and [`stream`] are pure: objects in, file contents out. [`write`] and
+//! [`check`] are the IO edge. kiln records the files it wrote in `<out>/.kiln-manifest`
+//! (and every file it writes starts with a `# Rendered by kiln` header), so a later render
+//! removes the files it no longer renders and never touches anything else.
+//!
+//! Layout of `<out>/`:
+//! - `<overlay>/<kind>-<name>.yaml`, one per object, and `<overlay>/kustomization.yaml`;
+//! - `argocd/<overlay>.yaml`: the overlay's Argo CD Application (flavor argocd);
+//! - `flux/kustomization-<overlay>.yaml` and `flux/gitrepository.yaml` (flavor flux).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::overlay::{Flavor, Resolved};
+use crate::render::Object;
+use crate::render::gitops;
+use crate::yaml;
+
+/// The file listing what kiln wrote, relative to the output directory.
+pub const MANIFEST: &str = ".kiln-manifest";
+/// Every file kiln renders starts with this.
+pub const HEADER_PREFIX: &str = "# Rendered by kiln ";
+/// Overlay names that would collide with the GitOps directories.
+pub const RESERVED_NAMES: &[&str] = &["argocd", "flux"];
+
+const MANIFEST_HEADER: &str =
+    "# Files kiln render wrote here; it deletes them once they are no longer rendered. Do not edit.\n";
+
+/// The one-line header of a file rendered from `source`.
+pub fn header(source: &str) -> String {
+    format!(
+        "{HEADER_PREFIX}{} from {source}. Do not edit: run kiln render.\n",
+        crate::VERSION
+    )
+}
+
+/// One overlay's render, ready to be laid out.
+#[derive(Debug, Clone)]
+pub struct Unit<'a> {
+    /// The overlay.
+    pub resolved: &'a Resolved,
+    /// Its objects (render's, then the extras), in apply order.
+    pub objects: Vec<Object>,
+    /// The GitOps flavor to lay it out for.
+    pub flavor: Flavor,
+}
+
+/// The files of one render, in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tree {
+    /// File contents by path relative to the output directory.
+    pub files: BTreeMap<String, String>,
+    /// The overlays this render covers: kiln files of other overlays are kept as they are.
+    /// `None`: every overlay (a full render), so files of deleted overlays are removed.
+    pub scope: Option<BTreeSet<String>>,
+}
+
+/// A render that could not be laid out or written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// An object could not be written as YAML.
+    #[error("failed to write {file} as YAML: {error}")]
+    Yaml { file: String, error: yaml::YamlError },
+    /// Two objects map to one file.
+    #[error("failed to lay out {file}: two objects render to it ({first} and {second}); rename one")]
+    Collision {
+        file: String,
+        first: String,
+        second: String,
+    },
+    /// An overlay name that is also a GitOps directory.
+    #[error(
+        "failed to lay out overlay {name:?}: the name is reserved for the {name}/ directory; rename the overlay file"
+    )]
+    Reserved { name: String },
+    /// Flux overlays that disagree on the repository their Kustomizations read.
+    #[error(
+        "failed to lay out flux/gitrepository.yaml: overlays {first} and {second} set different gitops.repoURL or gitops.revision; the flux layout reads one repository"
+    )]
+    FluxSource { first: String, second: String },
+    /// Nothing to write.
+    #[error("failed to render: no objects (every overlay is empty)")]
+    Empty,
+    /// A file kiln did not write is in the way of one it renders.
+    #[error(
+        "failed to write {path}: kiln did not write it (it has no kiln header and is not in {MANIFEST}); move it away"
+    )]
+    Foreign { path: PathBuf },
+    /// The output directory is a repository root, or not a directory.
+    #[error("failed to use {path} as the output directory: {reason}")]
+    BadOut { path: PathBuf, reason: &'static str },
+    /// A filesystem step failed.
+    #[error("failed to {action} {path}: {error}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + use<> {
+    let path = path.to_path_buf();
+    move |error| OutputError::Io { action, path, error }
+}
+
+/// The file an object is written to: `<kind>-<name>.yaml`, lowercase.
+pub fn file_name(object: &Object) -> String {
+    format!(
+        "{}-{}.yaml",
+        object.kind.to_lowercase(),
+        object.name.to_lowercase()
+    )
+}
+
+fn document<T: serde::Serialize>(file: &str, source: &str, value: &T) -> Result<String, OutputError> {
+    let body = yaml::to_string(value).map_err(|error| OutputError::Yaml {
+        file: file.to_string(),
+        error,
+    })?;
+    Ok(format!("{}{body}", header(source)))
+}
+
+/// Join a repository path and an overlay name: `rendered` + `dev` → `rendered/dev`.
+fn join_path(base: &str, name: &str) -> String {
+    let base = base.trim_start_matches("./").trim_end_matches('/');
+    if base.is_empty() || base == "." {
+        name.to_string()
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+/// Lay the units out as files. `default_path` is the path of the output directory inside the
+/// repository, used where an overlay leaves `gitops.path` empty.
+pub fn layout(
+    units: &[Unit],
+    default_path: &str,
+    scope: Option<BTreeSet<String>>,
+) -> Result<Tree, OutputError> {
+    if units.iter().all(|u| u.objects.is_empty()) {
+        return Err(OutputError::Empty);
+    }
+    let mut files = BTreeMap::new();
+    let mut flux_source: Option<&Unit> = None;
+    let mut flux_sources = Vec::new();
+    for unit in units {
+        let name = &unit.resolved.name;
+        let source = &unit.resolved.source;
+        if RESERVED_NAMES.contains(&name.as_str()) {
+            return Err(OutputError::Reserved { name: name.clone() });
+        }
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        for object in &unit.objects {
+            let file = file_name(object);
+            let label = format!("{} {}", object.kind, object.name);
+            if let Some(first) = names.insert(file.clone(), label.clone()) {
+                return Err(OutputError::Collision {
+                    file: format!("{name}/{file}"),
+                    first,
+                    second: label,
+                });
+            }
+            let path = format!("{name}/{file}");
+            files.insert(path.clone(), document(&path, source, &object.value)?);
+        }
+        let listed: Vec<String> = names.into_keys().collect();
+        let path = format!("{name}/kustomization.yaml");
+        files.insert(
+            path.clone(),
+            document(&path, source, &gitops::kustomization(&listed))?,
+        );
+
+        let overlay = &unit.resolved.overlay;
+        let repo_path = join_path(
+            if overlay.gitops.path.is_empty() {
+                default_path
+            } else {
+                &overlay.gitops.path
+            },
+            name,
+        );
+        match unit.flavor {
+            Flavor::Kustomize => {}
+            Flavor::Argocd => {
+                let path = format!("argocd/{name}.yaml");
+                let app = gitops::application(name, overlay, &repo_path);
+                files.insert(path.clone(), document(&path, source, &app)?);
+            }
+            Flavor::Flux => {
+                let path = format!("flux/kustomization-{name}.yaml");
+                let kustomization = gitops::flux_kustomization(name, overlay, &repo_path);
+                files.insert(path.clone(), document(&path, source, &kustomization)?);
+                if let Some(first) = flux_source {
+                    let (a, b) = (&first.resolved.overlay.gitops, &overlay.gitops);
+                    if (&a.repo_url, &a.revision, &a.controller_namespace)
+                        != (&b.repo_url, &b.revision, &b.controller_namespace)
+                    {
+                        return Err(OutputError::FluxSource {
+                            first: first.resolved.name.clone(),
+                            second: name.clone(),
+                        });
+                    }
+                } else {
+                    flux_source = Some(unit);
+                }
+                flux_sources.push(source.as_str());
+            }
+        }
+    }
+    if let Some(first) = flux_source {
+        let path = "flux/gitrepository.yaml";
+        let repo = gitops::git_repository(&first.resolved.name, &first.resolved.overlay);
+        files.insert(path.to_string(), document(path, &flux_sources.join(", "), &repo)?);
+    }
+    Ok(Tree { files, scope })
+}
+
+/// One YAML stream of every object (no GitOps wrappers), each document headed by its source.
+pub fn stream(units: &[Unit]) -> Result<String, OutputError> {
+    let mut out = String::new();
+    for unit in units {
+        for object in &unit.objects {
+            let file = format!("{}/{}", unit.resolved.name, file_name(object));
+            out.push_str("---\n");
+            out.push_str(&document(&file, &unit.resolved.source, &object.value)?);
+        }
+    }
+    if out.is_empty() {
+        return Err(OutputError::Empty);
+    }
+    Ok(out)
+}
+
+/// The overlay a kiln file belongs to; `None` for files every overlay shares.
+fn owner(path: &str) -> Option<&str> {
+    let (first, rest) = path.split_once('/')?;
+    match first {
+        "argocd" => rest.strip_suffix(".yaml"),
+        "flux" => rest
+            .strip_prefix("kustomization-")
+            .and_then(|r| r.strip_suffix(".yaml")),
+        _ => Some(first),
+    }
+}
+
+fn in_scope(path: &str, scope: &Option<BTreeSet<String>>) -> bool {
+    match (scope, owner(path)) {
+        (None, _) | (Some(_), None) => true,
+        (Some(set), Some(owner)) => set.contains(owner),
+    }
+}
+
+/// What is in the output directory now.
+#[derive(Debug, Default)]
+struct Existing {
+    /// Files (and symlinks) by relative path.
+    files: BTreeSet<String>,
+    /// Directories with nothing in them.
+    empty_dirs: BTreeSet<String>,
+    /// The paths the previous manifest lists.
+    manifest: BTreeSet<String>,
+    /// The previous manifest's text.
+    manifest_text: Option<String>,
+}
+
+fn scan(out: &Path) -> Result<Existing, OutputError> {
+    let mut existing = Existing::default();
+    if !out.exists() {
+        return Ok(existing);
+    }
+    if !out.is_dir() {
+        return Err(OutputError::BadOut {
+            path: out.to_path_buf(),
+            reason: "it is not a directory",
+        });
+    }
+    if out.join(".git").exists() {
+        return Err(OutputError::BadOut {
+            path: out.to_path_buf(),
+            reason: "it is a git work tree root; render into a subdirectory such as rendered",
+        });
+    }
+    fn walk(dir: &Path, rel: &str, existing: &mut Existing) -> Result<(), OutputError> {
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(io("list", dir))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io("list", dir))?;
+        entries.sort_by_key(|e| e.file_name());
+        if entries.is_empty() && !rel.is_empty() {
+            existing.empty_dirs.insert(rel.to_string());
+        }
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let kind = entry.file_type().map_err(io("inspect", &entry.path()))?;
+            if kind.is_dir() {
+                walk(&entry.path(), &path, existing)?;
+            } else {
+                existing.files.insert(path);
+            }
+        }
+        Ok(())
+    }
+    walk(out, "", &mut existing)?;
+    if existing.files.remove(MANIFEST) {
+        let path = out.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+        existing.manifest = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        existing.manifest_text = Some(text);
+    }
+    Ok(existing)
+}
+
+/// True when kiln wrote the file: the manifest lists it, or it starts with kiln's header.
+fn is_kiln_file(out: &Path, path: &str, existing: &Existing) -> bool {
+    if existing.manifest.contains(path) {
+        return true;
+    }
+    let full = out.join(path);
+    if full.is_symlink() {
+        return false;
+    }
+    use std::io::Read;
+    let mut start = [0u8; HEADER_PREFIX.len()];
+    std::fs::File::open(&full)
+        .and_then(|mut f| f.read_exact(&mut start))
+        .map(|()| start == HEADER_PREFIX.as_bytes())
+        .unwrap_or(false)
+}
+
+/// What a write will do.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Every file kiln will have written, including the manifest.
+    files: BTreeMap<String, String>,
+    /// Existing files kept as they are (foreign files, other overlays' kiln files).
+    carried: Vec<String>,
+    /// Existing empty directories kept.
+    empty_dirs: Vec<String>,
+    /// Kiln files no longer rendered.
+    stale: Vec<String>,
+}
+
+fn plan(out: &Path, tree: &Tree, existing: &Existing) -> Result<Plan, OutputError> {
+    let mut plan = Plan {
+        files: tree.files.clone(),
+        ..Plan::default()
+    };
+    let mut kiln_files: BTreeSet<String> = tree.files.keys().cloned().collect();
+    for path in &existing.files {
+        let kiln = is_kiln_file(out, path, existing);
+        if tree.files.contains_key(path) {
+            if !kiln {
+                return Err(OutputError::Foreign { path: out.join(path) });
+            }
+        } else if !kiln {
+            plan.carried.push(path.clone());
+        } else if in_scope(path, &tree.scope) {
+            plan.stale.push(path.clone());
+        } else {
+            plan.carried.push(path.clone());
+            kiln_files.insert(path.clone());
+        }
+    }
+    plan.empty_dirs = existing.empty_dirs.iter().cloned().collect();
+    let mut manifest = MANIFEST_HEADER.to_string();
+    for path in &kiln_files {
+        manifest.push_str(path);
+        manifest.push('\n');
+    }
+    plan.files.insert(MANIFEST.to_string(), manifest);
+    Ok(plan)
+}
+
+/// What [`write`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteReport {
+    /// Files whose content is new or changed.
+    pub changed: Vec<String>,
+    /// Stale kiln files removed.
+    pub removed: Vec<String>,
+    /// Files kiln did not write, left in place.
+    pub kept: usize,
+}
+
+fn read_existing(out: &Path, path: &str) -> Option<String> {
+    std::fs::read_to_string(out.join(path)).ok()
+}
+
+/// Write `tree` to `out` atomically: everything is written to a temporary directory beside
+/// `out`, which then replaces it. A failure leaves `out` as it was.
+pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
+    let existing = scan(out)?;
+    let plan = plan(out, tree, &existing)?;
+    let changed: Vec<String> = plan
+        .files
+        .iter()
+        .filter(|(path, content)| read_existing(out, path).as_deref() != Some(content.as_str()))
+        .map(|(path, _)| path.clone())
+        .filter(|path| path != MANIFEST)
+        .collect();
+    let manifest_same = existing.manifest_text.as_deref() == plan.files.get(MANIFEST).map(String::as_str);
+    let report = WriteReport {
+        changed,
+        removed: plan.stale.clone(),
+        kept: plan
+            .carried
+            .iter()
+            .filter(|p| !existing.manifest.contains(*p))
+            .count(),
+    };
+    if report.changed.is_empty() && report.removed.is_empty() && manifest_same {
+        return Ok(report);
+    }
+
+    let name = out
+        .file_name()
+        .ok_or(OutputError::BadOut {
+            path: out.to_path_buf(),
+            reason: "it has no directory name",
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if parent.exists() && !parent.is_dir() {
+        return Err(OutputError::BadOut {
+            path: out.to_path_buf(),
+            reason: "its parent is not a directory",
+        });
+    }
+    std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    let pid = std::process::id();
+    let tmp = parent.join(format!(".{name}.kiln-new-{pid}"));
+    let old = parent.join(format!(".{name}.kiln-old-{pid}"));
+    for leftover in [&tmp, &old] {
+        if leftover.exists() {
+            std::fs::remove_dir_all(leftover).map_err(io("remove leftover", leftover))?;
+        }
+    }
+    std::fs::create_dir(&tmp).map_err(io("create", &tmp))?;
+    match fill(out, &tmp, &plan).and_then(|()| swap(out, &tmp, &old)) {
+        Ok(()) => Ok(report),
+        Err(err) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(err)
+        }
+    }
+}
+
+fn fill(out: &Path, tmp: &Path, plan: &Plan) -> Result<(), OutputError> {
+    if let Ok(meta) = std::fs::metadata(out) {
+        std::fs::set_permissions(tmp, meta.permissions()).map_err(io("set permissions of", tmp))?;
+    }
+    let ensure_parent = |path: &Path| -> Result<(), OutputError> {
+        match path.parent() {
+            Some(parent) => std::fs::create_dir_all(parent).map_err(io("create", parent)),
+            None => Ok(()),
+        }
+    };
+    for (path, content) in &plan.files {
+        let target = tmp.join(path);
+        ensure_parent(&target)?;
+        std::fs::write(&target, content).map_err(io("write", &target))?;
+    }
+    for path in &plan.carried {
+        let from = out.join(path);
+        let to = tmp.join(path);
+        ensure_parent(&to)?;
+        if from.is_symlink() {
+            let link = std::fs::read_link(&from).map_err(io("read link", &from))?;
+            std::os::unix::fs::symlink(&link, &to).map_err(io("link", &to))?;
+        } else if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(io("copy", &from))?;
+        }
+    }
+    for dir in &plan.empty_dirs {
+        let to = tmp.join(dir);
+        std::fs::create_dir_all(&to).map_err(io("create", &to))?;
+    }
+    Ok(())
+}
+
+fn swap(out: &Path, tmp: &Path, old: &Path) -> Result<(), OutputError> {
+    if out.exists() {
+        std::fs::rename(out, old).map_err(io("move aside", out))?;
+        if let Err(error) = std::fs::rename(tmp, out) {
+            let _ = std::fs::rename(old, out);
+            return Err(OutputError::Io {
+                action: "move into place",
+                path: out.to_path_buf(),
+                error,
+            });
+        }
+        std::fs::remove_dir_all(old).map_err(io("remove", old))?;
+    } else {
+        std::fs::rename(tmp, out).map_err(io("move into place", out))?;
+    }
+    Ok(())
+}
+
+/// One difference between the rendered tree and the one on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drift {
+    /// A file differs; the unified diff goes from disk (`a/`) to the render (`b/`).
+    Changed { path: String, diff: String },
+    /// A rendered file is not on disk.
+    Missing { path: String },
+    /// A file kiln wrote that is no longer rendered.
+    Stale { path: String },
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::Changed { diff, .. } => f.write_str(diff),
+            Drift::Missing { path } => writeln!(f, "missing: {path} (rendered, not on disk)"),
+            Drift::Stale { path } => writeln!(f, "stale: {path} (kiln wrote it, no longer rendered)"),
+        }
+    }
+}
+
+/// Compare `tree` with `out` without writing anything.
+pub fn check(out: &Path, tree: &Tree) -> Result<Vec<Drift>, OutputError> {
+    let existing = scan(out)?;
+    let plan = plan(out, tree, &existing)?;
+    let mut drift = Vec::new();
+    for (path, content) in &plan.files {
+        let on_disk = if path == MANIFEST {
+            existing.manifest_text.clone()
+        } else {
+            read_existing(out, path)
+        };
+        match on_disk {
+            None => drift.push(Drift::Missing { path: path.clone() }),
+            Some(old) if old != *content => {
+                let diff = similar::TextDiff::from_lines(&old, content)
+                    .unified_diff()
+                    .context_radius(3)
+                    .header(&format!("a/{path}"), &format!("b/{path}"))
+                    .to_string();
+                drift.push(Drift::Changed {
+                    path: path.clone(),
+                    diff,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    drift.extend(plan.stale.into_iter().map(|path| Drift::Stale { path }));
+    Ok(drift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners() {
+        assert_eq!(owner("dev/deployment-buildkitd.yaml"), Some("dev"));
+        assert_eq!(owner("argocd/dev.yaml"), Some("dev"));
+        assert_eq!(owner("flux/kustomization-prod.yaml"), Some("prod"));
+        assert_eq!(owner("flux/gitrepository.yaml"), None);
+        assert_eq!(owner(".kiln-manifest"), None);
+    }
+
+    #[test]
+    fn paths_join() {
+        assert_eq!(join_path("rendered", "dev"), "rendered/dev");
+        assert_eq!(join_path("./examples/argocd/", "dev"), "examples/argocd/dev");
+        assert_eq!(join_path(".", "dev"), "dev");
+    }
+}

@@ -1,25 +1,275 @@
+//! `kiln render`, `kiln check` and `kiln schema`.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::cli::UsageError;
+use crate::output::{self, Unit};
+use crate::overlay::{self, Flavor, OverlayError, Resolved, Resolver, Sources};
+use crate::render::{self, Context};
+
+/// The overlays directory when `--overlays` is not given.
+const DEFAULT_OVERLAYS: &str = "overlays";
+
+/// What to render: shared by `render` and `check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RenderOpts {
+    /// Directory of overlay files (`<name>.yaml`). When it does not exist, the embedded default
+    /// overlay is rendered (only when the flag is not given).
+    #[arg(long, value_name = "DIR")]
+    pub overlays: Option<PathBuf>,
+    /// Output directory: `<out>/<overlay>/` per overlay, plus `argocd/` or `flux/`.
+    #[arg(long, value_name = "DIR", default_value = "rendered")]
+    pub out: PathBuf,
+    /// Render only this overlay (repeatable). Default: every overlay except base.yaml and _*.yaml;
+    /// files of overlays not selected are left as they are.
+    #[arg(long = "overlay", value_name = "NAME")]
+    pub overlay: Vec<String>,
+    /// Lay the output out for this GitOps tool, overriding each overlay's gitops.flavor.
+    #[arg(long, value_enum, value_name = "FLAVOR")]
+    pub gitops: Option<Flavor>,
+}
 
 /// Arguments of `kiln render`.
 #[derive(Debug, clap::Args)]
-pub struct RenderArgs {}
+#[command(after_help = "Examples:
+  kiln render                              every overlay in overlays/ into rendered/
+  kiln render --overlay dev --gitops flux  only dev, plus rendered/flux/
+  kiln render --stdout --overlay prod | kubectl apply --server-side -f -
+
+As an Argo CD config management plugin, `kiln render --stdout` picks the overlay from
+ARGOCD_ENV_OVERLAY, else the `overlay` entry of ARGOCD_APP_PARAMETERS, else ARGOCD_APP_NAME.")]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub opts: RenderOpts,
+    /// Write one YAML stream of the objects to stdout instead of files.
+    #[arg(long)]
+    pub stdout: bool,
+}
 
 /// Arguments of `kiln check`.
 #[derive(Debug, clap::Args)]
-pub struct CheckArgs {}
+#[command(after_help = "Examples:
+  kiln check                               fail (exit 1) with a diff when rendered/ is stale
+  kiln check --out examples/argocd --gitops argocd")]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub opts: RenderOpts,
+}
 
 /// Arguments of `kiln schema`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Example:
+  kiln schema > overlay.schema.json        then point your editor's YAML schema at it")]
 pub struct SchemaArgs {}
 
-pub fn render(_args: RenderArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("render is not built yet")
+/// `kiln render`.
+pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = args.opts;
+    if args.stdout && opts.overlay.is_empty() {
+        if let Some(name) = argocd_overlay(|key| std::env::var(key).ok())? {
+            eprintln!("kiln: rendering overlay {name} (chosen by the Argo CD plugin environment)");
+            opts.overlay.push(name);
+        }
+    }
+    let resolved = resolve(&opts)?;
+    let units = units(&resolved, opts.gitops)?;
+    if args.stdout {
+        let text = output::stream(&units)?;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .context("failed to write to stdout")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tree = layout(&opts, &units)?;
+    let report = output::write(&opts.out, &tree)?;
+    let names: Vec<&str> = resolved.iter().map(|r| r.name.as_str()).collect();
+    eprintln!(
+        "kiln: rendered {} into {}: {} files changed, {} removed, {} other files left alone",
+        names.join(", "),
+        opts.out.display(),
+        report.changed.len(),
+        report.removed.len(),
+        report.kept,
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn check(_args: CheckArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("check is not built yet")
+/// `kiln check`.
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let opts = args.opts;
+    let resolved = resolve(&opts)?;
+    let units = units(&resolved, opts.gitops)?;
+    let tree = layout(&opts, &units)?;
+    let drift = output::check(&opts.out, &tree)?;
+    if drift.is_empty() {
+        eprintln!("kiln: {} is up to date", opts.out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stdout = std::io::stdout().lock();
+    for d in &drift {
+        write!(stdout, "{d}").context("failed to write to stdout")?;
+    }
+    stdout.flush().context("failed to write to stdout")?;
+    eprintln!(
+        "error: {} is stale or hand-edited ({} differences): run `kiln render` with the same flags and commit the result",
+        opts.out.display(),
+        drift.len()
+    );
+    Ok(ExitCode::from(crate::cli::EXIT_FAILURE))
 }
 
+/// `kiln schema`.
 pub fn schema(_args: SchemaArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("schema is not built yet")
+    let text = serde_json::to_string_pretty(&overlay::schema()).context("failed to serialize the schema")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}").context("failed to write to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolve the selected overlays (or all of them).
+fn resolve(opts: &RenderOpts) -> anyhow::Result<Vec<Resolved>> {
+    let dir = opts
+        .overlays
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_OVERLAYS));
+    if opts.overlays.is_some() && !dir.is_dir() {
+        return Err(UsageError(format!(
+            "--overlays {}: no such directory (leave the flag out to use the embedded default overlay)",
+            dir.display()
+        ))
+        .into());
+    }
+    let sources = Sources::read(&dir)?;
+    let usage = |err: OverlayError| -> anyhow::Error {
+        match err {
+            OverlayError::NotFound { .. } | OverlayError::Name { .. } => {
+                UsageError(format!("--overlay: {err}")).into()
+            }
+            other => other.into(),
+        }
+    };
+    if opts.overlay.is_empty() {
+        return overlay::resolve_all(&sources).map_err(anyhow::Error::from);
+    }
+    let resolver = Resolver::new(&sources);
+    let names: BTreeSet<&String> = opts.overlay.iter().collect();
+    names
+        .into_iter()
+        .map(|name| resolver.resolve(name).map_err(usage))
+        .collect()
+}
+
+/// Render every resolved overlay.
+fn units(resolved: &[Resolved], gitops: Option<Flavor>) -> anyhow::Result<Vec<Unit<'_>>> {
+    resolved
+        .iter()
+        .map(|r| {
+            let mut objects = render::render(&r.overlay, &Context::new(r.name.clone()))
+                .with_context(|| format!("failed to render overlay {} ({})", r.name, r.source))?;
+            objects.extend(r.extras.iter().cloned());
+            Ok(Unit {
+                resolved: r,
+                objects,
+                flavor: gitops.unwrap_or(r.overlay.gitops.flavor),
+            })
+        })
+        .collect()
+}
+
+fn layout(opts: &RenderOpts, units: &[Unit]) -> anyhow::Result<output::Tree> {
+    let scope = (!opts.overlay.is_empty()).then(|| opts.overlay.iter().cloned().collect());
+    Ok(output::layout(units, &repo_path(&opts.out), scope)?)
+}
+
+/// The output directory as a path inside the repository, for Argo CD and Flux: the relative
+/// path as given (kiln runs from the repository root), or the last component of an absolute one.
+fn repo_path(out: &Path) -> String {
+    if out.is_absolute() {
+        return out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+    }
+    out.components()
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The overlay an Argo CD config management plugin asks for, from its environment:
+/// `ARGOCD_ENV_OVERLAY`, else the `overlay` entry of `ARGOCD_APP_PARAMETERS`, else
+/// `ARGOCD_APP_NAME` (without a `buildkit-` prefix).
+fn argocd_overlay(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<String>> {
+    if let Some(name) = env("ARGOCD_ENV_OVERLAY").filter(|s| !s.is_empty()) {
+        return Ok(Some(name));
+    }
+    if let Some(params) = env("ARGOCD_APP_PARAMETERS").filter(|s| !s.trim().is_empty()) {
+        #[derive(serde::Deserialize)]
+        struct Param {
+            name: String,
+            #[serde(default)]
+            string: Option<String>,
+        }
+        let params: Vec<Param> = serde_json::from_str(&params).map_err(|e| {
+            UsageError(format!(
+                "failed to parse ARGOCD_APP_PARAMETERS: {e}; expected a JSON array of {{\"name\": …, \"string\": …}}"
+            ))
+        })?;
+        if let Some(name) = params
+            .into_iter()
+            .find(|p| p.name == "overlay")
+            .and_then(|p| p.string)
+        {
+            return Ok(Some(name));
+        }
+    }
+    Ok(env("ARGOCD_APP_NAME")
+        .filter(|s| !s.is_empty())
+        .map(|name| name.strip_prefix("buildkit-").map(str::to_string).unwrap_or(name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| vars.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn argocd_overlay_precedence() {
+        let params = r#"[{"name":"overlay","string":"prod"}]"#;
+        let all = [
+            ("ARGOCD_ENV_OVERLAY", "dev"),
+            ("ARGOCD_APP_PARAMETERS", params),
+            ("ARGOCD_APP_NAME", "x"),
+        ];
+        assert_eq!(argocd_overlay(env(&all)).unwrap().as_deref(), Some("dev"));
+        assert_eq!(argocd_overlay(env(&all[1..])).unwrap().as_deref(), Some("prod"));
+        assert_eq!(
+            argocd_overlay(env(&[("ARGOCD_APP_NAME", "buildkit-staging")]))
+                .unwrap()
+                .as_deref(),
+            Some("staging")
+        );
+        assert_eq!(argocd_overlay(env(&[])).unwrap(), None);
+        assert!(argocd_overlay(env(&[("ARGOCD_APP_PARAMETERS", "{")])).is_err());
+    }
+
+    #[test]
+    fn repo_paths() {
+        assert_eq!(repo_path(Path::new("rendered")), "rendered");
+        assert_eq!(repo_path(Path::new("./examples/argocd/")), "examples/argocd");
+        assert_eq!(repo_path(Path::new("/tmp/x/out")), "out");
+    }
 }

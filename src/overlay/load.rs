@@ -49,11 +49,11 @@ pub struct Resolved {
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
     /// The directory could not be listed.
-    #[error("failed to list overlays in {dir}: {source}")]
-    List { dir: PathBuf, source: std::io::Error },
+    #[error("failed to list overlays in {dir}: {error}")]
+    List { dir: PathBuf, error: std::io::Error },
     /// A file could not be read.
-    #[error("failed to read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("failed to read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     /// A file is not valid YAML.
     #[error("failed to parse {path}: {message}")]
     Parse { path: String, message: String },
@@ -144,23 +144,23 @@ impl Sources {
         }
         let list = |d: &Path| -> Result<Vec<PathBuf>, OverlayError> {
             let mut paths = std::fs::read_dir(d)
-                .map_err(|source| OverlayError::List {
+                .map_err(|error| OverlayError::List {
                     dir: d.to_path_buf(),
-                    source,
+                    error,
                 })?
                 .map(|e| e.map(|e| e.path()))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| OverlayError::List {
+                .map_err(|error| OverlayError::List {
                     dir: d.to_path_buf(),
-                    source,
+                    error,
                 })?;
             paths.sort();
             Ok(paths)
         };
         let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| OverlayError::Read {
+            std::fs::read_to_string(path).map_err(|error| OverlayError::Read {
                 path: path.to_path_buf(),
-                source,
+                error,
             })
         };
         for path in list(dir)? {

@@ -8,6 +8,10 @@ use serde::Serialize;
 use crate::overlay::{Overlay, Workload};
 
 pub mod meta;
+pub mod network;
+pub mod rotation;
+pub mod secrets;
+pub mod tekton;
 pub mod workload;
 
 use meta::Meta;
@@ -34,6 +38,9 @@ pub enum RenderError {
     /// A typed object could not be converted to a value.
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// The overlay could not be written into the `kiln-config` ConfigMap.
+    #[error("failed to write the overlay into ConfigMap kiln-config: {0}")]
+    Config(#[from] crate::yaml::YamlError),
 }
 
 /// One rendered Kubernetes object, ready to be written as YAML.
@@ -85,29 +92,62 @@ impl Object {
     }
 }
 
-/// Render every object of one resolved overlay, in apply order.
+/// Render every object of one resolved overlay, in apply order: Namespace, ServiceAccounts,
+/// RBAC and ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
+/// daemon, its Service, NetworkPolicy and PDB, the Task(s) and the CronJob (1).
+///
+/// `rotation.enabled: false` leaves out the rotation objects (the Secrets stay: the daemon
+/// mounts them); `tekton.enabled: false` leaves out the Tasks.
 pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderError> {
     let meta = Meta {
         overlay,
         instance: &ctx.overlay_name,
     };
+    let rotation = overlay.rotation.enabled;
     let mut objects = Vec::new();
     let mut push = |object: Result<Object, ObjectError>| -> Result<(), RenderError> {
         objects.push(object?);
         Ok(())
     };
 
+    // Wave -2: setup.
     if overlay.create_namespace {
         push(Object::from_typed(&workload::namespace(&meta)))?;
     }
     push(Object::from_typed(&workload::service_account(&meta)))?;
+    push(Object::from_typed(&network::kiln_network_policy(&meta)))?;
+    if rotation {
+        push(Object::from_typed(&rotation::service_account(&meta)))?;
+        push(Object::from_typed(&rotation::role(&meta)))?;
+        push(Object::from_typed(&rotation::role_binding(&meta)))?;
+        push(Object::from_typed(&secrets::config_map(&meta, overlay)?))?;
+    }
+    // Wave -1: the Secret shells.
+    for secret in secrets::secrets(&meta) {
+        push(Object::from_typed(&secret))?;
+    }
+    // Wave 0: the bootstrap hook.
+    if rotation {
+        push(Object::from_typed(&rotation::bootstrap_job(&meta)))?;
+    }
+    // Wave 1: the app.
     match overlay.buildkit.workload {
         Workload::Deployment => push(Object::from_typed(&workload::deployment(&meta)))?,
         Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(&meta)))?,
     }
     push(Object::from_typed(&workload::service(&meta)))?;
+    push(Object::from_typed(&network::network_policy(&meta)))?;
     if let Some(pdb) = workload::pod_disruption_budget(&meta) {
         push(Object::from_typed(&pdb))?;
+    }
+    if overlay.tekton.enabled {
+        push(Object::from_typed(&tekton::task(&meta)))?;
+        if overlay.tekton.daemonless {
+            push(Object::from_typed(&tekton::daemonless_task(&meta)))?;
+        }
+    }
+    if rotation {
+        push(Object::from_typed(&rotation::cron_job(&meta)))?;
     }
     Ok(objects)
 }

@@ -212,9 +212,25 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
             ..Default::default()
         })
         .to_vec();
-    let (default_mode, fs_group) = match mode {
-        Mode::Rootless => (0o440, Some(ROOTLESS_UID)),
-        Mode::Privileged | Mode::Userns => (0o400, None),
+    let (default_mode, pod_security) = match mode {
+        // fsGroup lets uid 1000 read the Secret files, which stay out of reach of others.
+        Mode::Rootless => (
+            0o440,
+            PodSecurityContext {
+                fs_group: Some(ROOTLESS_UID),
+                ..Default::default()
+            },
+        ),
+        // Root on purpose, and said so: (userns) root inside the pod's user namespace only.
+        Mode::Privileged | Mode::Userns => (
+            0o400,
+            PodSecurityContext {
+                run_as_user: Some(0),
+                run_as_group: Some(0),
+                run_as_non_root: Some(false),
+                ..Default::default()
+            },
+        ),
     };
     let volumes = vec![
         Volume {
@@ -242,10 +258,7 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
             service_account_name: Some(buildkit.service_name.clone()),
             automount_service_account_token: Some(false),
             host_users: (mode == Mode::Userns).then_some(false),
-            security_context: fs_group.map(|gid| PodSecurityContext {
-                fs_group: Some(gid),
-                ..Default::default()
-            }),
+            security_context: Some(pod_security),
             containers: vec![container],
             volumes: Some(volumes),
             node_selector: meta::non_empty(&buildkit.node_selector),

@@ -1,0 +1,668 @@
+//! `kiln render`, `kiln check` and `kiln schema` through the real binary: golden streams,
+//! layouts, atomic writes, stale-file removal, drift detection and every bad-input case.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use support::{kiln, repo_root};
+
+/// Every file under `dir`, by relative path.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
+    out
+}
+
+/// A scratch directory holding `overlays/` with the given files (paths relative to it).
+fn workspace(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let path = dir.path().join("overlays").join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// A workspace with a copy of the shipped overlays.
+fn shipped_workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let overlays = dir.path().join("overlays");
+    fs::create_dir_all(&overlays).unwrap();
+    for (name, bytes) in tree(&repo_root().join("overlays")) {
+        let path = overlays.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, bytes).unwrap();
+    }
+    dir
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    kiln().current_dir(dir).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn stdout_stream_of_dev_is_golden() {
+    let out = run(&repo_root(), &["render", "--stdout", "--overlay", "dev"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    insta::assert_snapshot!("stdout_dev", stdout(&out));
+}
+
+#[test]
+fn stdout_stream_of_prod_is_golden() {
+    let out = run(&repo_root(), &["render", "--stdout", "--overlay", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    insta::assert_snapshot!("stdout_prod", stdout(&out));
+}
+
+#[test]
+fn argocd_and_flux_wrappers_are_golden() {
+    let ws = shipped_workspace();
+    let out = run(ws.path(), &["render", "--gitops", "argocd"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = tree(&ws.path().join("rendered"));
+    let listing: Vec<&str> = files.keys().map(String::as_str).collect();
+    insta::assert_snapshot!("layout_argocd", listing.join("\n"));
+    insta::assert_snapshot!("argocd_prod", String::from_utf8_lossy(&files["argocd/prod.yaml"]));
+
+    let out = run(ws.path(), &["render", "--gitops", "flux"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = tree(&ws.path().join("rendered"));
+    assert!(
+        !files.keys().any(|f| f.starts_with("argocd/")),
+        "argocd files are stale now: {:?}",
+        files.keys()
+    );
+    insta::assert_snapshot!(
+        "flux_gitrepository",
+        String::from_utf8_lossy(&files["flux/gitrepository.yaml"])
+    );
+    insta::assert_snapshot!(
+        "flux_prod",
+        String::from_utf8_lossy(&files["flux/kustomization-prod.yaml"])
+    );
+}
+
+#[test]
+fn every_file_starts_with_a_header_naming_its_overlay() {
+    let ws = shipped_workspace();
+    assert!(run(ws.path(), &["render", "--gitops", "argocd"]).status.success());
+    for (path, bytes) in tree(&ws.path().join("rendered")) {
+        let text = String::from_utf8(bytes).unwrap();
+        let first = text.lines().next().unwrap();
+        if path == ".kiln-manifest" {
+            assert!(first.starts_with("# Files kiln render wrote"), "{first}");
+            continue;
+        }
+        let overlay = path.split('/').next_back().unwrap().trim_end_matches(".yaml");
+        let overlay = if path.starts_with("argocd/") {
+            overlay
+        } else {
+            path.split('/').next().unwrap()
+        };
+        assert_eq!(
+            first,
+            format!(
+                "# Rendered by kiln {} from overlays/{overlay}.yaml. Do not edit: run kiln render.",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn render_is_deterministic() {
+    let ws = shipped_workspace();
+    assert!(
+        run(ws.path(), &["render", "--gitops", "flux", "--out", "a"])
+            .status
+            .success()
+    );
+    assert!(
+        run(ws.path(), &["render", "--gitops", "flux", "--out", "b"])
+            .status
+            .success()
+    );
+    let (a, b) = (tree(&ws.path().join("a")), tree(&ws.path().join("b")));
+    assert!(a.len() > 40, "{} files", a.len());
+    // Paths differ only in the Flux Kustomization path (./a/… vs ./b/…).
+    let normalize = |m: BTreeMap<String, Vec<u8>>, dir: &str| -> BTreeMap<String, String> {
+        m.into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    String::from_utf8(v)
+                        .unwrap()
+                        .replace(&format!("path: ./{dir}/"), "path: ./X/"),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(normalize(a, "a"), normalize(b, "b"));
+    let one = run(&repo_root(), &["render", "--stdout"]);
+    let two = run(&repo_root(), &["render", "--stdout"]);
+    assert!(one.status.success());
+    assert_eq!(one.stdout, two.stdout);
+    // A second render into the same tree changes nothing.
+    let again = run(ws.path(), &["render", "--gitops", "flux", "--out", "a"]);
+    assert!(
+        stderr(&again).contains(": 0 files changed, 0 removed"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn embedded_default_overlay_renders_in_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = tree(&dir.path().join("rendered"));
+    assert!(files.contains_key("default/kustomization.yaml"));
+    assert!(files.contains_key("default/namespace-buildkit.yaml"));
+    let text = String::from_utf8_lossy(&files["default/deployment-buildkitd.yaml"]).into_owned();
+    assert!(
+        text.starts_with("# Rendered by kiln 0.1.0 from the embedded default overlay."),
+        "{text}"
+    );
+    assert_eq!(entries(dir.path()), ["rendered"]);
+}
+
+#[test]
+fn schema_is_json_schema_of_the_overlay() {
+    let out = run(&repo_root(), &["schema"]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "Overlay");
+    assert_eq!(schema["additionalProperties"], false);
+    for field in ["namespace", "extends", "buildkit", "certs", "rotation", "gitops"] {
+        assert!(schema["properties"].get(field).is_some(), "no {field}");
+    }
+    let text = stdout(&out);
+    assert!(
+        text.contains("\"rootless\"") && text.contains("\"statefulset\""),
+        "enums are listed"
+    );
+}
+
+#[test]
+fn check_passes_on_a_fresh_render_and_fails_with_a_diff_after_a_hand_edit() {
+    let ws = shipped_workspace();
+    assert!(run(ws.path(), &["render"]).status.success());
+    let ok = run(ws.path(), &["check"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert_eq!(stdout(&ok), "");
+
+    let file = ws.path().join("rendered/prod/statefulset-buildkitd.yaml");
+    let text = fs::read_to_string(&file).unwrap();
+    fs::write(&file, text.replace("replicas: 3", "replicas: 5")).unwrap();
+    fs::remove_file(ws.path().join("rendered/dev/service-buildkitd.yaml")).unwrap();
+    let bad = run(ws.path(), &["check"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let diff = stdout(&bad);
+    assert!(
+        diff.contains("--- a/prod/statefulset-buildkitd.yaml\n+++ b/prod/statefulset-buildkitd.yaml"),
+        "{diff}"
+    );
+    assert!(diff.contains("\n-  replicas: 5\n+  replicas: 3\n"), "{diff}");
+    assert!(diff.contains("missing: dev/service-buildkitd.yaml"), "{diff}");
+    assert!(
+        stderr(&bad).contains("rendered is stale or hand-edited (2 differences)"),
+        "{}",
+        stderr(&bad)
+    );
+
+    // An overlay change makes the committed tree stale too.
+    let ws = shipped_workspace();
+    assert!(run(ws.path(), &["render"]).status.success());
+    fs::remove_file(ws.path().join("overlays/staging.yaml")).unwrap();
+    let stale = run(ws.path(), &["check"]);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(
+        stdout(&stale).contains("stale: staging/statefulset-buildkitd.yaml"),
+        "{}",
+        stdout(&stale)
+    );
+    // check never writes.
+    assert!(
+        ws.path()
+            .join("rendered/staging/statefulset-buildkitd.yaml")
+            .exists()
+    );
+}
+
+#[test]
+fn stale_files_are_removed_and_foreign_files_kept() {
+    let ws = shipped_workspace();
+    assert!(run(ws.path(), &["render"]).status.success());
+    let rendered = ws.path().join("rendered");
+    fs::write(rendered.join("README.md"), "hand-written\n").unwrap();
+    fs::write(rendered.join("prod/NOTES.md"), "notes\n").unwrap();
+    fs::create_dir(rendered.join("empty")).unwrap();
+
+    // prod stops being rendered: its files go, the foreign ones stay.
+    fs::remove_file(ws.path().join("overlays/prod.yaml")).unwrap();
+    let out = run(ws.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 other files left alone") || stderr(&out).contains("other files left alone")
+    );
+    assert_eq!(entries(&rendered.join("prod")), ["NOTES.md"]);
+    assert_eq!(
+        fs::read_to_string(rendered.join("README.md")).unwrap(),
+        "hand-written\n"
+    );
+    assert!(rendered.join("empty").is_dir());
+    let manifest = fs::read_to_string(rendered.join(".kiln-manifest")).unwrap();
+    assert!(!manifest.contains("prod/"), "{manifest}");
+    assert!(manifest.contains("dev/kustomization.yaml"), "{manifest}");
+    assert!(!manifest.contains("README.md"));
+    // No temporary directories are left beside the output.
+    assert_eq!(entries(ws.path()), ["overlays", "rendered"]);
+}
+
+#[test]
+fn rendering_some_overlays_keeps_the_others() {
+    let ws = shipped_workspace();
+    assert!(run(ws.path(), &["render", "--gitops", "argocd"]).status.success());
+    let before = tree(&ws.path().join("rendered"));
+    fs::write(
+        ws.path().join("overlays/dev.yaml"),
+        "extends: base\nbuildkit:\n  replicas: 2\n",
+    )
+    .unwrap();
+    let out = run(ws.path(), &["render", "--gitops", "argocd", "--overlay", "dev"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after = tree(&ws.path().join("rendered"));
+    for (path, bytes) in &before {
+        if path.starts_with("prod/") || path.starts_with("staging/") || path == "argocd/prod.yaml" {
+            assert_eq!(after.get(path), Some(bytes), "{path} changed");
+        }
+    }
+    assert!(
+        after.contains_key("dev/poddisruptionbudget-buildkitd.yaml"),
+        "2 replicas bring a PDB"
+    );
+    assert_eq!(
+        before[".kiln-manifest"].len() + "dev/poddisruptionbudget-buildkitd.yaml\n".len(),
+        after[".kiln-manifest"].len()
+    );
+}
+
+#[test]
+fn a_foreign_file_in_the_way_is_never_overwritten() {
+    let ws = shipped_workspace();
+    let out_dir = ws.path().join("rendered/dev");
+    fs::create_dir_all(&out_dir).unwrap();
+    fs::write(out_dir.join("service-buildkitd.yaml"), "mine\n").unwrap();
+    let out = run(ws.path(), &["render"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("service-buildkitd.yaml: kiln did not write it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(out_dir.join("service-buildkitd.yaml")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(entries(&ws.path().join("rendered")), ["dev"]);
+}
+
+#[test]
+fn argocd_plugin_environment_chooses_the_overlay() {
+    let stream = |envs: &[(&str, &str)]| {
+        let mut cmd = kiln();
+        cmd.current_dir(repo_root()).args(["render", "--stdout"]);
+        for var in ["ARGOCD_ENV_OVERLAY", "ARGOCD_APP_PARAMETERS", "ARGOCD_APP_NAME"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(envs.iter().copied());
+        cmd.output().unwrap()
+    };
+    let namespaces = |out: &Output| -> Vec<String> {
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout(out)).unwrap();
+        let mut ns: Vec<String> = docs
+            .iter()
+            .filter_map(|d| {
+                d.pointer("/metadata/namespace")
+                    .and_then(|n| n.as_str())
+                    .map(str::to_string)
+            })
+            .collect();
+        ns.dedup();
+        ns
+    };
+    let out = stream(&[
+        ("ARGOCD_ENV_OVERLAY", "dev"),
+        ("ARGOCD_APP_NAME", "buildkit-prod"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(namespaces(&out), ["buildkit-dev"]);
+    assert!(
+        stderr(&out).contains("rendering overlay dev"),
+        "logs go to stderr"
+    );
+    let out = stream(&[(
+        "ARGOCD_APP_PARAMETERS",
+        r#"[{"name":"overlay","string":"staging"}]"#,
+    )]);
+    assert_eq!(namespaces(&out), ["buildkit-staging"]);
+    let out = stream(&[("ARGOCD_APP_NAME", "buildkit-prod")]);
+    assert_eq!(namespaces(&out), ["buildkit-prod"]);
+    let out = stream(&[("ARGOCD_APP_NAME", "something-else")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stdout(&out), "", "nothing on stdout when the overlay is unknown");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let ws = shipped_workspace();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["render", "--overlay", "nope"],
+            "there is no overlays/nope.yaml (available: dev, prod, staging)",
+        ),
+        (&["render", "--overlay", "../etc"], "invalid overlay name"),
+        (
+            &["render", "--overlays", "missing"],
+            "--overlays missing: no such directory",
+        ),
+        (&["render", "--gitops", "helm"], "invalid value 'helm'"),
+        (&["check", "--bogus"], "unexpected argument"),
+    ];
+    for (args, message) in cases {
+        let out = run(ws.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        assert!(!ws.path().join("rendered").exists());
+    }
+}
+
+/// Render a broken overlay set: exit 1, the message, and nothing written at all.
+fn assert_rejected(files: &[(&str, &str)], args: &[&str], message: &str) {
+    let ws = workspace(files);
+    let mut all = vec!["render"];
+    all.extend_from_slice(args);
+    let out = run(ws.path(), &all);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(message), "expected {message:?} in: {err}");
+    assert_eq!(err.lines().count(), 1, "one-line error: {err}");
+    assert_eq!(
+        entries(ws.path())
+            .into_iter()
+            .filter(|e| e != "file")
+            .collect::<Vec<_>>(),
+        ["overlays"],
+        "nothing written"
+    );
+}
+
+#[test]
+fn bad_unknown_field() {
+    assert_rejected(
+        &[("dev.yaml", "buildkit:\n  replicas: 1\n  replica: 2\n")],
+        &[],
+        "failed to load overlays/dev.yaml:3: buildkit.replica: unknown field `replica`, expected one of",
+    );
+}
+
+#[test]
+fn bad_wrong_type() {
+    assert_rejected(
+        &[("dev.yaml", "buildkit:\n  port: [1234]\n")],
+        &[],
+        "failed to load overlays/dev.yaml:2: buildkit.port: invalid type: sequence, expected u16",
+    );
+}
+
+#[test]
+fn bad_dns1123_name() {
+    assert_rejected(
+        &[("dev.yaml", "certs:\n  secrets:\n    ca: Buildkit_CA\n")],
+        &[],
+        "failed to load overlays/dev.yaml:3: certs.secrets.ca: \"Buildkit_CA\" is not a valid DNS-1123 name",
+    );
+}
+
+#[test]
+fn bad_negative_replicas() {
+    assert_rejected(
+        &[
+            ("base.yaml", "buildkit:\n  replicas: -1\n"),
+            ("dev.yaml", "extends: base\n"),
+        ],
+        &[],
+        "failed to load overlays/base.yaml:2: buildkit.replicas: must be 0 or more, got -1",
+    );
+}
+
+#[test]
+fn bad_unknown_mode() {
+    assert_rejected(
+        &[("dev.yaml", "buildkit:\n  mode: rootful\n")],
+        &[],
+        "failed to load overlays/dev.yaml:2: buildkit.mode: unknown variant `rootful`, expected one of `rootless`, `privileged`, `userns`",
+    );
+}
+
+#[test]
+fn bad_extends_cycle() {
+    assert_rejected(
+        &[
+            ("dev.yaml", "extends: _a\n"),
+            ("_a.yaml", "extends: _b\n"),
+            ("_b.yaml", "extends: dev\n"),
+        ],
+        &[],
+        "failed to resolve extends: cycle dev -> _a -> _b -> dev",
+    );
+}
+
+#[test]
+fn bad_missing_parent() {
+    assert_rejected(
+        &[("dev.yaml", "namespace: x\nextends: bsae\n")],
+        &[],
+        "failed to resolve extends in overlays/dev.yaml:2: parent overlay \"bsae\" not found: there is no overlays/bsae.yaml (chain: dev -> bsae)",
+    );
+}
+
+#[test]
+fn bad_handlebars_variable() {
+    assert_rejected(
+        &[(
+            "dev.yaml",
+            "namespace: \"buildkit-{{overlay}}\"\ncommonLabels:\n  env: \"{{environment}}\"\n",
+        )],
+        &[],
+        "failed to render the template in overlays/dev.yaml:3: commonLabels.env: unknown variable `environment` (available: overlay, namespace",
+    );
+}
+
+#[test]
+fn bad_handlebars_in_extra_manifest() {
+    assert_rejected(
+        &[
+            ("dev.yaml", ""),
+            (
+                "dev/extra/quota.yaml.hbs",
+                "apiVersion: v1\nkind: ResourceQuota\nmetadata:\n  name: \"{{nme}}\"\n",
+            ),
+        ],
+        &[],
+        "failed to load overlays/dev/extra/quota.yaml.hbs: template error: unknown variable `nme`",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_rejected(
+        &[("dev.yaml", "rotation:\n  propagationDelay: 2 days\n")],
+        &[],
+        "failed to load overlays/dev.yaml:2: rotation.propagationDelay: invalid duration \"2 days\": write a number and a unit",
+    );
+}
+
+#[test]
+fn bad_unwritable_output_directory() {
+    let ws = shipped_workspace();
+    fs::write(ws.path().join("file"), "not a directory\n").unwrap();
+    let out = run(ws.path(), &["render", "--out", "file/rendered"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out)
+            .contains("failed to use file/rendered as the output directory: its parent is not a directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(entries(ws.path()), ["file", "overlays"]);
+    assert_eq!(
+        fs::read_to_string(ws.path().join("file")).unwrap(),
+        "not a directory\n"
+    );
+}
+
+#[test]
+fn bad_yaml_that_is_not_a_mapping() {
+    assert_rejected(
+        &[("dev.yaml", "- namespace: buildkit\n")],
+        &[],
+        "failed to load overlays/dev.yaml: an overlay must be a YAML mapping of fields (such as `namespace: buildkit`), not a list",
+    );
+}
+
+#[test]
+fn bad_yaml_syntax() {
+    assert_rejected(
+        &[("dev.yaml", "buildkit: {replicas: 1\n")],
+        &[],
+        "failed to parse overlays/dev.yaml: line",
+    );
+}
+
+#[test]
+fn bad_validity_longer_than_ca() {
+    assert_rejected(
+        &[("dev.yaml", "certs:\n  caValidity: 1y\n  validity: 400d\n")],
+        &[],
+        "failed to load overlays/dev.yaml:3: certs.validity: the leaf validity 400d must be shorter than certs.caValidity 1y",
+    );
+}
+
+#[test]
+fn a_failed_render_leaves_the_previous_tree_untouched() {
+    let ws = shipped_workspace();
+    assert!(run(ws.path(), &["render", "--gitops", "argocd"]).status.success());
+    let before = tree(&ws.path().join("rendered"));
+    fs::write(
+        ws.path().join("overlays/staging.yaml"),
+        "extends: base\nbuildkit:\n  replicas: -2\n",
+    )
+    .unwrap();
+    let out = run(ws.path(), &["render", "--gitops", "argocd"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("overlays/staging.yaml:3: buildkit.replicas: must be 0 or more, got -2"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree(&ws.path().join("rendered")), before);
+    assert_eq!(entries(ws.path()), ["overlays", "rendered"]);
+}
+
+#[test]
+fn cronjob_yaml_is_what_render_produces() {
+    // CronJob.yaml = the rotation CronJob and its RBAC and config (every object labelled
+    // component=rotation except the bootstrap Job) of the default overlay, in namespace default.
+    let ws = workspace(&[(
+        "default.yaml",
+        "# The top-level CronJob.yaml.\nnamespace: default\ncreateNamespace: false\n",
+    )]);
+    let out = run(ws.path(), &["render", "--stdout"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut expected = String::from(
+        "# The kiln rotation CronJob, its RBAC and config, for the `default` namespace:\n\
+         # kubectl apply -f CronJob.yaml. Rendered by kiln from the default overlay with\n\
+         # namespace: default; tests/render_cli.rs keeps it equal (KILN_UPDATE_CRONJOB=1 rewrites it).\n",
+    );
+    let mut kinds = Vec::new();
+    for doc in text.split("---\n").filter(|d| !d.is_empty()) {
+        let value: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+        if value
+            .pointer("/metadata/labels/app.kubernetes.io~1component")
+            .and_then(|v| v.as_str())
+            == Some("rotation")
+            && value["kind"] != "Job"
+        {
+            kinds.push(value["kind"].as_str().unwrap().to_string());
+            let body = doc.split_once('\n').unwrap().1;
+            expected.push_str("---\n");
+            expected.push_str(body);
+        }
+    }
+    assert!(
+        kinds.contains(&"CronJob".to_string()) && kinds.contains(&"Role".to_string()),
+        "{kinds:?}"
+    );
+    let path: PathBuf = repo_root().join("CronJob.yaml");
+    if std::env::var_os("KILN_UPDATE_CRONJOB").is_some() {
+        fs::write(&path, &expected).unwrap();
+    }
+    let committed = fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        committed, expected,
+        "CronJob.yaml is stale: rerun with KILN_UPDATE_CRONJOB=1"
+    );
+}
+
+#[test]
+fn committed_examples_are_up_to_date() {
+    for (out, flavor) in [("examples/argocd", "argocd"), ("examples/flux", "flux")] {
+        let check = run(&repo_root(), &["check", "--out", out, "--gitops", flavor]);
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "{out}: {}{}",
+            stdout(&check),
+            stderr(&check)
+        );
+    }
+}

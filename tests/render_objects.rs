@@ -9,10 +9,14 @@ use kiln::pki::SecretFormat;
 use kiln::render::{Context, Object, render};
 use serde_json::Value;
 
+mod support;
+
 /// A small development farm: one rootless Deployment, the defaults almost everywhere.
 fn dev() -> Overlay {
-    let mut overlay = Overlay::default();
-    overlay.namespace = "buildkit-dev".into();
+    let mut overlay = Overlay {
+        namespace: "buildkit-dev".into(),
+        ..Default::default()
+    };
     overlay.buildkit.cache_size = "10Gi".into();
     overlay.kiln.image = "ghcr.io/kiln-dev/kiln:0.1.0".into();
     overlay
@@ -21,10 +25,12 @@ fn dev() -> Overlay {
 /// A production farm: a StatefulSet of three userns daemons, pinned to build nodes, with
 /// cert-manager key names, a daemonless Task and bigger resources.
 fn prod() -> Overlay {
-    let mut overlay = Overlay::default();
-    overlay.namespace = "buildkit-prod".into();
-    overlay.create_namespace = false;
-    overlay.common_labels = BTreeMap::from([("team".into(), "platform".into())]);
+    let mut overlay = Overlay {
+        namespace: "buildkit-prod".into(),
+        create_namespace: false,
+        common_labels: BTreeMap::from([("team".into(), "platform".into())]),
+        ..Default::default()
+    };
     overlay.buildkit.mode = Mode::Userns;
     overlay.buildkit.workload = Workload::Statefulset;
     overlay.buildkit.replicas = 3;
@@ -355,5 +361,136 @@ fn names_are_unique_per_kind() {
                 object.name
             );
         }
+    }
+}
+
+/// The daemonless step's script, run by a real `sh` against a stand-in
+/// `buildctl-daemonless.sh` that records its argv and writes a metadata file.
+#[test]
+fn daemonless_script_builds_the_buildctl_command_and_writes_results() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let objects = objects(&prod(), "prod");
+    let task = find(&objects, "Task", "buildkit-daemonless");
+    let step = &task["spec"]["steps"][0];
+    assert_eq!(step["args"], serde_json::json!(["$(params.BUILD_ARGS[*])"]));
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // What Tekton substitutes before it runs the script.
+    let script = step["script"]
+        .as_str()
+        .unwrap()
+        .replace("$(results.IMAGE_DIGEST.path)", &path("digest"))
+        .replace("$(results.IMAGE_URL.path)", &path("url"))
+        .replace("/tmp/metadata.json", &path("metadata.json"));
+    for prefix in ["$(params.", "$(results.", "$(workspaces.", "$(context."] {
+        assert!(
+            !script.contains(prefix),
+            "Tekton variable {prefix}… left in the script: pass it as env"
+        );
+    }
+    std::fs::write(dir.path().join("script.sh"), script).unwrap();
+    let stub = dir.path().join("buildctl-daemonless.sh");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {argv}\n\
+             printf '{{\\n  \"containerimage.digest\": \"sha256:abc\"\\n}}\\n' > {meta}\n",
+            argv = path("argv"),
+            meta = path("metadata.json")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let status = std::process::Command::new("sh")
+        .arg(path("script.sh"))
+        .args(["A=1", "B=two words"])
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+        .env("IMAGE", "registry.example.com/app:1")
+        .env("CONTEXT_DIR", "/workspace/source/.")
+        .env("DOCKERFILE", "./Dockerfile")
+        .env("PLATFORMS", "linux/amd64,linux/arm64")
+        .env("PUSH", "true")
+        .env("CACHE_REF", "registry.example.com/app:cache")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let argv = std::fs::read_to_string(path("argv")).unwrap();
+    let argv: Vec<&str> = argv.lines().collect();
+    assert_eq!(
+        argv,
+        [
+            "build",
+            "--progress=plain",
+            "--frontend=dockerfile.v0",
+            "--local",
+            "context=/workspace/source/.",
+            "--local",
+            "dockerfile=/workspace/source/.",
+            "--opt",
+            "filename=./Dockerfile",
+            "--output",
+            "type=image,name=registry.example.com/app:1,push=true",
+            "--metadata-file",
+            &path("metadata.json"),
+            "--opt",
+            "build-arg:A=1",
+            "--opt",
+            "build-arg:B=two words",
+            "--opt",
+            "platform=linux/amd64,linux/arm64",
+            "--export-cache",
+            "type=inline",
+            "--import-cache",
+            "type=registry,ref=registry.example.com/app:cache",
+        ]
+    );
+    assert_eq!(std::fs::read_to_string(path("digest")).unwrap(), "sha256:abc");
+    assert_eq!(
+        std::fs::read_to_string(path("url")).unwrap(),
+        "registry.example.com/app:1"
+    );
+}
+
+/// Every core object of every mode and workload passes `kubernetes-validate --strict`
+/// for the oldest (1.30: AppArmor fields) and newest supported Kubernetes.
+#[test]
+fn core_objects_pass_kubernetes_validate_in_every_mode() {
+    let Some(validate) = support::tool("kubernetes-validate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for mode in [Mode::Rootless, Mode::Privileged, Mode::Userns] {
+        for workload in [Workload::Deployment, Workload::Statefulset] {
+            let mut overlay = prod();
+            overlay.buildkit.mode = mode;
+            overlay.buildkit.workload = workload;
+            overlay.create_namespace = true;
+            for object in objects(&overlay, "matrix") {
+                if object.api_version == "tekton.dev/v1" {
+                    continue; // not a core kind: no schema to validate against
+                }
+                let file = dir.path().join(format!(
+                    "{mode:?}-{workload:?}-{}-{}.yaml",
+                    object.kind, object.name
+                ));
+                std::fs::write(&file, kiln::yaml::to_string(&object.value).unwrap()).unwrap();
+                files.push(file);
+            }
+        }
+    }
+    for version in ["1.30.0", "1.37.0"] {
+        let output = std::process::Command::new(&validate)
+            .args(["--strict", "--quiet", "-k", version])
+            .args(&files)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "kubernetes-validate {version} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }

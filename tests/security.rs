@@ -157,7 +157,14 @@ fn task_pod(task: &Object) -> Value {
 }
 
 /// Run checkov once over every rendered object; returns resource → (passed, failed) check ids.
-fn checkov(objects: &[Value]) -> Option<BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>> {
+/// The check ids a resource passed and failed.
+#[derive(Default)]
+struct Verdict {
+    passed: BTreeSet<String>,
+    failed: BTreeSet<String>,
+}
+
+fn checkov(objects: &[Value]) -> Option<BTreeMap<String, Verdict>> {
     let checkov = support::tool("checkov")?;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rendered.yaml");
@@ -189,25 +196,27 @@ fn checkov(objects: &[Value]) -> Option<BTreeMap<String, (BTreeSet<String>, BTre
         report["results"]["parsing_errors"].as_array().unwrap().is_empty(),
         "{report}"
     );
-    let mut by_resource: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    let mut by_resource: BTreeMap<String, Verdict> = BTreeMap::new();
     for (key, failed) in [("passed_checks", false), ("failed_checks", true)] {
         for check in report["results"][key].as_array().unwrap() {
             let resource = check["resource"].as_str().unwrap().to_string();
             let id = check["check_id"].as_str().unwrap().to_string();
             let entry = by_resource.entry(resource).or_default();
             if failed {
-                entry.1.insert(id)
+                entry.failed.insert(id);
             } else {
-                entry.0.insert(id)
-            };
+                entry.passed.insert(id);
+            }
         }
     }
     Some(by_resource)
 }
 
 fn overlay(name: &str, mode: Mode, workload: Workload, replicas: u32) -> Overlay {
-    let mut overlay = Overlay::default();
-    overlay.namespace = format!("buildkit-{name}");
+    let mut overlay = Overlay {
+        namespace: format!("buildkit-{name}"),
+        ..Default::default()
+    };
     overlay.buildkit.mode = mode;
     overlay.buildkit.workload = workload;
     overlay.buildkit.replicas = replicas;
@@ -252,7 +261,7 @@ fn checkov_passes_kiln_pods_and_only_documented_daemon_exemptions() {
             (format!("Job.{ns}.kiln-bootstrap"), ids(&[EVERYWHERE, ROTATE])),
             (format!("Pod.{ns}.buildkit"), ids(&[EVERYWHERE, TASK])),
         ] {
-            let (passed, failed) = result(&resource);
+            let Verdict { passed, failed } = result(&resource);
             for check in MUST_PASS {
                 assert!(
                     passed.contains(*check),
@@ -275,7 +284,7 @@ fn checkov_passes_kiln_pods_and_only_documented_daemon_exemptions() {
             Mode::Privileged | Mode::Userns => PRIVILEGED,
         };
         let daemon = format!("{kind}.{ns}.buildkitd");
-        let (passed, failed) = result(&daemon);
+        let Verdict { passed, failed } = result(&daemon);
         let allowed = ids(&[EVERYWHERE, exempt]);
         let unexpected: Vec<_> = failed.difference(&allowed).collect();
         assert!(
@@ -299,7 +308,7 @@ fn checkov_passes_kiln_pods_and_only_documented_daemon_exemptions() {
             }
         }
         let daemonless = format!("Pod.{ns}.buildkit-daemonless");
-        let (_, failed) = result(&daemonless);
+        let Verdict { failed, .. } = result(&daemonless);
         let allowed = ids(&[EVERYWHERE, TASK, ROOTLESS]);
         let unexpected: Vec<_> = failed.difference(&allowed).collect();
         assert!(

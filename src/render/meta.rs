@@ -201,12 +201,13 @@ mod tests {
     use super::*;
 
     fn overlay() -> Overlay {
-        let mut overlay = Overlay::default();
-        overlay.common_labels = BTreeMap::from([
-            ("team".to_string(), "platform".to_string()),
-            ("app.kubernetes.io/name".to_string(), "hijack".to_string()),
-        ]);
-        overlay
+        Overlay {
+            common_labels: BTreeMap::from([
+                ("team".to_string(), "platform".to_string()),
+                ("app.kubernetes.io/name".to_string(), "hijack".to_string()),
+            ]),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ use serde::Serialize;
 
 use crate::overlay::{Overlay, Workload};
 
+/// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
+pub mod gitops;
 pub mod meta;
 pub mod network;
 pub mod rotation;
@@ -152,5 +154,104 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
     Ok(objects)
 }
 
-/// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
-pub mod gitops;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(objects: &[Object]) -> Vec<String> {
+        objects.iter().map(|o| format!("{}/{}", o.kind, o.name)).collect()
+    }
+
+    #[test]
+    fn renders_in_apply_order() {
+        let objects = render(&Overlay::default(), &Context::new("dev")).unwrap();
+        assert_eq!(
+            kinds(&objects),
+            [
+                "Namespace/buildkit",
+                "ServiceAccount/buildkitd",
+                "NetworkPolicy/kiln",
+                "ServiceAccount/kiln-rotate",
+                "Role/kiln-rotate",
+                "RoleBinding/kiln-rotate",
+                "ConfigMap/kiln-config",
+                "Secret/buildkit-ca",
+                "Secret/buildkit-daemon-certs",
+                "Secret/buildkit-client-certs",
+                "Job/kiln-bootstrap",
+                "Deployment/buildkitd",
+                "Service/buildkitd",
+                "NetworkPolicy/buildkitd",
+                "Task/buildkit",
+                "CronJob/kiln-rotate",
+            ]
+        );
+        let namespaced = objects.iter().filter(|o| o.kind != "Namespace");
+        assert!(
+            namespaced
+                .clone()
+                .all(|o| o.namespace.as_deref() == Some("buildkit"))
+        );
+        assert!(objects.iter().all(|o| !o.api_version.is_empty()));
+    }
+
+    #[test]
+    fn switches_leave_out_their_objects() {
+        let mut overlay = Overlay {
+            create_namespace: false,
+            ..Default::default()
+        };
+        overlay.rotation.enabled = false;
+        overlay.tekton.enabled = false;
+        let objects = render(&overlay, &Context::new("dev")).unwrap();
+        let kinds = kinds(&objects);
+        assert!(!kinds.iter().any(|k| k.starts_with("Namespace/")));
+        assert!(
+            !kinds
+                .iter()
+                .any(|k| k.contains("kiln-rotate") || k.contains("kiln-bootstrap"))
+        );
+        assert!(
+            !kinds
+                .iter()
+                .any(|k| k.starts_with("Task/") || k.starts_with("ConfigMap/"))
+        );
+        // The daemon still needs its Secrets.
+        assert_eq!(kinds.iter().filter(|k| k.starts_with("Secret/")).count(), 3);
+    }
+
+    #[test]
+    fn statefulset_with_replicas_adds_pdb_and_daemonless_adds_a_task() {
+        let mut overlay = Overlay::default();
+        overlay.buildkit.workload = Workload::Statefulset;
+        overlay.buildkit.replicas = 2;
+        overlay.tekton.daemonless = true;
+        let kinds = kinds(&render(&overlay, &Context::new("prod")).unwrap());
+        for expected in [
+            "StatefulSet/buildkitd",
+            "PodDisruptionBudget/buildkitd",
+            "Task/buildkit-daemonless",
+        ] {
+            assert!(kinds.contains(&expected.to_string()), "{expected} in {kinds:?}");
+        }
+        assert!(!kinds.contains(&"Deployment/buildkitd".to_string()));
+    }
+
+    #[test]
+    fn from_typed_reads_identity_back() {
+        let ns = k8s_openapi::api::core::v1::Namespace {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("x".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let object = Object::from_typed(&ns).unwrap();
+        assert_eq!(
+            (object.api_version.as_str(), object.kind.as_str()),
+            ("v1", "Namespace")
+        );
+        assert_eq!(object.name, "x");
+        assert_eq!(object.namespace, None);
+    }
+}

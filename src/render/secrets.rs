@@ -105,8 +105,10 @@ mod tests {
 
     #[test]
     fn config_map_round_trips_the_overlay() {
-        let mut overlay = Overlay::default();
-        overlay.namespace = "ci".into();
+        let mut overlay = Overlay {
+            namespace: "ci".into(),
+            ..Default::default()
+        };
         overlay.buildkit.replicas = 3;
         let meta = Meta {
             overlay: &overlay,

@@ -572,8 +572,10 @@ mod tests {
 
     #[test]
     fn daemon_address_depends_on_workload() {
-        let mut overlay = Overlay::default();
-        overlay.namespace = "ci".into();
+        let mut overlay = Overlay {
+            namespace: "ci".into(),
+            ..Default::default()
+        };
         let meta = Meta {
             overlay: &overlay,
             instance: "dev",

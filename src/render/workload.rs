@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::meta::{self, Component, Meta, Wave};
-use crate::overlay::{Mode, Workload};
+use crate::overlay::{Mode, RestartStrategy, Workload};
 
 /// The annotation that explains, on the object, why a pod cannot meet the restricted standard.
 pub const POD_SECURITY_NOTE: &str = "kiln.dev/pod-security";
@@ -268,6 +268,20 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
     }
 }
 
+/// How this workload picks up renewed certificates (buildkitd reads its TLS files only at start).
+fn restart_note(strategy: RestartStrategy) -> &'static str {
+    match strategy {
+        RestartStrategy::Rollout => {
+            "kiln rotate restarts this workload after a renewal by patching kiln.dev/restartedAt \
+             into the pod template (buildkitd reads its TLS files only at start)"
+        }
+        RestartStrategy::None => {
+            "rotation.restartStrategy is none: restart this workload yourself after kiln rotate \
+             renews its certificates (buildkitd reads its TLS files only at start)"
+        }
+    }
+}
+
 fn daemon_metadata(meta: &Meta) -> ObjectMeta {
     let mut metadata = meta.object(&meta.overlay.buildkit.service_name, Component::Daemon, Wave::App);
     meta::annotate(
@@ -276,8 +290,7 @@ fn daemon_metadata(meta: &Meta) -> ObjectMeta {
             (POD_SECURITY_NOTE, pod_security_reason(meta.overlay.buildkit.mode)),
             (
                 "kiln.dev/restart",
-                "kiln rotate restarts this workload after a renewal by patching kiln.dev/restartedAt \
-                 into the pod template (buildkitd reads its TLS files only at start)",
+                restart_note(meta.overlay.rotation.restart_strategy),
             ),
         ],
     );

@@ -298,6 +298,14 @@ fn bare_kiln_with_a_resource_list_on_stdin_is_the_krm_function() {
     let empty = kiln().stdin(Stdio::null()).output().unwrap();
     assert_eq!(empty.status.code(), Some(2));
     assert!(empty.stdout.is_empty());
+    // Something else on stdin is a usage error that says what bare kiln expected.
+    let other = run_with_stdin(kiln(), "hello\n");
+    assert_eq!(other.status.code(), Some(2));
+    assert!(
+        text(&other.stderr).contains("KRM function"),
+        "{}",
+        text(&other.stderr)
+    );
 }
 
 #[test]

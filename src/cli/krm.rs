@@ -32,6 +32,7 @@ As a KRM exec function, in a file listed under `generators:` of a kustomization:
           args: [krm]
   spec: {}                        # overlay fields, as in overlays/dev.yaml
 
+`kiln` with no arguments and a ResourceList on stdin is the same as `kiln krm`.
 `extends:` in spec names an overlay in the overlays/ directory next to the kustomization
 ($KUSTOMIZE_PLUGIN_CONFIG_ROOT, else the current directory).")]
 pub struct KrmArgs {
@@ -84,7 +85,16 @@ fn krm_function(root: &Path, detected: bool) -> anyhow::Result<ExitCode> {
     if detected && text.trim().is_empty() {
         return Err(UsageError("no command given and nothing on stdin: run `kiln --help`".into()).into());
     }
-    let (list, format) = krm::parse_resource_list(&text, "<stdin>")?;
+    let (list, format) = krm::parse_resource_list(&text, "<stdin>").map_err(|e| {
+        if detected {
+            UsageError(format!(
+                "{e}; with no command, kiln runs as a KRM function and reads a ResourceList on stdin: run `kiln --help`"
+            ))
+            .into()
+        } else {
+            anyhow::Error::from(e)
+        }
+    })?;
     let outcome = krm::process(list, |stack| generate(stack, root));
     for result in &outcome.list.results {
         let field = result

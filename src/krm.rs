@@ -212,14 +212,8 @@ impl std::fmt::Display for Diagnostic {
 pub struct Stack {
     /// `metadata.name`: the overlay name (`{{overlay}}` in templates, the instance label).
     pub name: String,
-    /// `metadata.namespace`, which kiln does not use (the overlay's `namespace` decides).
-    pub namespace: Option<String>,
     /// `spec`: an overlay, exactly as written (an empty map when absent).
     pub spec: Value,
-    /// A reference to the BuildkitStack, for results.
-    pub resource_ref: ResourceRef,
-    /// The file the BuildkitStack came from, when the orchestrator annotated it.
-    pub file: Option<File>,
 }
 
 /// What the render produced for a BuildkitStack.
@@ -330,8 +324,7 @@ pub fn read_stack(config: &Value) -> Result<(Stack, Vec<Diagnostic>), Vec<Diagno
             format!("{problem}: metadata.name is the overlay name, such as `dev` or `prod`"),
         ));
     }
-    let namespace = text("/metadata/namespace").map(str::to_string);
-    if namespace.is_some() {
+    if text("/metadata/namespace").is_some() {
         warnings.push(Diagnostic::warning(
             Some("metadata.namespace"),
             "is not used: the objects go to the overlay's namespace; set spec.namespace instead",
@@ -351,13 +344,9 @@ pub fn read_stack(config: &Value) -> Result<(Stack, Vec<Diagnostic>), Vec<Diagno
     if !errors.is_empty() {
         return Err(errors);
     }
-    let (resource_ref, file) = reference(config);
     let stack = Stack {
         name: name.to_string(),
-        namespace: namespace.clone(),
         spec,
-        resource_ref,
-        file,
     };
     Ok((stack, warnings))
 }

@@ -329,6 +329,62 @@ fn krm_example_config_renders_the_same_objects_as_the_legacy_example() {
     assert!(!namespaces.is_empty() && namespaces.iter().all(|ns| *ns == "buildkit-dev"));
 }
 
+#[test]
+fn extends_resolves_against_the_plugin_config_root_else_the_cwd() {
+    let base = json!({"namespace": "team-{{overlay}}", "buildkit": {"replicas": 3}});
+    let root = overlay_dir(&[("base", &base)]);
+    let stack = json!({
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "BuildkitStack",
+        "metadata": {"name": "qa"},
+        "spec": {"extends": "base", "buildkit": {"mode": "privileged"}},
+    });
+    let deployment_of = |items: &[Value]| {
+        let d = items.iter().find(|o| o["kind"] == "Deployment").cloned().unwrap();
+        (d["metadata"]["namespace"].clone(), d["spec"]["replicas"].clone())
+    };
+    let expected = (json!("team-qa"), json!(3));
+
+    // KRM function, run in the kustomization directory.
+    let mut cmd = kiln();
+    cmd.arg("krm")
+        .current_dir(root.path())
+        .env_remove("KUSTOMIZE_PLUGIN_CONFIG_ROOT");
+    let out = run_with_stdin(cmd, &serde_json::to_string(&resource_list(&stack)).unwrap());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let items: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(deployment_of(items["items"].as_array().unwrap()), expected);
+
+    // Legacy plugin, run elsewhere with KUSTOMIZE_PLUGIN_CONFIG_ROOT set as Kustomize does.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = elsewhere.path().join("kust-plugin-config-1");
+    std::fs::write(&config, kiln::yaml::to_string(&stack).unwrap()).unwrap();
+    let out = kiln()
+        .arg("krm")
+        .arg(&config)
+        .current_dir(elsewhere.path())
+        .env("KUSTOMIZE_PLUGIN_CONFIG_ROOT", root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(deployment_of(&parse_stream(&text(&out.stdout))), expected);
+
+    // Without the overlays, the parent is reported on spec.extends.
+    let out = kiln()
+        .arg("krm")
+        .arg(&config)
+        .current_dir(elsewhere.path())
+        .env_remove("KUSTOMIZE_PLUGIN_CONFIG_ROOT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("spec.extends"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 // ---------------------------------------------------------------- legacy exec plugin
 
 #[test]

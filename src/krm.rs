@@ -462,10 +462,23 @@ fn overlay_diagnostic(error: OverlayError, spec_path: &str) -> Diagnostic {
             Some("metadata.name"),
             format!("{name:?} is not a DNS-1123 label: metadata.name is the overlay name"),
         ),
-        OverlayError::MissingParent { .. } | OverlayError::Cycle { .. } => Diagnostic::error(
-            Some("spec.extends"),
-            error.to_string().replace(spec_path, "the BuildkitStack spec"),
-        ),
+        OverlayError::MissingParent {
+            location,
+            parent,
+            path,
+            chain,
+        } => {
+            let place = if in_spec(&location) {
+                String::new()
+            } else {
+                format!(" (extended from {location})")
+            };
+            Diagnostic::error(
+                Some("spec.extends"),
+                format!("parent overlay {parent:?} not found{place}: there is no {path} (chain: {chain})"),
+            )
+        }
+        OverlayError::Cycle { .. } => Diagnostic::error(Some("spec.extends"), error.to_string()),
         other => Diagnostic::error(
             None,
             other.to_string().replace(spec_path, "the BuildkitStack spec"),

@@ -31,6 +31,8 @@ As a KRM exec function, in a file listed under `generators:` of a kustomization:
           path: /usr/local/bin/kiln
           args: [krm]
   spec: {}                        # overlay fields, as in overlays/dev.yaml
+then: kustomize build --enable-alpha-plugins --enable-exec DIR (kubectl kustomize skips exec
+functions: use `kiln install-plugin` and the legacy plugin with it).
 
 `kiln` with no arguments and a ResourceList on stdin is the same as `kiln krm`.
 `extends:` in spec names an overlay in the overlays/ directory next to the kustomization

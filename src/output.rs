@@ -139,13 +139,38 @@ pub fn layout(
     default_path: &str,
     scope: Option<BTreeSet<String>>,
 ) -> Result<Tree, OutputError> {
-    if units.iter().all(|u| u.objects.is_empty()) {
-        return Err(OutputError::Empty);
-    }
-    let mut files = BTreeMap::new();
-    let mut flux_source: Option<&Unit> = None;
-    let mut flux_sources = Vec::new();
+    let mut builder = Layout::new(default_path);
     for unit in units {
+        builder.add(unit)?;
+    }
+    builder.finish(scope)
+}
+
+/// Lays units out one at a time, so a large render holds only text, never every overlay's
+/// objects at once.
+#[derive(Debug, Default)]
+pub struct Layout {
+    default_path: String,
+    files: BTreeMap<String, String>,
+    /// The first flux overlay: (name, overlay), the GitRepository's settings.
+    flux_source: Option<(String, crate::overlay::Overlay)>,
+    /// The sources of every flux overlay, for the GitRepository's header.
+    flux_sources: Vec<String>,
+    objects: usize,
+}
+
+impl Layout {
+    /// An empty layout; see [`layout`] for `default_path`.
+    pub fn new(default_path: &str) -> Self {
+        Self {
+            default_path: default_path.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Add one overlay's files.
+    pub fn add(&mut self, unit: &Unit) -> Result<(), OutputError> {
+        let files = &mut self.files;
         let name = &unit.resolved.name;
         let source = &unit.resolved.source;
         if RESERVED_NAMES.contains(&name.as_str()) {
@@ -165,6 +190,7 @@ pub fn layout(
             let path = format!("{name}/{file}");
             files.insert(path.clone(), document(&path, source, &object.value)?);
         }
+        self.objects += unit.objects.len();
         let listed: Vec<String> = names.into_keys().collect();
         let path = format!("{name}/kustomization.yaml");
         files.insert(
@@ -173,14 +199,12 @@ pub fn layout(
         );
 
         let overlay = &unit.resolved.overlay;
-        let repo_path = join_path(
-            if overlay.gitops.path.is_empty() {
-                default_path
-            } else {
-                &overlay.gitops.path
-            },
-            name,
-        );
+        let base = if overlay.gitops.path.is_empty() {
+            &self.default_path
+        } else {
+            &overlay.gitops.path
+        };
+        let repo_path = join_path(base, name);
         match unit.flavor {
             Flavor::Kustomize => {}
             Flavor::Argocd => {
@@ -192,45 +216,66 @@ pub fn layout(
                 let path = format!("flux/kustomization-{name}.yaml");
                 let kustomization = gitops::flux_kustomization(name, overlay, &repo_path);
                 files.insert(path.clone(), document(&path, source, &kustomization)?);
-                if let Some(first) = flux_source {
-                    let (a, b) = (&first.resolved.overlay.gitops, &overlay.gitops);
-                    if (&a.repo_url, &a.revision, &a.controller_namespace)
-                        != (&b.repo_url, &b.revision, &b.controller_namespace)
-                    {
-                        return Err(OutputError::FluxSource {
-                            first: first.resolved.name.clone(),
-                            second: name.clone(),
-                        });
+                match &self.flux_source {
+                    Some((first, first_overlay)) => {
+                        let (a, b) = (&first_overlay.gitops, &overlay.gitops);
+                        if (&a.repo_url, &a.revision, &a.controller_namespace)
+                            != (&b.repo_url, &b.revision, &b.controller_namespace)
+                        {
+                            return Err(OutputError::FluxSource {
+                                first: first.clone(),
+                                second: name.clone(),
+                            });
+                        }
                     }
-                } else {
-                    flux_source = Some(unit);
+                    None => self.flux_source = Some((name.clone(), overlay.clone())),
                 }
-                flux_sources.push(source.as_str());
+                self.flux_sources.push(source.clone());
             }
         }
+        Ok(())
     }
-    if let Some(first) = flux_source {
-        let path = "flux/gitrepository.yaml";
-        let repo = gitops::git_repository(&first.resolved.name, &first.resolved.overlay);
-        files.insert(path.to_string(), document(path, &flux_sources.join(", "), &repo)?);
+
+    /// The tree; `scope` as in [`Tree::scope`].
+    pub fn finish(mut self, scope: Option<BTreeSet<String>>) -> Result<Tree, OutputError> {
+        if self.objects == 0 {
+            return Err(OutputError::Empty);
+        }
+        if let Some((name, overlay)) = &self.flux_source {
+            let path = "flux/gitrepository.yaml";
+            let repo = gitops::git_repository(name, overlay);
+            self.files.insert(
+                path.to_string(),
+                document(path, &self.flux_sources.join(", "), &repo)?,
+            );
+        }
+        Ok(Tree {
+            files: self.files,
+            scope,
+        })
     }
-    Ok(Tree { files, scope })
 }
 
 /// One YAML stream of every object (no GitOps wrappers), each document headed by its source.
 pub fn stream(units: &[Unit]) -> Result<String, OutputError> {
     let mut out = String::new();
     for unit in units {
-        for object in &unit.objects {
-            let file = format!("{}/{}", unit.resolved.name, file_name(object));
-            out.push_str("---\n");
-            out.push_str(&document(&file, &unit.resolved.source, &object.value)?);
-        }
+        stream_unit(unit, &mut out)?;
     }
     if out.is_empty() {
         return Err(OutputError::Empty);
     }
     Ok(out)
+}
+
+/// Append one overlay's documents to a YAML stream.
+pub fn stream_unit(unit: &Unit, out: &mut String) -> Result<(), OutputError> {
+    for object in &unit.objects {
+        let file = format!("{}/{}", unit.resolved.name, file_name(object));
+        out.push_str("---\n");
+        out.push_str(&document(&file, &unit.resolved.source, &object.value)?);
+    }
+    Ok(())
 }
 
 /// The overlay a kiln file belongs to; `None` for files every overlay shares.
@@ -400,12 +445,22 @@ fn read_existing(out: &Path, path: &str) -> Option<String> {
 /// Write `tree` to `out` atomically: everything is written to a temporary directory beside
 /// `out`, which then replaces it. A failure leaves `out` as it was.
 pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
+    // Swap the directory a symlink points to, never the symlink itself.
+    let resolved;
+    let out = if out.is_symlink() {
+        resolved = std::fs::canonicalize(out).map_err(io("resolve", out))?;
+        resolved.as_path()
+    } else {
+        out
+    };
     let existing = scan(out)?;
     let plan = plan(out, tree, &existing)?;
     let changed: Vec<String> = plan
         .files
         .iter()
-        .filter(|(path, content)| read_existing(out, path).as_deref() != Some(content.as_str()))
+        .filter(|(path, content)| {
+            !existing.files.contains(*path) || read_existing(out, path).as_deref() != Some(content.as_str())
+        })
         .map(|(path, _)| path.clone())
         .filter(|path| path != MANIFEST)
         .collect();
@@ -464,10 +519,15 @@ fn fill(out: &Path, tmp: &Path, plan: &Plan) -> Result<(), OutputError> {
     if let Ok(meta) = std::fs::metadata(out) {
         std::fs::set_permissions(tmp, meta.permissions()).map_err(io("set permissions of", tmp))?;
     }
-    let ensure_parent = |path: &Path| -> Result<(), OutputError> {
+    let mut created: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut ensure_parent = |path: &Path| -> Result<(), OutputError> {
         match path.parent() {
-            Some(parent) => std::fs::create_dir_all(parent).map_err(io("create", parent)),
-            None => Ok(()),
+            Some(parent) if !created.contains(parent) => {
+                std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+                created.insert(parent.to_path_buf());
+                Ok(())
+            }
+            _ => Ok(()),
         }
     };
     for (path, content) in &plan.files {
@@ -574,6 +634,137 @@ mod tests {
         assert_eq!(owner("flux/kustomization-prod.yaml"), Some("prod"));
         assert_eq!(owner("flux/gitrepository.yaml"), None);
         assert_eq!(owner(".kiln-manifest"), None);
+    }
+
+    fn resolved(name: &str) -> Resolved {
+        Resolved {
+            name: name.into(),
+            overlay: crate::overlay::Overlay::default(),
+            source: format!("overlays/{name}.yaml"),
+            chain: vec![name.into()],
+            extras: Vec::new(),
+        }
+    }
+
+    fn object(kind: &str, name: &str) -> Object {
+        Object {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            namespace: None,
+            value: serde_json::json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}}),
+        }
+    }
+
+    #[test]
+    fn layout_lists_files_in_a_kustomization() {
+        let r = resolved("dev");
+        let unit = Unit {
+            resolved: &r,
+            objects: vec![object("ConfigMap", "b"), object("ConfigMap", "a")],
+            flavor: Flavor::Argocd,
+        };
+        let tree = layout(&[unit], "rendered", None).unwrap();
+        let paths: Vec<&str> = tree.files.keys().map(String::as_str).collect();
+        assert_eq!(
+            paths,
+            [
+                "argocd/dev.yaml",
+                "dev/configmap-a.yaml",
+                "dev/configmap-b.yaml",
+                "dev/kustomization.yaml"
+            ]
+        );
+        assert!(
+            tree.files["dev/kustomization.yaml"]
+                .ends_with("resources:\n- configmap-a.yaml\n- configmap-b.yaml\n")
+        );
+        assert!(tree.files["argocd/dev.yaml"].contains("path: rendered/dev\n"));
+        assert!(tree.files["dev/configmap-a.yaml"].starts_with("# Rendered by kiln "));
+    }
+
+    #[test]
+    fn layout_errors() {
+        let r = resolved("dev");
+        let twice = Unit {
+            resolved: &r,
+            objects: vec![object("ConfigMap", "a"), object("ConfigMap", "a")],
+            flavor: Flavor::Kustomize,
+        };
+        let e = layout(&[twice], "rendered", None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "failed to lay out dev/configmap-a.yaml: two objects render to it (ConfigMap a and ConfigMap a); rename one"
+        );
+
+        let flux = resolved("flux");
+        let unit = Unit {
+            resolved: &flux,
+            objects: vec![object("ConfigMap", "a")],
+            flavor: Flavor::Kustomize,
+        };
+        assert!(
+            layout(&[unit], "rendered", None)
+                .unwrap_err()
+                .to_string()
+                .contains("reserved")
+        );
+
+        let mut prod = resolved("prod");
+        prod.overlay.gitops.revision = "release".into();
+        let units = [
+            Unit {
+                resolved: &r,
+                objects: vec![object("ConfigMap", "a")],
+                flavor: Flavor::Flux,
+            },
+            Unit {
+                resolved: &prod,
+                objects: vec![object("ConfigMap", "a")],
+                flavor: Flavor::Flux,
+            },
+        ];
+        assert!(matches!(
+            layout(&units, "rendered", None),
+            Err(OutputError::FluxSource { .. })
+        ));
+
+        let empty = Unit {
+            resolved: &r,
+            objects: vec![],
+            flavor: Flavor::Kustomize,
+        };
+        assert!(matches!(
+            layout(std::slice::from_ref(&empty), "rendered", None),
+            Err(OutputError::Empty)
+        ));
+        assert!(matches!(stream(&[empty]), Err(OutputError::Empty)));
+    }
+
+    #[test]
+    fn refuses_a_git_work_tree_as_output() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        let e = write(dir.path(), &Tree::default()).unwrap_err().to_string();
+        assert!(e.contains("it is a git work tree root"), "{e}");
+    }
+
+    #[test]
+    fn writes_through_a_symlinked_output_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+        let tree = Tree {
+            files: BTreeMap::from([("a/b.yaml".to_string(), "x\n".to_string())]),
+            scope: None,
+        };
+        write(&dir.path().join("link"), &tree).unwrap();
+        assert!(dir.path().join("link").is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("real/a/b.yaml")).unwrap(),
+            "x\n"
+        );
+        assert!(check(&dir.path().join("link"), &tree).unwrap().is_empty());
     }
 
     #[test]

@@ -666,3 +666,46 @@ fn committed_examples_are_up_to_date() {
         );
     }
 }
+
+#[test]
+fn an_unreadable_overlay_only_fails_the_renders_that_use_it() {
+    let ws = workspace(&[("dev.yaml", "namespace: dev\n")]);
+    fs::write(ws.path().join("overlays/broken.yaml"), b"\xff\xfe").unwrap();
+    let out = run(ws.path(), &["render", "--stdout", "--overlay", "dev"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(ws.path(), &["render"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("failed to read overlays/broken.yaml: stream did not contain valid UTF-8"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(entries(ws.path()), ["overlays"]);
+}
+
+#[test]
+fn no_input_makes_kiln_panic() {
+    let cases = [
+        format!("a: {}{}\n", "[".repeat(5000), "]".repeat(5000)),
+        "buildkit:\n  replicas: 99999999999999999999\n".to_string(),
+        "buildkit:\n  port: 70000\n".to_string(),
+        "namespace: \"{{{{raw}}}}\"\n".to_string(),
+        "extends: [a]\n".to_string(),
+        ": :\n".to_string(),
+        "? [a]\n: b\n".to_string(),
+        "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n".to_string(),
+        "certs:\n  renewBefore: 0s\n".to_string(),
+        "buildkit:\n  tolerations:\n    - operator: Maybe\n".to_string(),
+    ];
+    for text in cases {
+        let ws = workspace(&[("dev.yaml", &text)]);
+        let out = run(ws.path(), &["render"]);
+        assert_eq!(out.status.code(), Some(1), "{text}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("error: failed to ") && !err.contains("panicked"),
+            "{text}: {err}"
+        );
+        assert_eq!(entries(ws.path()), ["overlays"]);
+    }
+}

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 
 use crate::cli::UsageError;
 use crate::output::{self, Unit};
+
 use crate::overlay::{self, Flavor, OverlayError, Resolved, Resolver, Sources};
 use crate::render::{self, Context};
 
@@ -70,16 +71,22 @@ pub struct SchemaArgs {}
 /// `kiln render`.
 pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let mut opts = args.opts;
-    if args.stdout && opts.overlay.is_empty() {
-        if let Some(name) = argocd_overlay(|key| std::env::var(key).ok())? {
-            eprintln!("kiln: rendering overlay {name} (chosen by the Argo CD plugin environment)");
-            opts.overlay.push(name);
-        }
+    if args.stdout
+        && opts.overlay.is_empty()
+        && let Some(name) = argocd_overlay(|key| std::env::var(key).ok())?
+    {
+        eprintln!("kiln: rendering overlay {name} (chosen by the Argo CD plugin environment)");
+        opts.overlay.push(name);
     }
     let resolved = resolve(&opts)?;
-    let units = units(&resolved, opts.gitops)?;
     if args.stdout {
-        let text = output::stream(&units)?;
+        let mut text = String::new();
+        for r in &resolved {
+            output::stream_unit(&unit(r, opts.gitops)?, &mut text)?;
+        }
+        if text.is_empty() {
+            return Err(output::OutputError::Empty.into());
+        }
         let mut stdout = std::io::stdout().lock();
         stdout
             .write_all(text.as_bytes())
@@ -87,12 +94,15 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
             .context("failed to write to stdout")?;
         return Ok(ExitCode::SUCCESS);
     }
-    let tree = layout(&opts, &units)?;
+    let tree = layout(&opts, &resolved)?;
     let report = output::write(&opts.out, &tree)?;
     let names: Vec<&str> = resolved.iter().map(|r| r.name.as_str()).collect();
+    let names = match names.as_slice() {
+        [first, .., last] if names.len() > 5 => format!("{} overlays ({first} … {last})", names.len()),
+        _ => names.join(", "),
+    };
     eprintln!(
-        "kiln: rendered {} into {}: {} files changed, {} removed, {} other files left alone",
-        names.join(", "),
+        "kiln: rendered {names} into {}: {} files changed, {} removed, {} other files left alone",
         opts.out.display(),
         report.changed.len(),
         report.removed.len(),
@@ -105,8 +115,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let opts = args.opts;
     let resolved = resolve(&opts)?;
-    let units = units(&resolved, opts.gitops)?;
-    let tree = layout(&opts, &units)?;
+    let tree = layout(&opts, &resolved)?;
     let drift = output::check(&opts.out, &tree)?;
     if drift.is_empty() {
         eprintln!("kiln: {} is up to date", opts.out.display());
@@ -166,26 +175,26 @@ fn resolve(opts: &RenderOpts) -> anyhow::Result<Vec<Resolved>> {
         .collect()
 }
 
-/// Render every resolved overlay.
-fn units(resolved: &[Resolved], gitops: Option<Flavor>) -> anyhow::Result<Vec<Unit<'_>>> {
-    resolved
-        .iter()
-        .map(|r| {
-            let mut objects = render::render(&r.overlay, &Context::new(r.name.clone()))
-                .with_context(|| format!("failed to render overlay {} ({})", r.name, r.source))?;
-            objects.extend(r.extras.iter().cloned());
-            Ok(Unit {
-                resolved: r,
-                objects,
-                flavor: gitops.unwrap_or(r.overlay.gitops.flavor),
-            })
-        })
-        .collect()
+/// Render one resolved overlay: render's objects, then the extras.
+fn unit(r: &Resolved, gitops: Option<Flavor>) -> anyhow::Result<Unit<'_>> {
+    let mut objects = render::render(&r.overlay, &Context::new(r.name.clone()))
+        .with_context(|| format!("failed to render overlay {} ({})", r.name, r.source))?;
+    objects.extend(r.extras.iter().cloned());
+    Ok(Unit {
+        resolved: r,
+        objects,
+        flavor: gitops.unwrap_or(r.overlay.gitops.flavor),
+    })
 }
 
-fn layout(opts: &RenderOpts, units: &[Unit]) -> anyhow::Result<output::Tree> {
+/// Render and lay out the overlays one at a time (objects are dropped once they are text).
+fn layout(opts: &RenderOpts, resolved: &[Resolved]) -> anyhow::Result<output::Tree> {
+    let mut layout = output::Layout::new(&repo_path(&opts.out));
+    for r in resolved {
+        layout.add(&unit(r, opts.gitops)?)?;
+    }
     let scope = (!opts.overlay.is_empty()).then(|| opts.overlay.iter().cloned().collect());
-    Ok(output::layout(units, &repo_path(&opts.out), scope)?)
+    Ok(layout.finish(scope)?)
 }
 
 /// The output directory as a path inside the repository, for Argo CD and Flux: the relative

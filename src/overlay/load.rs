@@ -123,6 +123,9 @@ pub struct Sources {
     extras: BTreeMap<String, Vec<(String, String)>>,
     /// True when the directory does not exist and the embedded default is used.
     embedded: bool,
+    /// Files that could not be read, by overlay name: reported only when that overlay (or
+    /// one that extends it) is resolved, so one broken file does not block the others.
+    unreadable: BTreeMap<String, (PathBuf, std::io::ErrorKind, String)>,
 }
 
 impl Sources {
@@ -157,10 +160,13 @@ impl Sources {
             paths.sort();
             Ok(paths)
         };
-        let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|error| OverlayError::Read {
-                path: path.to_path_buf(),
-                error,
+        let mut unreadable = BTreeMap::new();
+        let mut read = |owner: &str, path: &Path| -> String {
+            std::fs::read_to_string(path).unwrap_or_else(|e| {
+                unreadable
+                    .entry(owner.to_string())
+                    .or_insert((path.to_path_buf(), e.kind(), e.to_string()));
+                String::new()
             })
         };
         for path in list(dir)? {
@@ -170,7 +176,7 @@ impl Sources {
             if let Some(name) = file.strip_suffix(".yaml")
                 && path.is_file()
             {
-                sources.files.insert(name.to_string(), read(&path)?);
+                sources.files.insert(name.to_string(), read(name, &path));
             } else if path.is_dir() && path.join("extra").is_dir() {
                 let mut extras = Vec::new();
                 for extra in list(&path.join("extra"))? {
@@ -178,12 +184,13 @@ impl Sources {
                         && name.ends_with(".yaml.hbs")
                         && extra.is_file()
                     {
-                        extras.push((name.to_string(), read(&extra)?));
+                        extras.push((name.to_string(), read(file, &extra)));
                     }
                 }
                 sources.extras.insert(file.to_string(), extras);
             }
         }
+        sources.unreadable = unreadable;
         Ok(sources)
     }
 
@@ -299,6 +306,12 @@ impl<'s> Resolver<'s> {
             } else {
                 sources.path(&current)
             };
+            if let Some((path, kind, message)) = sources.unreadable.get(&current) {
+                return Err(OverlayError::Read {
+                    path: path.clone(),
+                    error: std::io::Error::new(*kind, message.clone()),
+                });
+            }
             let text = sources
                 .files
                 .get(&current)
@@ -533,15 +546,46 @@ impl<'s> Resolver<'s> {
                     }
                 },
             };
+            let (api_version, kind, name) = (api_version.to_string(), kind.to_string(), name.to_string());
+            let mut doc = doc;
+            stamp(&mut doc, &context["overlay"], &context["buildkit"]["version"]);
             objects.push(Object {
                 api_version: api_version.to_string(),
                 kind: kind.to_string(),
                 name: name.to_string(),
                 namespace,
-                value: doc.clone(),
+                value: doc,
             });
         }
         Ok(objects)
+    }
+}
+
+/// Give an extra manifest kiln's recommended labels and the generated-by annotation, without
+/// overriding any the user set.
+fn stamp(doc: &mut serde_json::Value, overlay: &serde_json::Value, version: &serde_json::Value) {
+    let Some(metadata) = doc.get_mut("metadata").and_then(|m| m.as_object_mut()) else {
+        return;
+    };
+    let mut add = |section: &str, entries: [(&str, serde_json::Value); 1]| {
+        let map = metadata.entry(section).or_insert_with(|| json!({}));
+        if let Some(map) = map.as_object_mut() {
+            for (key, value) in entries {
+                map.entry(key).or_insert(value);
+            }
+        }
+    };
+    add(
+        "annotations",
+        [("kiln.dev/generated-by", json!(format!("kiln {}", crate::VERSION)))],
+    );
+    for (key, value) in [
+        ("app.kubernetes.io/instance", overlay.clone()),
+        ("app.kubernetes.io/version", version.clone()),
+        ("app.kubernetes.io/part-of", json!("kiln")),
+        ("app.kubernetes.io/managed-by", json!("kiln")),
+    ] {
+        add("labels", [(key, value)]);
     }
 }
 

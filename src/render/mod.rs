@@ -238,6 +238,23 @@ mod tests {
     }
 
     #[test]
+    fn edge_values_render_without_panicking() {
+        let mut overlay = Overlay::default();
+        overlay.buildkit.replicas = u32::MAX;
+        overlay.buildkit.port = u16::MAX;
+        overlay.buildkit.service_name = String::new();
+        overlay.buildkit.resources.requests.clear();
+        overlay.buildkit.resources.limits.clear();
+        overlay.certs.secrets.ca = "ünïcode".into();
+        overlay.tekton.platforms = vec![String::new(); 3];
+        let objects = render(&overlay, &Context::new("")).unwrap();
+        let deployment = objects.iter().find(|o| o.kind == "Deployment").unwrap();
+        // Replicas beyond i32 are clamped, not wrapped.
+        assert_eq!(deployment.value["spec"]["replicas"], i32::MAX);
+        assert!(deployment.value["spec"]["template"]["spec"]["containers"][0]["resources"].is_null());
+    }
+
+    #[test]
     fn from_typed_reads_identity_back() {
         let ns = k8s_openapi::api::core::v1::Namespace {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {

@@ -62,12 +62,19 @@ pub fn secrets(meta: &Meta) -> Vec<Secret> {
 }
 
 /// The ConfigMap holding the resolved overlay as YAML.
+///
+/// `extends` is dropped: the settings are already merged, and the parent file does not
+/// exist next to `/etc/kiln/overlay.yaml` for `kiln rotate --config` to load.
 pub fn config_map(meta: &Meta, overlay: &Overlay) -> Result<ConfigMap, YamlError> {
+    let resolved = Overlay {
+        extends: None,
+        ..overlay.clone()
+    };
     Ok(ConfigMap {
         metadata: meta.object(CONFIG_MAP, Component::Rotation, Wave::Setup),
         data: Some(BTreeMap::from([(
             CONFIG_KEY.to_string(),
-            yaml::to_string(overlay)?,
+            yaml::to_string(&resolved)?,
         )])),
         ..Default::default()
     })
@@ -118,5 +125,27 @@ mod tests {
         let text = &cm.data.unwrap()[CONFIG_KEY];
         let back: Overlay = crate::yaml::from_str(text, "kiln-config").unwrap();
         assert_eq!(back, overlay);
+    }
+
+    #[test]
+    fn config_map_drops_extends() {
+        let overlay = Overlay {
+            extends: Some("base".into()),
+            ..Default::default()
+        };
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "dev",
+        };
+        let text = config_map(&meta, &overlay).unwrap().data.unwrap()[CONFIG_KEY].clone();
+        assert!(!text.contains("extends"), "{text}");
+        let back: Overlay = crate::yaml::from_str(&text, "kiln-config").unwrap();
+        assert_eq!(
+            back,
+            Overlay {
+                extends: None,
+                ..overlay
+            }
+        );
     }
 }

@@ -864,4 +864,15 @@ fn cmp_application_uses_the_plugin_and_an_overlay() {
             .iter()
             .any(|o| o.as_str().unwrap().starts_with("Replace=true"))
     );
+    // Same sync policy as the Applications `kiln render` writes for committed output.
+    let rendered =
+        kiln::render::gitops::application("prod", &kiln::overlay::Overlay::default(), "rendered/prod");
+    let rendered = serde_json::to_value(rendered).unwrap();
+    assert_eq!(app["metadata"]["name"], rendered["metadata"]["name"]);
+    assert_eq!(app["metadata"]["finalizers"], rendered["metadata"]["finalizers"]);
+    assert_eq!(app["spec"]["syncPolicy"], rendered["spec"]["syncPolicy"]);
+    assert_eq!(
+        app["spec"]["ignoreDifferences"],
+        rendered["spec"]["ignoreDifferences"]
+    );
 }

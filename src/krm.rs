@@ -249,17 +249,32 @@ pub enum KrmError {
 }
 
 /// Parse a ResourceList from YAML or JSON text and say which it was.
+///
+/// YAML items are read the way Kustomize reads them (see [`crate::yaml::from_str_passthrough`]),
+/// so they go back out meaning the same; the functionConfig is read like an overlay file,
+/// so its spec accepts exactly what `overlays/<name>.yaml` accepts.
 pub fn parse_resource_list(text: &str, source_name: &str) -> Result<(ResourceList, Format), KrmError> {
+    let read_error = |message: String| KrmError::Read {
+        source_name: source_name.to_string(),
+        message,
+    };
     let format = Format::detect(text);
     let list: ResourceList = match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| KrmError::Read {
-            source_name: source_name.to_string(),
-            message: e.to_string(),
-        })?,
-        Format::Yaml => crate::yaml::from_str(text, source_name).map_err(|e| KrmError::Read {
-            source_name: source_name.to_string(),
-            message: e.to_string(),
-        })?,
+        Format::Json => serde_json::from_str(text).map_err(|e| read_error(e.to_string()))?,
+        Format::Yaml => {
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct ConfigOnly {
+                #[serde(default)]
+                function_config: Option<Value>,
+            }
+            let mut list: ResourceList = crate::yaml::from_str_passthrough(text, source_name)
+                .map_err(|e| read_error(e.to_string()))?;
+            let config: ConfigOnly =
+                crate::yaml::from_str(text, source_name).map_err(|e| read_error(e.to_string()))?;
+            list.function_config = config.function_config;
+            list
+        }
     };
     if list.api_version != RESOURCE_LIST_API_VERSION || list.kind != RESOURCE_LIST_KIND {
         return Err(KrmError::NotAResourceList {
@@ -869,6 +884,16 @@ items:
         assert_eq!(list.items[0]["data"]["yes"], json!("yes"));
         assert_eq!(list.items[0]["ratio"], json!(1.5));
         assert_eq!(list.items[0]["list"], json!([1, "2", true, null]));
+    }
+
+    #[test]
+    fn items_read_like_kustomize_and_the_config_like_an_overlay_file() {
+        let text = "apiVersion: config.kubernetes.io/v1\nkind: ResourceList\nitems:\n- kind: Secret\n  mode: 0644\n  flag: on\nfunctionConfig:\n  spec:\n    tekton:\n      push: yes\n";
+        let (list, _) = parse_resource_list(text, "<stdin>").unwrap();
+        assert_eq!(list.items[0]["mode"], json!(420));
+        assert_eq!(list.items[0]["flag"], json!("on"));
+        let overlay: Value = crate::yaml::from_str("tekton:\n  push: yes\n", "overlay").unwrap();
+        assert_eq!(list.function_config.unwrap()["spec"], overlay);
     }
 
     #[test]

@@ -897,6 +897,62 @@ items:
     }
 
     #[test]
+    fn awkward_strings_round_trip() {
+        let strings = [
+            " leading",
+            "trailing ",
+            "a # b",
+            "- x",
+            "*alias",
+            "&anchor",
+            "!tag",
+            "%x",
+            "@x",
+            "`x",
+            "\tx",
+            "é ✓",
+            "null",
+            "Null",
+            "~",
+            "",
+            "[x]",
+            "{x}",
+            "x: y",
+            "multi\nline  \n indented\n",
+            ">",
+            "|",
+            "0644",
+            "0o10",
+            "0x1F",
+            "1e3",
+            ".inf",
+            "-.NaN",
+            "yes",
+            "off",
+            "2024-01-01",
+            "12:30:00",
+            "---",
+            "...",
+            "'quoted'",
+            "\"dq\"",
+            "back\\slash",
+            "\u{7}bell",
+            "\r\n",
+            " lead\nnext\n",
+            "keep\n\n\n",
+            "no end\nx",
+            "\n",
+            "\nleading newline",
+            "  two\n spaces\n",
+        ];
+        let item = json!({"kind": "ConfigMap", "data": strings.iter().enumerate().map(|(i, v)| (format!("k{i}"), json!(v))).collect::<serde_json::Map<_, _>>()});
+        let list = list_with(None, vec![item.clone()]);
+        let written = write_resource_list(&list, Format::Yaml).unwrap();
+        let (back, _) = parse_resource_list(&written, "<out>").unwrap();
+        assert_eq!(back.items, vec![item], "{written}");
+    }
+
+    #[test]
     fn json_input_is_answered_in_json() {
         let text = r#"{"apiVersion":"config.kubernetes.io/v1","kind":"ResourceList","items":[{"kind":"X","metadata":{"name":"y"}}]}"#;
         let (list, format) = parse_resource_list(text, "<stdin>").unwrap();

@@ -627,6 +627,92 @@ fn kubectl_kustomize_resolves_extends_against_the_kustomization_overlays() {
     assert_eq!(deployment["spec"]["replicas"], 3);
 }
 
+/// Items as a human writes them: octal modes, YAML 1.1 look-alikes, block scalars.
+const HAND_WRITTEN_ITEMS: &str = r#"- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: awkward
+    namespace: apps
+    annotations:
+      internal.config.kubernetes.io/path: cm.yaml
+      internal.config.kubernetes.io/index: '0'
+  data:
+    yes: "yes"
+    off: 'off'
+    octal: "0644"
+    time: "12:30:00"
+    hash: "a # b"
+    block: |
+      line one
+        indented
+    folded: >
+      folded
+      text
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata:
+    name: app
+    namespace: apps
+  spec:
+    replicas: 2
+    selector:
+      matchLabels: {app: app}
+    template:
+      metadata:
+        labels: {app: app}
+      spec:
+        containers:
+          - name: app
+            image: example.com/app:1.0
+            args: ["--flag=on", "on", "1.0", "0x1F"]
+        volumes:
+          - name: config
+            configMap:
+              name: awkward
+              defaultMode: 0644
+"#;
+
+#[test]
+fn kustomize_reads_passed_through_items_as_it_reads_the_input() {
+    let Some(kubectl) = tool("kubectl") else { return };
+    let config = kiln::yaml::to_string(&example_stack())
+        .unwrap()
+        .replace('\n', "\n  ");
+    let input = format!(
+        "apiVersion: config.kubernetes.io/v1\nkind: ResourceList\nitems:\n{HAND_WRITTEN_ITEMS}functionConfig:\n  {config}"
+    );
+    let out = krm(&input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let output = parse_yaml(&text(&out.stdout));
+    let passed: Vec<Value> = output["items"].as_array().unwrap()[..2].to_vec();
+    assert_eq!(
+        passed[1]["spec"]["template"]["spec"]["volumes"][0]["configMap"]["defaultMode"],
+        420
+    );
+
+    // Kustomize reads our output items exactly as it reads the hand-written ones.
+    let build = |name: &str, yaml: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("items.yaml"), yaml).unwrap();
+        std::fs::write(dir.path().join("kustomization.yaml"), "resources: [items.yaml]\n").unwrap();
+        let built = Command::new(&kubectl)
+            .arg("kustomize")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{name}: {}", text(&built.stderr));
+        let docs: Vec<Value> = kiln::yaml::from_str_multi(&text(&built.stdout), name).unwrap();
+        docs
+    };
+    // Kustomize expands a v1 List into its items.
+    let list = |items: &str| format!("apiVersion: v1\nkind: List\nitems:\n{items}");
+    let original = build("input", &list(HAND_WRITTEN_ITEMS));
+    let ours = kiln::yaml::to_string(&passed).unwrap();
+    let round_tripped = build("output", &list(&ours));
+    assert_eq!(original.len(), 2);
+    assert_eq!(original, round_tripped);
+}
+
 // ---------------------------------------------------------------- Argo CD CMP
 
 /// `kiln render --stdout` as the CMP sidecar runs it: in the app's source path, with the

@@ -123,27 +123,32 @@ fn legacy_plugin(path: &Path, root: &Path) -> anyhow::Result<ExitCode> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {source}"))?;
     let config = krm::parse_config_file(&text, &source)?;
+    // Kustomize passes a temporary copy of the config: its name tells the user more.
+    let label = match config.pointer("/metadata/name").and_then(|n| n.as_str()) {
+        Some(name) => format!("{} {name:?} ({source})", krm::STACK_KIND),
+        None => format!("{} in {source}", krm::STACK_KIND),
+    };
     let (stack, warnings) = match krm::read_stack(&config) {
         Ok(read) => read,
-        Err(errors) => return Err(diagnostics_error(&source, &errors)),
+        Err(errors) => return Err(diagnostics_error(&label, &errors)),
     };
-    let generated = generate(&stack, root).map_err(|errors| diagnostics_error(&source, &errors))?;
+    let generated = generate(&stack, root).map_err(|errors| diagnostics_error(&label, &errors))?;
     for warning in warnings.iter().chain(&generated.warnings) {
-        eprintln!("warning: {source}: {warning}");
+        eprintln!("warning: {label}: {warning}");
     }
     let objects: Vec<_> = generated.objects.iter().map(|o| &o.value).collect();
     write_stdout(&krm::yaml_stream(&objects)?)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// One error naming the config file and every problem found.
-fn diagnostics_error(source: &str, diagnostics: &[Diagnostic]) -> anyhow::Error {
+/// One error naming the config and every problem found.
+fn diagnostics_error(label: &str, diagnostics: &[Diagnostic]) -> anyhow::Error {
     let problems: Vec<String> = diagnostics
         .iter()
         .filter(|d| d.severity == Severity::Error)
         .map(Diagnostic::to_string)
         .collect();
-    anyhow::anyhow!("invalid {} in {source}: {}", krm::STACK_KIND, problems.join("; "))
+    anyhow::anyhow!("invalid {label}: {}", problems.join("; "))
 }
 
 fn write_stdout(text: &str) -> anyhow::Result<()> {

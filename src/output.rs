@@ -453,6 +453,7 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
     } else {
         out
     };
+    restore_interrupted(out)?;
     let existing = scan(out)?;
     let plan = plan(out, tree, &existing)?;
     let changed: Vec<String> = plan
@@ -513,6 +514,36 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
             Err(err)
         }
     }
+}
+
+/// A render killed between the two renames of [`swap`] leaves no `out`, only
+/// `.<out>.kiln-old-<pid>`: put that tree back before anything else.
+fn restore_interrupted(out: &Path) -> Result<(), OutputError> {
+    if out.exists() || out.is_symlink() {
+        return Ok(());
+    }
+    let (Some(name), Some(parent)) = (out.file_name(), out.parent()) else {
+        return Ok(());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.kiln-old-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    let mut olds: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    olds.sort();
+    if let Some(old) = olds.pop() {
+        std::fs::rename(&old, out).map_err(io("restore", &old))?;
+    }
+    Ok(())
 }
 
 fn fill(out: &Path, tmp: &Path, plan: &Plan) -> Result<(), OutputError> {
@@ -765,6 +796,51 @@ mod tests {
             "x\n"
         );
         assert!(check(&dir.path().join("link"), &tree).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_write_that_fails_halfway_leaves_the_old_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("rendered");
+        std::fs::create_dir(&out).unwrap();
+        // A foreign *file* named like an overlay directory: carrying it over collides with
+        // the directory the new files need, after some files are already written.
+        std::fs::write(out.join("dev"), "mine\n").unwrap();
+        let tree = Tree {
+            files: BTreeMap::from([
+                ("a/x.yaml".to_string(), "a\n".to_string()),
+                ("dev/x.yaml".to_string(), "x\n".to_string()),
+            ]),
+            scope: None,
+        };
+        let err = write(&out, &tree).unwrap_err().to_string();
+        assert!(err.starts_with("failed to "), "{err}");
+        assert_eq!(std::fs::read_to_string(out.join("dev")).unwrap(), "mine\n");
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["rendered"], "no temporary directory is left behind");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".rendered.kiln-old-42");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join("NOTES.md"), "mine\n").unwrap();
+        let tree = Tree {
+            files: BTreeMap::from([("a/x.yaml".to_string(), "x\n".to_string())]),
+            scope: None,
+        };
+        write(&dir.path().join("rendered"), &tree).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("rendered/NOTES.md")).unwrap(),
+            "mine\n"
+        );
+        assert!(!old.exists());
     }
 
     #[test]

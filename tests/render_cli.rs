@@ -398,7 +398,10 @@ fn usage_errors_exit_2() {
             &["render", "--overlay", "nope"],
             "there is no overlays/nope.yaml (available: dev, prod, staging)",
         ),
-        (&["render", "--overlay", "../etc"], "invalid overlay name"),
+        (
+            &["render", "--overlay", "../etc"],
+            "the overlay name \"../etc\" is not a DNS-1123 label",
+        ),
         (
             &["render", "--overlays", "missing"],
             "--overlays missing: no such directory",
@@ -708,4 +711,33 @@ fn no_input_makes_kiln_panic() {
         );
         assert_eq!(entries(ws.path()), ["overlays"]);
     }
+}
+
+#[test]
+fn yml_files_are_ignored_with_a_warning() {
+    let ws = workspace(&[("dev.yaml", ""), ("prod.yml", "buildkit:\n  replicas: 3\n")]);
+    let out = run(ws.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kiln: warning: ignoring overlays/prod.yml: overlay files end in .yaml"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(entries(&ws.path().join("rendered")), [".kiln-manifest", "dev"]);
+}
+
+#[test]
+fn check_hints_at_a_missing_gitops_flag() {
+    let out = run(&repo_root(), &["check", "--out", "examples/argocd"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("stale: argocd/prod.yaml"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("was it rendered with --gitops argocd?"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -9,7 +9,6 @@ use anyhow::Context as _;
 
 use crate::cli::UsageError;
 use crate::output::{self, Unit};
-
 use crate::overlay::{self, Flavor, OverlayError, Resolved, Resolver, Sources};
 use crate::render::{self, Context};
 
@@ -126,6 +125,18 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         write!(stdout, "{d}").context("failed to write to stdout")?;
     }
     stdout.flush().context("failed to write to stdout")?;
+    for flavor in ["argocd", "flux"] {
+        let prefix = format!("{flavor}/");
+        let stale = drift
+            .iter()
+            .any(|d| matches!(d, output::Drift::Stale { path } if path.starts_with(&prefix)));
+        if stale && !tree.files.keys().any(|p| p.starts_with(&prefix)) {
+            eprintln!(
+                "kiln: hint: {} holds {prefix} files: was it rendered with --gitops {flavor}?",
+                opts.out.display()
+            );
+        }
+    }
     eprintln!(
         "error: {} is stale or hand-edited ({} differences): run `kiln render` with the same flags and commit the result",
         opts.out.display(),
@@ -156,6 +167,9 @@ fn resolve(opts: &RenderOpts) -> anyhow::Result<Vec<Resolved>> {
         .into());
     }
     let sources = Sources::read(&dir)?;
+    for path in sources.ignored() {
+        eprintln!("kiln: warning: ignoring {path}: overlay files end in .yaml");
+    }
     let usage = |err: OverlayError| -> anyhow::Error {
         match err {
             OverlayError::NotFound { .. } | OverlayError::Name { .. } => {

@@ -84,8 +84,10 @@ pub enum OverlayError {
         available: String,
     },
     /// An overlay name that cannot be a file, a directory and a label value.
-    #[error("invalid overlay name {name:?}: use a DNS-1123 label such as dev or prod-eu")]
-    Name { name: String },
+    #[error(
+        "failed to load {path}: the overlay name {name:?} is not a DNS-1123 label; use a name such as dev or prod-eu"
+    )]
+    Name { name: String, path: String },
     /// An `extends:` names an overlay that does not exist.
     #[error(
         "failed to resolve extends in {location}: parent overlay {parent:?} not found: there is no {path} (chain: {chain})"
@@ -126,6 +128,8 @@ pub struct Sources {
     /// Files that could not be read, by overlay name: reported only when that overlay (or
     /// one that extends it) is resolved, so one broken file does not block the others.
     unreadable: BTreeMap<String, (PathBuf, std::io::ErrorKind, String)>,
+    /// `*.yml` files, which are not overlays (overlay files end in `.yaml`).
+    ignored: Vec<String>,
 }
 
 impl Sources {
@@ -173,7 +177,9 @@ impl Sources {
             let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if let Some(name) = file.strip_suffix(".yaml")
+            if file.ends_with(".yml") {
+                sources.ignored.push(path.display().to_string());
+            } else if let Some(name) = file.strip_suffix(".yaml")
                 && path.is_file()
             {
                 sources.files.insert(name.to_string(), read(name, &path));
@@ -210,6 +216,11 @@ impl Sources {
             .entry(overlay.to_string())
             .or_default()
             .push((file_name.to_string(), text.to_string()));
+    }
+
+    /// Files that look like overlays but are not read (`*.yml`), for a warning.
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
     }
 
     /// The names `resolve_all` renders: every overlay except `base` and `_*`, sorted.
@@ -259,7 +270,7 @@ pub fn resolve_all(sources: &Sources) -> Result<Vec<Resolved>, OverlayError> {
 /// Resolves overlays of one [`Sources`]; holds the template engine.
 pub struct Resolver<'s> {
     sources: &'s Sources,
-    /// The file paths, numbered as `Node::source`.
+    /// Strict (unknown variables are errors) and non-escaping (this is YAML, not HTML).
     handlebars: Handlebars<'static>,
 }
 
@@ -277,6 +288,7 @@ impl<'s> Resolver<'s> {
         if !is_dns1123_label(name) {
             return Err(OverlayError::Name {
                 name: name.to_string(),
+                path: self.sources.path(name),
             });
         }
         let sources = self.sources;
@@ -835,6 +847,39 @@ mod tests {
     }
 
     #[test]
+    fn value_errors_name_the_file_that_set_the_value() {
+        let e = err(
+            &[
+                ("base", "# comment\nbuildkit:\n  serviceName: Build_Kit\n"),
+                ("dev", "extends: base\nnamespace: ok\n"),
+            ],
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/base.yaml:3: buildkit.serviceName: \"Build_Kit\""),
+            "{e}"
+        );
+        // The child's value wins, so the child is named.
+        let e = err(
+            &[
+                ("base", "certs:\n  caValidity: 1y\n"),
+                ("dev", "extends: base\ncerts:\n  validity: 2y\n"),
+            ],
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:3: certs.validity: the leaf validity 2y"),
+            "{e}"
+        );
+        // Rendered templates keep their place.
+        let e = err(&[("dev", "\nnamespace: \"Ns-{{overlay}}\"\n")], "dev");
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:2: namespace: \"Ns-dev\""),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn extends_errors_name_the_chain() {
         let e = err(
             &[
@@ -932,7 +977,7 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        assert!(err(&[("dev", "")], "../x").contains("invalid overlay name"));
+        assert!(err(&[("dev", "")], "../x").contains("the overlay name \"../x\" is not a DNS-1123 label"));
         assert!(err(&[("dev", "")], "prod").contains("there is no overlays/prod.yaml (available: dev)"));
     }
 }

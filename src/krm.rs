@@ -473,7 +473,7 @@ fn overlay_diagnostic(error: OverlayError, spec_path: &str) -> Diagnostic {
                 Diagnostic::error(Some(&path), format!("{message} (set in {location})"))
             }
         }
-        OverlayError::Name { name } => Diagnostic::error(
+        OverlayError::Name { name, .. } => Diagnostic::error(
             Some("metadata.name"),
             format!("{name:?} is not a DNS-1123 label: metadata.name is the overlay name"),
         ),

@@ -36,6 +36,21 @@ pub fn from_str_multi<T: DeserializeOwned>(text: &str, source_name: &str) -> Res
     })
 }
 
+/// Parse one YAML document of objects kiln passes through without knowing their types
+/// (KRM function items), reading plain scalars the way Kustomize's YAML library does:
+/// `0644` is octal (420, as in `defaultMode: 0644`) and only `true`/`false` are booleans
+/// (`on`, `yes` stay strings). `from_str` keeps the serde-saphyr defaults.
+pub fn from_str_passthrough<T: DeserializeOwned>(text: &str, source_name: &str) -> Result<T, YamlError> {
+    let options = serde_saphyr::options! {
+        legacy_octal_numbers: true,
+        strict_booleans: true,
+    };
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| YamlError::Parse {
+        source_name: source_name.to_string(),
+        message: one_line(&e.to_string()),
+    })
+}
+
 /// Error messages must fit on one line.
 fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")

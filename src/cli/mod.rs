@@ -75,7 +75,29 @@ pub enum Command {
 }
 
 /// Parse the process arguments.
+///
+/// Two invocations are not plain subcommands: run under the name `BuildkitStack` (the
+/// link `kiln install-plugin` places), kiln is the legacy Kustomize exec plugin and
+/// argv[1] is its config file; run with no arguments but data on stdin (a KRM `exec.path`
+/// with no `args`), kiln is the KRM function.
 pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|argv0| std::path::Path::new(argv0).file_name())
+        .and_then(|name| name.to_str());
+    if invoked_as == Some(crate::krm::STACK_KIND) {
+        let rest = args.iter().skip(1).cloned();
+        return Cli::parse_from(["kiln".into(), "krm".into()].into_iter().chain(rest));
+    }
+    if args.len() == 1 && krm::stdin_is_piped() {
+        return Cli {
+            command: Command::Krm(krm::KrmArgs {
+                config: None,
+                detected: true,
+            }),
+        };
+    }
     Cli::parse()
 }
 

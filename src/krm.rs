@@ -436,10 +436,8 @@ pub fn generate(
     let resolved = Resolver::new(&sources)
         .resolve(&stack.name)
         .map_err(|e| vec![overlay_diagnostic(e, &spec_path)])?;
-    let context = crate::render::Context::new(&stack.name);
-    let mut objects = crate::render::render(&resolved.overlay, &context)
+    let objects = crate::render::render_resolved(&resolved)
         .map_err(|e| vec![Diagnostic::error(None, e.to_string())])?;
-    objects.extend(resolved.extras);
     if objects.is_empty() {
         // Never answer with nothing: downstream, no objects means "delete everything".
         return Err(vec![Diagnostic::error(None, "rendered no objects")]);

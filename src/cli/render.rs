@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use crate::cli::UsageError;
 use crate::output::{self, Unit};
 use crate::overlay::{self, Flavor, OverlayError, Resolved, Resolver, Sources};
-use crate::render::{self, Context};
+use crate::render;
 
 /// The overlays directory when `--overlays` is not given.
 const DEFAULT_OVERLAYS: &str = "overlays";
@@ -191,9 +191,8 @@ fn resolve(opts: &RenderOpts) -> anyhow::Result<Vec<Resolved>> {
 
 /// Render one resolved overlay: render's objects, then the extras.
 fn unit(r: &Resolved, gitops: Option<Flavor>) -> anyhow::Result<Unit<'_>> {
-    let mut objects = render::render(&r.overlay, &Context::new(r.name.clone()))
+    let objects = render::render_resolved(r)
         .with_context(|| format!("failed to render overlay {} ({})", r.name, r.source))?;
-    objects.extend(r.extras.iter().cloned());
     Ok(Unit {
         resolved: r,
         objects,

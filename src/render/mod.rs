@@ -94,6 +94,15 @@ impl Object {
     }
 }
 
+/// Render one resolved overlay: kiln's objects in apply order, then the overlay's extra
+/// manifests (`overlays/<name>/extra/*.yaml.hbs`). `kiln render`, `kiln check` and the
+/// Kustomize/KRM plugins all go through here.
+pub fn render_resolved(resolved: &crate::overlay::Resolved) -> Result<Vec<Object>, RenderError> {
+    let mut objects = render(&resolved.overlay, &Context::new(resolved.name.clone()))?;
+    objects.extend(resolved.extras.iter().cloned());
+    Ok(objects)
+}
+
 /// Render every object of one resolved overlay, in apply order: Namespace, ServiceAccounts,
 /// RBAC and ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
 /// daemon, its Service, NetworkPolicy and PDB, the Task(s) and the CronJob (1).

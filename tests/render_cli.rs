@@ -465,6 +465,15 @@ fn bad_dns1123_name() {
 }
 
 #[test]
+fn bad_too_many_replicas() {
+    assert_rejected(
+        &[("dev.yaml", "namespace: x\nbuildkit:\n  replicas: 3000000000\n")],
+        &[],
+        "failed to load overlays/dev.yaml:3: buildkit.replicas: must be at most 2147483647, got 3000000000",
+    );
+}
+
+#[test]
 fn bad_negative_replicas() {
     assert_rejected(
         &[
@@ -494,7 +503,7 @@ fn bad_extends_cycle() {
             ("_b.yaml", "extends: dev\n"),
         ],
         &[],
-        "failed to resolve extends: cycle dev -> _a -> _b -> dev",
+        "failed to resolve extends in overlays/_b.yaml:1: cycle dev -> _a -> _b -> dev",
     );
 }
 
@@ -516,6 +525,15 @@ fn bad_handlebars_variable() {
         )],
         &[],
         "failed to render the template in overlays/dev.yaml:3: commonLabels.env: unknown variable `environment` (available: overlay, namespace",
+    );
+}
+
+#[test]
+fn bad_handlebars_syntax() {
+    assert_rejected(
+        &[("dev.yaml", "namespace: x\ncommonLabels:\n  env: \"{{overlay\"\n")],
+        &[],
+        "failed to render the template in overlays/dev.yaml:3: commonLabels.env: invalid handlebars syntax: expected",
     );
 }
 

@@ -99,8 +99,8 @@ pub enum OverlayError {
         chain: String,
     },
     /// `extends:` chains loop.
-    #[error("failed to resolve extends: cycle {chain}; remove one of these extends")]
-    Cycle { chain: String },
+    #[error("failed to resolve extends in {location}: cycle {chain}; remove one of these extends")]
+    Cycle { location: String, chain: String },
     /// An extra manifest is broken.
     #[error("failed to load {path}: {message}")]
     Extra { path: String, message: String },
@@ -305,11 +305,14 @@ impl<'s> Resolver<'s> {
         let mut paths: Vec<String> = Vec::new();
         let mut trees: Vec<Node> = Vec::new();
         let mut next = Some(name.to_string());
+        // The `extends:` that led to `next`, named when it closes a cycle.
+        let mut via = String::new();
         while let Some(current) = next.take() {
             if let Some(pos) = chain.iter().position(|c| *c == current) {
                 let mut cycle = chain[pos..].to_vec();
                 cycle.push(current);
                 return Err(OverlayError::Cycle {
+                    location: via,
                     chain: cycle.join(" -> "),
                 });
             }
@@ -349,6 +352,7 @@ impl<'s> Resolver<'s> {
                     });
                 }
                 next = Some(parent.to_string());
+                via = location;
             }
             chain.push(current);
             paths.push(path);
@@ -704,6 +708,11 @@ fn template_message(e: &handlebars::RenderError) -> String {
         RenderErrorReason::MissingVariable(Some(var)) => {
             format!("unknown variable `{var}` (available: {TEMPLATE_VARIABLES})")
         }
+        // The parser's own text repeats itself and draws a snippet; keep the reason and column.
+        RenderErrorReason::TemplateError(t) => match t.pos() {
+            Some((_, column)) => format!("{} at column {column}", t.reason()),
+            None => t.reason().to_string(),
+        },
         other => other.to_string(),
     };
     message.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -896,7 +905,7 @@ mod tests {
         );
         assert_eq!(
             e,
-            "failed to resolve extends: cycle a -> b -> c -> a; remove one of these extends"
+            "failed to resolve extends in overlays/c.yaml:1: cycle a -> b -> c -> a; remove one of these extends"
         );
         let e = err(&[("dev", "extends: base\n"), ("base", "extends: nope\n")], "dev");
         assert_eq!(

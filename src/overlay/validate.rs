@@ -162,6 +162,13 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
             "a Service name must start with a letter",
         ));
     }
+    // Deployment and StatefulSet replicas are int32 in the Kubernetes API.
+    if i32::try_from(b.replicas).is_err() {
+        out.push(invalid(
+            "buildkit.replicas",
+            format!("must be at most {}, got {}", i32::MAX, b.replicas),
+        ));
+    }
     if b.port == 0 {
         out.push(invalid("buildkit.port", "must be a TCP port from 1 to 65535"));
     }

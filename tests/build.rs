@@ -115,6 +115,11 @@ struct Server {
 }
 
 fn serve(trusted_ca: &str, daemon: &Issued) -> Server {
+    serve_with(trusted_ca, daemon, true)
+}
+
+/// `speak_http2: false` completes TLS, then stays silent: a TLS server that is not buildkitd.
+fn serve_with(trusted_ca: &str, daemon: &Issued, speak_http2: bool) -> Server {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(trusted_ca.as_bytes()) {
@@ -156,10 +161,11 @@ fn serve(trusted_ca: &str, daemon: &Issued) -> Server {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
                 // An empty HTTP/2 SETTINGS frame.
-                if tls
-                    .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
-                    .and_then(|()| tls.flush())
-                    .is_err()
+                if speak_http2
+                    && tls
+                        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+                        .and_then(|()| tls.flush())
+                        .is_err()
                 {
                     return;
                 }
@@ -197,12 +203,21 @@ fn daemon(host: &str, connect_to: SocketAddr) -> Daemon {
 }
 
 fn handshake(daemon: &Daemon, ca_bundle: &str, client: &Issued) -> Result<(), HandshakeFailure> {
+    handshake_within(daemon, ca_bundle, client, Duration::from_secs(5))
+}
+
+fn handshake_within(
+    daemon: &Daemon,
+    ca_bundle: &str,
+    client: &Issued,
+    timeout: Duration,
+) -> Result<(), HandshakeFailure> {
     let config = preflight::client_config(Path::new("/certs"), &material(ca_bundle, client)).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(preflight::handshake(daemon, config, Duration::from_secs(5)))
+    runtime.block_on(preflight::handshake(daemon, config, timeout))
 }
 
 // ---------------------------------------------------------------------------
@@ -329,6 +344,30 @@ fn handshake_rejects_a_daemon_cert_for_another_name() {
     let message = failure.describe(&d, Path::new("/certs/ca.pem"));
     assert!(message.contains("not valid for buildkitd.ci.svc"), "{message}");
     assert!(message.contains("extraSans"), "{message}");
+}
+
+#[test]
+fn a_tls_server_that_never_speaks_http2_is_named_as_such() {
+    let ca = issue_ca("kiln CA");
+    let server = serve_with(&ca.cert_pem, &daemon_cert(&ca, "buildkitd", "ci"), false);
+    let target = daemon("buildkitd.ci.svc", server.addr);
+    let failure = handshake_within(
+        &target,
+        &ca.cert_pem,
+        &client_cert(&ca),
+        Duration::from_millis(500),
+    )
+    .unwrap_err();
+    assert_eq!(
+        failure,
+        HandshakeFailure::NoHttp2Answer(Duration::from_millis(500))
+    );
+    assert_eq!(server.handshakes.load(Ordering::SeqCst), 1);
+    let message = failure.describe(&target, Path::new("/certs/ca.pem"));
+    assert!(
+        message.contains("completed the TLS handshake but sent no HTTP/2 answer within 0.5s"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -616,11 +616,14 @@ fn inspect_rejects_corrupt_pem_with_one_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
     assert!(
-        stderr(&out).starts_with("error: failed to parse bad.pem:"),
-        "{}",
-        stderr(&out)
+        err.starts_with(
+            "error: failed to read bad.pem: it holds no PEM block (-----BEGIN CERTIFICATE-----) and is not a Secret YAML (failed to parse bad.pem:"
+        ),
+        "{err}"
     );
+    assert_eq!(err.lines().count(), 1, "{err}");
 
     let out = kiln()
         .current_dir(tmp.path())

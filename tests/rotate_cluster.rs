@@ -102,7 +102,8 @@ impl Env {
     fn remember_keys(&mut self) {
         for name in [CA, DAEMON, CLIENT] {
             for (key, value) in self.server.secret_data(NS, name) {
-                if key.ends_with("key") || key.ends_with(".key") {
+                // ca.key, next-ca.key, key.pem (pem format) and tls.key (tls format).
+                if key.ends_with("key") || key.ends_with(".key") || key == "key.pem" {
                     for line in value.lines().filter(|l| !l.starts_with("-----") && l.len() > 20) {
                         if !self.keys.contains(&line.to_string()) {
                             self.keys.push(line.to_string());

@@ -328,6 +328,8 @@ pub enum HandshakeFailure {
     Refused,
     /// No answer within the connect timeout.
     Timeout(Duration),
+    /// TLS completed, but no HTTP/2 answer came within the connect timeout.
+    NoHttp2Answer(Duration),
     /// The daemon's certificate is not signed by a CA in the bundle.
     UnknownCa,
     /// The daemon's certificate does not name the host.
@@ -345,7 +347,7 @@ impl HandshakeFailure {
     pub fn transient(&self) -> bool {
         matches!(
             self,
-            Self::Resolve(_) | Self::Refused | Self::Timeout(_) | Self::Other(_)
+            Self::Resolve(_) | Self::Refused | Self::Timeout(_) | Self::NoHttp2Answer(_) | Self::Other(_)
         )
     }
 
@@ -362,6 +364,10 @@ impl HandshakeFailure {
             ),
             Self::Timeout(limit) => format!(
                 "buildkitd {name} did not answer within {}s: check NetworkPolicies and the Service port, or raise --connect-timeout",
+                limit.as_secs_f64()
+            ),
+            Self::NoHttp2Answer(limit) => format!(
+                "buildkitd {name} completed the TLS handshake but sent no HTTP/2 answer within {}s: check that buildkitd (gRPC) serves this port, or raise --connect-timeout",
                 limit.as_secs_f64()
             ),
             Self::UnknownCa => format!(
@@ -431,13 +437,21 @@ pub async fn handshake(
     config: Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<(), HandshakeFailure> {
-    match tokio::time::timeout(timeout, handshake_inner(daemon, config)).await {
+    let tls_done = std::cell::Cell::new(false);
+    match tokio::time::timeout(timeout, handshake_inner(daemon, config, &tls_done)).await {
         Ok(result) => result,
+        Err(_) if tls_done.get() => Err(HandshakeFailure::NoHttp2Answer(timeout)),
         Err(_) => Err(HandshakeFailure::Timeout(timeout)),
     }
 }
 
-async fn handshake_inner(daemon: &Daemon, config: Arc<rustls::ClientConfig>) -> Result<(), HandshakeFailure> {
+/// Connect, handshake and wait for the HTTP/2 SETTINGS frame; `tls_done` is set once
+/// the TLS handshake has completed, so a timeout can say which part hung.
+async fn handshake_inner(
+    daemon: &Daemon,
+    config: Arc<rustls::ClientConfig>,
+    tls_done: &std::cell::Cell<bool>,
+) -> Result<(), HandshakeFailure> {
     let server_name = ServerName::try_from(daemon.host.clone()).map_err(|e| {
         HandshakeFailure::Other(format!("{:?} is not a valid TLS server name: {e}", daemon.host))
     })?;
@@ -461,6 +475,7 @@ async fn handshake_inner(daemon: &Daemon, config: Arc<rustls::ClientConfig>) -> 
         .connect(server_name, tcp)
         .await
         .map_err(|e| classify_io(&e))?;
+    tls_done.set(true);
     tls.write_all(H2_PREFACE).await.map_err(|e| classify_io(&e))?;
     tls.flush().await.map_err(|e| classify_io(&e))?;
     let mut header = [0u8; 9];

@@ -632,7 +632,12 @@ fn sources_from_file(path: &Path) -> anyhow::Result<Vec<Source>> {
             cert: Some((path.display().to_string(), text)),
         }])
     } else {
-        sources_from_yaml(path, &text)
+        sources_from_yaml(path, &text).map_err(|e| {
+            anyhow::anyhow!(
+                "failed to read {}: it holds no PEM block (-----BEGIN CERTIFICATE-----) and is not a Secret YAML ({e:#})",
+                path.display()
+            )
+        })
     }
 }
 

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use support::stderr;
+
 use kiln::build::preflight::{self, ClientMaterial, HandshakeFailure, PreflightError, Retry, TlsFiles};
 use kiln::build::{Daemon, Placement};
 use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, San, SecretFormat, Serial};
@@ -570,10 +572,6 @@ impl Env {
     fn cert(&self, name: &str) -> String {
         self.certs.join(name).display().to_string()
     }
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn words(text: &str) -> Vec<String> {

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, Serial};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use support::{kiln, tool};
+use support::{entries as listing, kiln, stderr, stdout, tool};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use x509_parser::extensions::GeneralName;
@@ -31,14 +31,6 @@ fn run_generate(cwd: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Generate into `<tmp>/.certs` and return (tempdir, .certs path).
@@ -71,16 +63,6 @@ fn redact_ca_id(certs: &Path, text: &str) -> String {
     let id = cn.rsplit(' ').next().unwrap();
     assert_eq!(id.len(), 8, "{cn}");
     text.replace(id, "<ca--id>")
-}
-
-/// The directory entries left next to a failed `--out`, to prove nothing was written.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 // ------------------------------------------------------------------ generate

@@ -401,36 +401,126 @@ fn a_crash_after_any_write_is_finished_by_the_next_run() {
             "crash after {k}"
         );
     }
-    // The CA rollover's first step (CA, client, daemon, restart): crash after each.
-    for k in 0..4 {
-        let mut env = Env::new();
-        env.rotate_ok(T0, &[]);
-        let before = (loaded(&env, DAEMON), loaded(&env, CLIENT));
+    // The steps after bootstrap crash at every write of one run, then the CronJob
+    // reruns with no flags. One server: each crash point starts from the same objects.
+    let mut env = Env::new();
+    env.rotate_ok(T0, &[]);
+    let ca_a = env.data(CA)["ca.crt"].clone();
+
+    // A leaf renewal, 61 days in (client, daemon, restart).
+    crash_each_write_then_rerun(&mut env, "leaf renewal", (61, &[]), 62, |env, context| {
+        assert_eq!(env.data(CA)["ca.crt"], ca_a, "{context}");
+        for name in [DAEMON, CLIENT] {
+            let cert = &pki::parse_bundle(&loaded(env, name).cert).unwrap()[0];
+            assert!(
+                cert.not_after >= t0() + time::Duration::days(61 + 90),
+                "{context}: {name} not renewed"
+            );
+        }
+    });
+
+    // CA rollover step 1, forced on day 70: the next CA is introduced into every bundle.
+    crash_each_write_then_rerun(
+        &mut env,
+        "rollover step 1",
+        (70, &["--force-renew", "ca"]),
+        71,
+        |env, context| {
+            assert_phase(env, "introduced", 2, context);
+            assert_eq!(env.data(CA)["ca.crt"], ca_a, "{context}");
+        },
+    );
+    let ca_b = env.data(CA)["next-ca.crt"].clone();
+
+    // Step 2, past the propagation delay (2 days): leaves reissued from the new CA.
+    crash_each_write_then_rerun(&mut env, "rollover step 2", (73, &[]), 74, |env, context| {
+        assert_phase(env, "leaves-reissued", 2, context);
+        let ca = env.data(CA);
+        assert_eq!(ca["ca.crt"], ca_b, "{context}");
+        assert_eq!(ca["retiring-ca.crt"], ca_a, "{context}");
+    });
+
+    // Step 3, past the delay again: the old CA is retired from every bundle.
+    crash_each_write_then_rerun(&mut env, "rollover step 3", (76, &[]), 77, |env, context| {
+        assert_phase(env, "stable", 1, context);
+        let ca = env.data(CA);
+        assert_eq!(ca.keys().collect::<Vec<_>>(), ["ca.crt", "ca.key"], "{context}");
+        assert_eq!(ca["ca.crt"], ca_b, "{context}");
+    });
+}
+
+/// The CA phase, the number of CAs in both bundles, and a complete, trusting state.
+fn assert_phase(env: &Env, phase: &str, cas: usize, context: &str) {
+    assert_eq!(
+        env.annotation(CA, "kiln.dev/phase").as_deref(),
+        Some(phase),
+        "{context}"
+    );
+    for name in [DAEMON, CLIENT] {
+        let bundle = pki::parse_bundle(&loaded(env, name).bundle).unwrap();
+        assert_eq!(bundle.len(), cas, "{context}: {name} bundle");
+    }
+}
+
+/// Crash the run at `day` with `flags` after each of its writes in turn, each time from
+/// the same starting objects; check that the processes from before the run and those
+/// that load what was written trust each other; rerun at `rerun_day` with no flags
+/// (as the CronJob does) and check the step is complete with `done`, and that nothing
+/// is left to do half a day later. Leaves `env` as the uncrashed run left it.
+fn crash_each_write_then_rerun(
+    env: &mut Env,
+    step: &str,
+    (day, flags): (i64, &[&str]),
+    rerun_day: i64,
+    done: impl Fn(&Env, &str),
+) {
+    let at = t0() + time::Duration::days(day);
+    let rerun_at = t0() + time::Duration::days(rerun_day);
+    let start = env.server.store().objects.clone();
+    let before = (loaded(env, DAEMON), loaded(env, CLIENT));
+    // Count the step's writes with a run that does not crash.
+    let writes = env.server.store().writes;
+    env.rotate_ok(&at_days(day), flags);
+    let n = env.server.store().writes - writes;
+    assert!(n >= 3, "{step}: {n} writes");
+    done(env, &format!("{step} without a crash"));
+    let finished = env.server.store().objects.clone();
+
+    for k in 1..=n {
+        let context = format!("{step}, crash after {k} of {n} writes");
+        env.server.store().objects = start.clone();
         let writes = env.server.store().writes;
         env.server.store().crash_after = Some(writes + k);
-        let out = env.rotate(&at_days(10), &["--force-renew", "ca"]);
-        assert_eq!(out.status.code(), Some(1));
-        // Whatever was written so far, old and new processes still trust each other.
-        let when = t0() + time::Duration::days(10);
-        let partial = (loaded(&env, DAEMON), loaded(&env, CLIENT));
-        assert_mutual_trust(&before.0, &partial.1, when, &format!("crash after {k}"));
-        assert_mutual_trust(&partial.0, &before.1, when, &format!("crash after {k}"));
+        let out = env.rotate(&at_days(day), flags);
         env.server.store().crash_after = None;
-        env.rotate_ok(&at_days(11), &["--force-renew", "ca"]);
-        assert_eq!(
-            env.annotation(CA, "kiln.dev/phase").as_deref(),
-            Some("introduced"),
-            "k={k}"
-        );
-        let bundle = pki::parse_bundle(&loaded(&env, CLIENT).bundle).unwrap();
-        assert_eq!(bundle.len(), 2, "k={k}");
-        // Within the propagation delay of the bundle writes: nothing more to do yet.
-        let later = (t0() + time::Duration::hours(11 * 24 + 12))
-            .format(&Rfc3339)
-            .unwrap();
+        if k < n {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{context}: {stderr}");
+            let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
+            assert_eq!(errors, 1, "{context}: {stderr}");
+        }
+        assert_eq!(env.server.store().writes, writes + k, "{context}");
+        let partial = (loaded(env, DAEMON), loaded(env, CLIENT));
+        assert_mutual_trust(&before.0, &partial.1, at, &format!("{context}: old daemon"));
+        assert_mutual_trust(&partial.0, &before.1, at, &format!("{context}: old client"));
+
+        env.rotate_ok(&at_days(rerun_day), &[]);
+        let after = (loaded(env, DAEMON), loaded(env, CLIENT));
+        assert_complete(env, rerun_at);
+        for (daemon, client, who) in [
+            (&before.0, &after.1, "daemon from before the crash"),
+            (&after.0, &before.1, "client from before the crash"),
+            (&partial.0, &after.1, "daemon from the crash"),
+            (&after.0, &partial.1, "client from the crash"),
+        ] {
+            assert_mutual_trust(daemon, client, rerun_at, &format!("{context}: {who}"));
+        }
+        done(env, &context);
+        let later = (rerun_at + time::Duration::hours(12)).format(&Rfc3339).unwrap();
         let out = env.rotate_ok(&later, &[]);
-        assert!(out.contains("nothing to do"), "k={k}: {out}");
+        assert!(out.contains("nothing to do"), "{context}: {out}");
     }
+    env.server.store().objects = finished;
 }
 
 #[test]

@@ -479,18 +479,10 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
         return Ok(report);
     }
 
-    let name = out
-        .file_name()
-        .ok_or(OutputError::BadOut {
-            path: out.to_path_buf(),
-            reason: "it has no directory name",
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let (name, parent) = name_and_parent(out).ok_or(OutputError::BadOut {
+        path: out.to_path_buf(),
+        reason: "it has no directory name",
+    })?;
     if parent.exists() && !parent.is_dir() {
         return Err(OutputError::BadOut {
             path: out.to_path_buf(),
@@ -514,6 +506,17 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
             Err(err)
         }
     }
+}
+
+/// The directory name of `out` and the directory that holds it (`.` for a bare name):
+/// where the temporary and old trees of a [`swap`] go. None when `out` has no name (`/`, `..`).
+pub fn name_and_parent(out: &Path) -> Option<(String, PathBuf)> {
+    let name = out.file_name()?.to_string_lossy().into_owned();
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Some((name, parent))
 }
 
 /// A render killed between the two renames of [`swap`] leaves no `out`, only
@@ -659,6 +662,15 @@ pub fn check(out: &Path, tree: &Tree) -> Result<Vec<Drift>, OutputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_and_parent_of_output_dirs() {
+        let split = |p: &str| name_and_parent(Path::new(p));
+        assert_eq!(split("rendered"), Some(("rendered".into(), PathBuf::from("."))));
+        assert_eq!(split("a/b/out"), Some(("out".into(), PathBuf::from("a/b"))));
+        assert_eq!(split("/"), None);
+        assert_eq!(split(".."), None);
+    }
 
     #[test]
     fn owners() {

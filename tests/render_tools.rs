@@ -46,18 +46,7 @@ fn every_overlay_directory_builds_with_kubectl_kustomize() {
     let dirs = overlay_dirs(&out);
     assert_eq!(dirs.len(), 3, "{dirs:?}");
     for dir in dirs {
-        let built = Command::new(&kubectl)
-            .arg("kustomize")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            built.status.success(),
-            "{}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let text = String::from_utf8(built.stdout).unwrap();
+        let text = kustomize_build(&kubectl, &dir);
         let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
         // Kustomize emits every listed object, unchanged in count.
         let files = fs::read_dir(&dir).unwrap().count() - 1;
@@ -77,19 +66,21 @@ fn every_overlay_directory_builds_with_kubectl_kustomize() {
     // The committed examples build too.
     for example in ["examples/argocd", "examples/flux"] {
         for dir in overlay_dirs(&repo_root().join(example)) {
-            let built = Command::new(&kubectl)
-                .arg("kustomize")
-                .arg(&dir)
-                .output()
-                .unwrap();
-            assert!(
-                built.status.success(),
-                "{}: {}",
-                dir.display(),
-                String::from_utf8_lossy(&built.stderr)
-            );
+            kustomize_build(&kubectl, &dir);
         }
     }
+}
+
+/// `kubectl kustomize DIR`, which must succeed; its output.
+fn kustomize_build(kubectl: &Path, dir: &Path) -> String {
+    let built = Command::new(kubectl).arg("kustomize").arg(dir).output().unwrap();
+    assert!(
+        built.status.success(),
+        "{}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    String::from_utf8(built.stdout).unwrap()
 }
 
 /// Every core object file of a render (not kustomization.yaml, not Tekton Tasks).

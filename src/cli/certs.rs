@@ -439,20 +439,12 @@ fn random_suffix() -> anyhow::Result<String> {
 /// (replacing an existing `out`). On any failure the temporary directory is removed
 /// and `out` is left as it was.
 fn write_atomically(out: &Path, files: &[OutFile]) -> anyhow::Result<()> {
-    let file_name = out
-        .file_name()
-        .ok_or_else(|| {
-            UsageError(format!(
-                "invalid --out {}: name a new directory, such as .certs",
-                out.display()
-            ))
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let (file_name, parent) = crate::output::name_and_parent(out).ok_or_else(|| {
+        UsageError(format!(
+            "invalid --out {}: name a new directory, such as .certs",
+            out.display()
+        ))
+    })?;
     let tmp = parent.join(format!(".{file_name}.kiln-tmp-{}", random_suffix()?));
     fs::DirBuilder::new().mode(0o700).create(&tmp).with_context(|| {
         format!(

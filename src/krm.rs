@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::overlay::{OverlayError, Resolver, Sources, is_dns1123_label};
-use crate::render::Object;
+use crate::names::is_dns1123_label;
+use crate::object::Object;
+use crate::overlay::{OverlayError, Resolver, Sources};
 
 /// `apiVersion` of a ResourceList.
 pub const RESOURCE_LIST_API_VERSION: &str = "config.kubernetes.io/v1";

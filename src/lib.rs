@@ -16,3 +16,5 @@ pub mod yaml;
 
 /// The kiln version, as stamped into `kiln.dev/generated-by`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub mod names;
+pub mod object;

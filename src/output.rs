@@ -13,8 +13,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::object::Object;
 use crate::overlay::{Flavor, Resolved};
-use crate::render::Object;
 use crate::render::gitops;
 use crate::yaml;
 

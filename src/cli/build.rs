@@ -266,9 +266,10 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
                 )));
             }
             for (flag, value) in [("service", &args.service), ("namespace", &args.namespace)] {
-                if !crate::overlay::is_dns1123_label(value) {
+                if !crate::names::is_dns1123_label(value) {
                     return Err(usage(format!(
-                        "invalid --{flag} {value:?}: use lowercase letters, digits and '-', at most 63 characters"
+                        "invalid --{flag} {value:?}: {}",
+                        crate::names::LABEL_RULE
                     )));
                 }
             }

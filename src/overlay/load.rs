@@ -13,8 +13,9 @@ use handlebars::{Handlebars, RenderErrorReason};
 use serde_json::json;
 
 use super::Overlay;
-use super::validate::{is_dns1123_label, is_dns1123_subdomain, validate};
-use crate::render::Object;
+use super::validate::validate;
+use crate::names::{is_dns1123_label, is_dns1123_subdomain};
+use crate::object::Object;
 use crate::yaml::{self, Node, NodeValue};
 
 /// The name of the embedded overlay used when there is no overlays directory.

@@ -2,6 +2,7 @@
 //! Pure: each check returns the dotted field path and what is wrong.
 
 use super::Overlay;
+use crate::names::{is_dns1123_label, is_dns1123_subdomain, is_label_key, is_label_value};
 
 /// One invalid value: the dotted field path and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,40 +18,6 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
         field: field.into(),
         message: message.into(),
     }
-}
-
-/// True for a DNS-1123 label: at most 63 lowercase alphanumerics or `-`, alphanumeric at both ends.
-pub fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// True for a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-/// True for a label value: empty, or at most 63 alphanumerics, `-`, `_`, `.`, alphanumeric at both ends.
-fn is_label_value(s: &str) -> bool {
-    s.is_empty()
-        || (s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && s.ends_with(|c: char| c.is_ascii_alphanumeric()))
-}
-
-/// True for a label or annotation key: `[prefix/]name`.
-fn is_label_key(s: &str) -> bool {
-    let (prefix, name) = match s.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, s),
-    };
-    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
 /// True for a Kubernetes quantity such as `500m`, `2Gi`, `1.5`, `1e3`.
@@ -335,16 +302,6 @@ fn resources(out: &mut Vec<Invalid>, field: &str, r: &super::Resources) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert!(is_dns1123_label("buildkit-dev"));
-        for bad in ["", "Buildkit", "-a", "a-", "a_b", "a.b", &"a".repeat(64)] {
-            assert!(!is_dns1123_label(bad), "{bad:?}");
-        }
-        assert!(is_dns1123_subdomain("buildkit.ca-1"));
-        assert!(!is_dns1123_subdomain("a..b"));
-    }
 
     #[test]
     fn quantities() {

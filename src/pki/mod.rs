@@ -104,7 +104,7 @@ pub enum PkiError {
     #[error("invalid SAN {san:?}: {reason}")]
     InvalidSan { san: String, reason: &'static str },
     /// A Service name or namespace is not a DNS label.
-    #[error("invalid {field} {value:?}: use lowercase letters, digits and '-', at most 63 characters")]
+    #[error("invalid {field} {value:?}: {}", crate::names::LABEL_RULE)]
     InvalidName { field: &'static str, value: String },
     /// not-after is not later than not-before.
     #[error("failed to issue {what}: validity is empty (not-after {} is not after not-before {}); use a positive validity such as 90d", rfc3339(*.not_after), rfc3339(*.not_before))]
@@ -306,7 +306,7 @@ impl fmt::Display for San {
 
 /// Check a Kubernetes DNS label (RFC 1123): a Service name or a namespace.
 fn check_label(field: &'static str, value: &str) -> Result<(), PkiError> {
-    if crate::overlay::is_dns1123_label(value) {
+    if crate::names::is_dns1123_label(value) {
         Ok(())
     } else {
         Err(PkiError::InvalidName {

@@ -3,8 +3,7 @@
 //! [`render`] builds every object of one resolved overlay, in a stable order
 //! (the order they are applied in: setup, secrets, bootstrap, then the app).
 
-use serde::Serialize;
-
+pub use crate::object::{Object, ObjectError};
 use crate::overlay::{Overlay, Workload};
 
 /// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
@@ -43,55 +42,6 @@ pub enum RenderError {
     /// The overlay could not be written into the `kiln-config` ConfigMap.
     #[error("failed to write the overlay into ConfigMap kiln-config: {0}")]
     Config(#[from] crate::yaml::YamlError),
-}
-
-/// One rendered Kubernetes object, ready to be written as YAML.
-///
-/// Typed objects (k8s-openapi structs, kiln's own CRD structs) are converted once
-/// into a JSON value so that the layout code can sort, label and write them uniformly.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Object {
-    /// `apps/v1`, `tekton.dev/v1`, …
-    pub api_version: String,
-    /// `Deployment`, `Task`, …
-    pub kind: String,
-    /// `metadata.name`.
-    pub name: String,
-    /// `metadata.namespace`, for namespaced objects.
-    pub namespace: Option<String>,
-    /// The whole object.
-    pub value: serde_json::Value,
-}
-
-/// An object that could not be turned into a value.
-#[derive(Debug, thiserror::Error)]
-#[error("failed to serialize {kind} {name}: {source}")]
-pub struct ObjectError {
-    kind: String,
-    name: String,
-    source: serde_json::Error,
-}
-
-impl Object {
-    /// Convert a typed object. `api_version`, `kind`, `name` and `namespace` are read back from it.
-    pub fn from_typed<T: Serialize>(typed: &T) -> Result<Self, ObjectError> {
-        let value = serde_json::to_value(typed).map_err(|source| ObjectError {
-            kind: std::any::type_name::<T>().to_string(),
-            name: String::new(),
-            source,
-        })?;
-        let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        Ok(Self {
-            api_version: text(value.get("apiVersion")),
-            kind: text(value.get("kind")),
-            name: text(value.pointer("/metadata/name")),
-            namespace: value
-                .pointer("/metadata/namespace")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-            value,
-        })
-    }
 }
 
 /// Render one resolved overlay: kiln's objects in apply order, then the overlay's extra
@@ -261,23 +211,5 @@ mod tests {
         // Replicas beyond i32 are clamped, not wrapped.
         assert_eq!(deployment.value["spec"]["replicas"], i32::MAX);
         assert!(deployment.value["spec"]["template"]["spec"]["containers"][0]["resources"].is_null());
-    }
-
-    #[test]
-    fn from_typed_reads_identity_back() {
-        let ns = k8s_openapi::api::core::v1::Namespace {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: Some("x".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let object = Object::from_typed(&ns).unwrap();
-        assert_eq!(
-            (object.api_version.as_str(), object.kind.as_str()),
-            ("v1", "Namespace")
-        );
-        assert_eq!(object.name, "x");
-        assert_eq!(object.namespace, None);
     }
 }

@@ -17,9 +17,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-mod inspect;
+mod parse;
 
-pub use inspect::{
+pub use parse::{
     CertSummary, Verified, fingerprint, fingerprint_der, key_matches, parse_bundle, verify_chain,
 };
 

@@ -1,7 +1,8 @@
 //! Laying rendered objects out as files, and writing the tree atomically.
 //!
 //! [`layout`] and [`stream`] are pure: objects in, file contents out. [`write`] and
-//! [`check`] are the IO edge. kiln records the files it wrote in `<out>/.kiln-manifest`
+//! [`check`] are the IO edge; [`replace_dir`] is the one atomic directory writer, for
+//! render's tree and for `kiln certs generate`. kiln records the files it wrote in `<out>/.kiln-manifest`
 //! (and every file it writes starts with a `# Rendered by kiln` header), so a later render
 //! removes the files it no longer renders and never touches anything else.
 //!
@@ -11,6 +12,7 @@
 //! - `flux/kustomization-<overlay>.yaml` and `flux/gitrepository.yaml` (flavor flux).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::object::Object;
@@ -91,6 +93,13 @@ pub enum OutputError {
     /// The output directory is a repository root, or not a directory.
     #[error("failed to use {path} as the output directory: {reason}")]
     BadOut { path: PathBuf, reason: &'static str },
+    /// The staging directory beside the output directory could not be created.
+    #[error("failed to create {path}: is {parent} a writable directory?: {error}")]
+    Stage {
+        path: PathBuf,
+        parent: PathBuf,
+        error: std::io::Error,
+    },
     /// A filesystem step failed.
     #[error("failed to {action} {path}: {error}")]
     Io {
@@ -479,7 +488,7 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
         return Ok(report);
     }
 
-    let (name, parent) = name_and_parent(out).ok_or(OutputError::BadOut {
+    let (_, parent) = name_and_parent(out).ok_or(OutputError::BadOut {
         path: out.to_path_buf(),
         reason: "it has no directory name",
     })?;
@@ -490,22 +499,124 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
         });
     }
     std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    replace_dir(out, Access::Shared, |stage| fill(out, stage, &plan))?;
+    Ok(report)
+}
+
+/// Who may read the tree [`replace_dir`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// As the umask allows, and a replaced directory keeps its permissions: rendered manifests.
+    Shared,
+    /// The owner only: directories 0700, files 0600 and synced to disk before the swap: keys.
+    Private,
+}
+
+/// The staging directory [`replace_dir`] hands to its `fill`: files go in by relative path.
+#[derive(Debug)]
+pub struct Stage {
+    root: PathBuf,
+    access: Access,
+    /// Directories known to exist, so each is created once.
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Stage {
+    /// Create the directory `rel` and its parents inside the stage; returns its full path.
+    pub fn dir(&mut self, rel: &Path) -> Result<PathBuf, OutputError> {
+        let path = self.root.join(rel);
+        if !self.dirs.contains(&path) {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            if self.access == Access::Private {
+                builder.mode(0o700);
+            }
+            builder.create(&path).map_err(io("create", &path))?;
+            self.dirs.insert(path.clone());
+        }
+        Ok(path)
+    }
+
+    /// The full path of `rel` inside the stage, its parent directory created: for what is
+    /// not a new file (a link, a copy).
+    pub fn place(&mut self, rel: &Path) -> Result<PathBuf, OutputError> {
+        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            self.dir(parent)?;
+        }
+        Ok(self.root.join(rel))
+    }
+
+    /// Write a new file at `rel`.
+    pub fn write(&mut self, rel: &Path, contents: &[u8]) -> Result<(), OutputError> {
+        let path = self.place(rel)?;
+        match self.access {
+            Access::Shared => std::fs::write(&path, contents).map_err(io("write", &path)),
+            Access::Private => {
+                use std::io::Write as _;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io("create", &path))?;
+                file.write_all(contents)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io("write", &path))
+            }
+        }
+    }
+}
+
+/// Replace the directory `out` with the tree `fill` writes, atomically: `fill` writes into a
+/// fresh staging directory `.<name>.kiln-tmp-<pid>` beside `out` (whose parent must exist),
+/// which then takes the place of `out` ([`swap`]; the old tree goes to `.<name>.kiln-old-<pid>`
+/// for the moment between the two renames). On any failure the staging directory is removed
+/// and `out` is left as it was. `kiln render` and `kiln certs generate` both write this way.
+pub fn replace_dir(
+    out: &Path,
+    access: Access,
+    fill: impl FnOnce(&mut Stage) -> Result<(), OutputError>,
+) -> Result<(), OutputError> {
+    let (name, parent) = name_and_parent(out).ok_or(OutputError::BadOut {
+        path: out.to_path_buf(),
+        reason: "it has no directory name",
+    })?;
     let pid = std::process::id();
-    let tmp = parent.join(format!(".{name}.kiln-new-{pid}"));
+    let tmp = parent.join(format!(".{name}.kiln-tmp-{pid}"));
     let old = parent.join(format!(".{name}.kiln-old-{pid}"));
+    // Only a run of an earlier process with the same id leaves these behind.
     for leftover in [&tmp, &old] {
         if leftover.exists() {
             std::fs::remove_dir_all(leftover).map_err(io("remove leftover", leftover))?;
         }
     }
-    std::fs::create_dir(&tmp).map_err(io("create", &tmp))?;
-    match fill(out, &tmp, &plan).and_then(|()| swap(out, &tmp, &old)) {
-        Ok(()) => Ok(report),
-        Err(err) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Err(err)
-        }
+    let mut builder = std::fs::DirBuilder::new();
+    if access == Access::Private {
+        builder.mode(0o700);
     }
+    builder.create(&tmp).map_err(|error| OutputError::Stage {
+        path: tmp.clone(),
+        parent: parent.clone(),
+        error,
+    })?;
+    let mut stage = Stage {
+        root: tmp.clone(),
+        access,
+        dirs: BTreeSet::from([tmp.clone()]),
+    };
+    let result = (|| {
+        if access == Access::Shared
+            && let Ok(meta) = std::fs::metadata(out)
+        {
+            std::fs::set_permissions(&tmp, meta.permissions()).map_err(io("set permissions of", &tmp))?;
+        }
+        fill(&mut stage)?;
+        swap(out, &tmp, &old)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
 }
 
 /// The directory name of `out` and the directory that holds it (`.` for a bare name):
@@ -517,6 +628,43 @@ pub fn name_and_parent(out: &Path) -> Option<(String, PathBuf)> {
         _ => PathBuf::from("."),
     };
     Some((name, parent))
+}
+
+/// The first entry below `dir` (in name order, depth first) that `expected` refuses, given
+/// its path relative to `dir` and whether it is a directory (a symlink is not); directories
+/// it accepts are looked into. Before a tool replaces a directory it wrote, this finds what
+/// it did not write, so that it never deletes anything else (think `--out ~`).
+pub fn foreign_entry(
+    dir: &Path,
+    expected: impl Fn(&Path, bool) -> bool,
+) -> Result<Option<PathBuf>, OutputError> {
+    fn walk(
+        dir: &Path,
+        rel: &Path,
+        expected: &dyn Fn(&Path, bool) -> bool,
+    ) -> Result<Option<PathBuf>, OutputError> {
+        let mut entries = std::fs::read_dir(dir)
+            .map_err(io("list", dir))?
+            .map(|entry| {
+                let entry = entry?;
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                Ok((entry.file_name(), entry.path(), is_dir))
+            })
+            .collect::<Result<Vec<_>, std::io::Error>>()
+            .map_err(io("list", dir))?;
+        entries.sort();
+        for (name, path, is_dir) in entries {
+            let rel = rel.join(name);
+            if !expected(&rel, is_dir) {
+                return Ok(Some(path));
+            }
+            if is_dir && let Some(found) = walk(&path, &rel, expected)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+    walk(dir, Path::new(""), &expected)
 }
 
 /// A render killed between the two renames of [`swap`] leaves no `out`, only
@@ -549,30 +697,14 @@ fn restore_interrupted(out: &Path) -> Result<(), OutputError> {
     Ok(())
 }
 
-fn fill(out: &Path, tmp: &Path, plan: &Plan) -> Result<(), OutputError> {
-    if let Ok(meta) = std::fs::metadata(out) {
-        std::fs::set_permissions(tmp, meta.permissions()).map_err(io("set permissions of", tmp))?;
-    }
-    let mut created: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut ensure_parent = |path: &Path| -> Result<(), OutputError> {
-        match path.parent() {
-            Some(parent) if !created.contains(parent) => {
-                std::fs::create_dir_all(parent).map_err(io("create", parent))?;
-                created.insert(parent.to_path_buf());
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    };
+/// Fill the stage of a [`write`]: the rendered files, then what is carried over from `out`.
+fn fill(out: &Path, stage: &mut Stage, plan: &Plan) -> Result<(), OutputError> {
     for (path, content) in &plan.files {
-        let target = tmp.join(path);
-        ensure_parent(&target)?;
-        std::fs::write(&target, content).map_err(io("write", &target))?;
+        stage.write(Path::new(path), content.as_bytes())?;
     }
     for path in &plan.carried {
         let from = out.join(path);
-        let to = tmp.join(path);
-        ensure_parent(&to)?;
+        let to = stage.place(Path::new(path))?;
         if from.is_symlink() {
             let link = std::fs::read_link(&from).map_err(io("read link", &from))?;
             std::os::unix::fs::symlink(&link, &to).map_err(io("link", &to))?;
@@ -581,8 +713,7 @@ fn fill(out: &Path, tmp: &Path, plan: &Plan) -> Result<(), OutputError> {
         }
     }
     for dir in &plan.empty_dirs {
-        let to = tmp.join(dir);
-        std::fs::create_dir_all(&to).map_err(io("create", &to))?;
+        stage.dir(Path::new(dir))?;
     }
     Ok(())
 }

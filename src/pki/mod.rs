@@ -1,14 +1,17 @@
 //! The mTLS PKI for buildkitd: CA, daemon and client certificates.
 //!
-//! Pure: no file or cluster IO. The clock, validity and serials are passed in,
-//! so every function here gives the same answer for the same input (apart from
-//! freshly generated keys).
+//! Pure apart from [`inspect::inspect`], which reads the files it is pointed at: no other
+//! file or cluster IO. The clock, validity and serials are passed in, so every function
+//! here gives the same answer for the same input (apart from freshly generated keys).
 //!
 //! - [`issue_ca`] makes a self-signed CA; [`issue_leaf`] signs a daemon
 //!   (serverAuth) or client (clientAuth) certificate with it.
 //! - [`daemon_sans`] lists the names the buildkitd Service answers to.
 //! - [`parse_bundle`], [`verify_chain`], [`key_matches`] and [`fingerprint`]
-//!   read certificates back (for `kiln certs inspect`, rotation and preflight).
+//!   read certificates back (for `kiln certs inspect`, rotation and preflight);
+//!   PEM is read with x509-parser's reader, never split by hand.
+//! - [`generate`] lays a fresh CA and both leaves out as the files and Secret manifests
+//!   of `kiln certs generate`; [`inspect`] finds and checks certificates for `kiln certs inspect`.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -17,6 +20,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub mod generate;
+pub mod inspect;
 mod parse;
 
 pub use parse::{
@@ -50,6 +55,10 @@ pub enum SecretFormat {
     /// `ca.crt`, `tls.crt`, `tls.key` in a `kubernetes.io/tls` Secret (cert-manager's names).
     Tls,
 }
+
+/// The (CA bundle, certificate, key) names of every [`SecretFormat`], in the order files
+/// and Secret keys are looked for.
+pub const NAME_SETS: [(&str, &str, &str); 2] = [SecretFormat::Pem.key_names(), SecretFormat::Tls.key_names()];
 
 impl SecretFormat {
     /// The key names for (CA bundle, certificate, private key).

@@ -1,4 +1,4 @@
-//! Reading certificates back: summaries, fingerprints, chain and key checks.
+//! Reading certificates back: PEM blocks, summaries, fingerprints, chain and key checks.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -9,7 +9,7 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::pem::Pem;
 
-use super::{PkiError, hex};
+use super::{PkiError, hex, pem_encode};
 
 /// What `kiln certs inspect` shows about one certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,6 +63,27 @@ fn certificate_ders(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
         return Err(PkiError::NoCertificate);
     }
     Ok(ders)
+}
+
+/// Every `CERTIFICATE` block of `pem`, each as a PEM of its own, in order: for the checks
+/// that look at one certificate of a bundle at a time.
+pub(super) fn certificate_pems(pem: &str) -> Result<Vec<String>, PkiError> {
+    Ok(certificate_ders(pem)?
+        .iter()
+        .map(|der| pem_encode("CERTIFICATE", der))
+        .collect())
+}
+
+/// The first private key block (`BEGIN … PRIVATE KEY`) of `pem`, as a PEM of its own;
+/// None when there is none (or the PEM cannot be read up to it).
+pub(super) fn private_key_block(pem: &str) -> Option<String> {
+    for block in Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.ok()?;
+        if block.label.ends_with("PRIVATE KEY") {
+            return Some(pem_encode(&block.label, &block.contents));
+        }
+    }
+    None
 }
 
 fn parse_ders(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, PkiError> {
@@ -301,4 +322,29 @@ pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool, PkiError> {
         message: e.to_string(),
     })?;
     Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_read_one_by_one() {
+        let text = "junk\n-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n";
+        let certs = certificate_pems(text).unwrap();
+        assert_eq!(
+            certs,
+            [
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n",
+            ]
+        );
+        assert_eq!(
+            private_key_block(text).as_deref(),
+            Some("-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n")
+        );
+        assert_eq!(private_key_block("-----BEGIN CERTIFICATE-----\n"), None);
+        let ec = "-----BEGIN EC PRIVATE KEY-----\nDDDD\n-----END EC PRIVATE KEY-----\n";
+        assert_eq!(private_key_block(ec).as_deref(), Some(ec));
+    }
 }

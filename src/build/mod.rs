@@ -2,7 +2,8 @@
 //!
 //! The pure parts live here and in [`ring`]: reading image references, build args,
 //! platforms and daemon addresses, choosing the daemon candidates, and turning
-//! buildctl's metadata file into Tekton results. [`preflight`] checks the client
+//! buildctl's metadata file into Tekton results ([`resolve_dockerfile`] alone looks at
+//! the file system). [`preflight`] checks the client
 //! certificates (pure) and shakes hands with the daemon (network edge);
 //! [`buildctl`] builds the command line (pure) and runs it (process edge).
 
@@ -48,6 +49,22 @@ pub enum BuildError {
         "buildctl metadata file {path} has no containerimage.digest although the image was pushed: the build did not export an image; check the buildctl output above"
     )]
     MissingDigest { path: String },
+    /// `--context` is not a directory.
+    #[error(
+        "build context {path} is not a directory: check --context (the CONTEXT param, relative to the source workspace)"
+    )]
+    NoContext { path: PathBuf },
+    /// No `--dockerfile` and no `Dockerfile` in the context.
+    #[error("no Dockerfile at {path}: add one to the context or pass --dockerfile (the DOCKERFILE param)")]
+    NoDockerfile { path: PathBuf },
+    /// An absolute `--dockerfile` that does not exist.
+    #[error("Dockerfile {path} does not exist: check --dockerfile (the DOCKERFILE param)")]
+    MissingDockerfile { path: PathBuf },
+    /// A relative `--dockerfile` found neither in the context nor in the working directory.
+    #[error(
+        "Dockerfile {given} does not exist in the context ({in_context}) or the working directory: check --dockerfile (the DOCKERFILE param)"
+    )]
+    DockerfileNotFound { given: PathBuf, in_context: PathBuf },
 }
 
 /// An image reference such as `registry.example.com/team/app:1.0@sha256:…`.
@@ -388,6 +405,43 @@ pub fn normalize_path(path: &Path) -> PathBuf {
         out.push(".");
     }
     out
+}
+
+/// The Dockerfile to build from `context` (a directory, checked): `dockerfile` if given,
+/// relative paths looked up in the context first, then in the working directory; else
+/// `<context>/Dockerfile`. Reads the file system.
+pub fn resolve_dockerfile(context: &Path, dockerfile: Option<&Path>) -> Result<PathBuf, BuildError> {
+    if !context.is_dir() {
+        return Err(BuildError::NoContext {
+            path: context.to_path_buf(),
+        });
+    }
+    let Some(given) = dockerfile else {
+        let default = context.join("Dockerfile");
+        if default.is_file() {
+            return Ok(default);
+        }
+        return Err(BuildError::NoDockerfile { path: default });
+    };
+    if given.is_absolute() {
+        if given.is_file() {
+            return Ok(given.to_path_buf());
+        }
+        return Err(BuildError::MissingDockerfile {
+            path: given.to_path_buf(),
+        });
+    }
+    let in_context = normalize_path(&context.join(given));
+    if in_context.is_file() {
+        return Ok(in_context);
+    }
+    if given.is_file() {
+        return Ok(given.to_path_buf());
+    }
+    Err(BuildError::DockerfileNotFound {
+        given: given.to_path_buf(),
+        in_context,
+    })
 }
 
 /// The Tekton results of a build.

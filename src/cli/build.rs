@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -201,40 +201,6 @@ fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(parsed.as_secs().unsigned_abs()))
 }
 
-fn resolve_dockerfile(context: &Path, dockerfile: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let Some(given) = dockerfile else {
-        let default = context.join("Dockerfile");
-        if default.is_file() {
-            return Ok(default);
-        }
-        anyhow::bail!(
-            "no Dockerfile at {}: add one to the context or pass --dockerfile (the DOCKERFILE param)",
-            default.display()
-        );
-    };
-    if given.is_absolute() {
-        if given.is_file() {
-            return Ok(given.to_path_buf());
-        }
-        anyhow::bail!(
-            "Dockerfile {} does not exist: check --dockerfile (the DOCKERFILE param)",
-            given.display()
-        );
-    }
-    let in_context = core::normalize_path(&context.join(given));
-    if in_context.is_file() {
-        return Ok(in_context);
-    }
-    if given.is_file() {
-        return Ok(given.to_path_buf());
-    }
-    anyhow::bail!(
-        "Dockerfile {} does not exist in the context ({}) or the working directory: check --dockerfile (the DOCKERFILE param)",
-        given.display(),
-        in_context.display()
-    )
-}
-
 fn validate(args: BuildArgs) -> anyhow::Result<Config> {
     let image = ImageRef::parse(&args.image).map_err(flag_usage("image"))?;
     let mut build_args = Vec::new();
@@ -306,13 +272,7 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
         });
     // Resolving the Dockerfile touches the file system; do it after every flag is known
     // to be well-formed, so usage errors come first.
-    if !context.is_dir() {
-        anyhow::bail!(
-            "build context {} is not a directory: check --context (the CONTEXT param, relative to the source workspace)",
-            context.display()
-        );
-    }
-    let dockerfile = resolve_dockerfile(&context, dockerfile.as_deref())?;
+    let dockerfile = core::resolve_dockerfile(&context, dockerfile.as_deref())?;
     let push = args.push && !args.no_push;
     Ok(Config {
         spec: BuildSpec {

@@ -17,6 +17,8 @@ pub const KILN_APP: &str = "kiln";
 pub const GENERATED_BY: &str = "kiln.dev/generated-by";
 /// The Argo CD sync-wave annotation.
 pub const SYNC_WAVE: &str = "argocd.argoproj.io/sync-wave";
+/// The annotation that explains, on the object, why a pod cannot meet the restricted standard.
+pub const POD_SECURITY_NOTE: &str = "kiln.dev/pod-security";
 
 /// Argo CD sync waves: what must exist before what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

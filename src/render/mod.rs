@@ -6,9 +6,11 @@
 pub use crate::object::{Object, ObjectError};
 use crate::overlay::{Overlay, Workload};
 
+pub mod config;
 /// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
 pub mod gitops;
 pub mod meta;
+pub mod namespace;
 pub mod network;
 pub mod rotation;
 pub mod secrets;
@@ -73,7 +75,7 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
 
     // Wave -2: setup.
     if overlay.create_namespace {
-        push(Object::from_typed(&workload::namespace(&meta)))?;
+        push(Object::from_typed(&namespace::namespace(&meta)))?;
     }
     push(Object::from_typed(&workload::service_account(&meta)))?;
     push(Object::from_typed(&network::kiln_network_policy(&meta)))?;
@@ -81,7 +83,7 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         push(Object::from_typed(&rotation::service_account(&meta)))?;
         push(Object::from_typed(&rotation::role(&meta)))?;
         push(Object::from_typed(&rotation::role_binding(&meta)))?;
-        push(Object::from_typed(&secrets::config_map(&meta, overlay)?))?;
+        push(Object::from_typed(&config::config_map(&meta, overlay)?))?;
     }
     // Wave -1: the Secret shells.
     for secret in secrets::secrets(&meta) {

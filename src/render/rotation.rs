@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 
+use super::config::{CONFIG_KEY, CONFIG_MAP};
 use super::meta::{self, Component, Meta, Wave};
-use super::secrets::{CONFIG_KEY, CONFIG_MAP};
 use crate::overlay::Workload;
 
 /// The name of the ServiceAccount, Role, RoleBinding and CronJob.

@@ -1,17 +1,8 @@
-//! The three mTLS Secrets as shells (no key material in git) and the `kiln-config` ConfigMap.
+//! The three mTLS Secrets as shells (no key material in git).
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 
 use super::meta::{self, Component, Meta, Wave};
-use crate::overlay::Overlay;
-use crate::yaml::{self, YamlError};
-
-/// The ConfigMap the CronJob and the bootstrap Job read the overlay from.
-pub const CONFIG_MAP: &str = "kiln-config";
-/// The key of the resolved overlay in [`CONFIG_MAP`], mounted at `/etc/kiln/overlay.yaml`.
-pub const CONFIG_KEY: &str = "overlay.yaml";
 
 /// The Secret `type` of the shells.
 ///
@@ -61,28 +52,10 @@ pub fn secrets(meta: &Meta) -> Vec<Secret> {
         .collect()
 }
 
-/// The ConfigMap holding the resolved overlay as YAML.
-///
-/// `extends` is dropped: the settings are already merged, and the parent file does not
-/// exist next to `/etc/kiln/overlay.yaml` for `kiln rotate --config` to load.
-pub fn config_map(meta: &Meta, overlay: &Overlay) -> Result<ConfigMap, YamlError> {
-    let resolved = Overlay {
-        extends: None,
-        ..overlay.clone()
-    };
-    Ok(ConfigMap {
-        metadata: meta.object(CONFIG_MAP, Component::Rotation, Wave::Setup),
-        data: Some(BTreeMap::from([(
-            CONFIG_KEY.to_string(),
-            yaml::to_string(&resolved)?,
-        )])),
-        ..Default::default()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::overlay::Overlay;
     use crate::pki::SecretFormat;
 
     #[test]
@@ -108,44 +81,5 @@ mod tests {
             assert_eq!(a["argocd.argoproj.io/sync-wave"], "-1");
             assert_eq!(a["kiln.dev/secret-keys"], "ca.crt, tls.crt, tls.key");
         }
-    }
-
-    #[test]
-    fn config_map_round_trips_the_overlay() {
-        let mut overlay = Overlay {
-            namespace: "ci".into(),
-            ..Default::default()
-        };
-        overlay.buildkit.replicas = 3;
-        let meta = Meta {
-            overlay: &overlay,
-            instance: "dev",
-        };
-        let cm = config_map(&meta, &overlay).unwrap();
-        let text = &cm.data.unwrap()[CONFIG_KEY];
-        let back: Overlay = crate::yaml::from_str(text, "kiln-config").unwrap();
-        assert_eq!(back, overlay);
-    }
-
-    #[test]
-    fn config_map_drops_extends() {
-        let overlay = Overlay {
-            extends: Some("base".into()),
-            ..Default::default()
-        };
-        let meta = Meta {
-            overlay: &overlay,
-            instance: "dev",
-        };
-        let text = config_map(&meta, &overlay).unwrap().data.unwrap()[CONFIG_KEY].clone();
-        assert!(!text.contains("extends"), "{text}");
-        let back: Overlay = crate::yaml::from_str(&text, "kiln-config").unwrap();
-        assert_eq!(
-            back,
-            Overlay {
-                extends: None,
-                ..overlay
-            }
-        );
     }
 }

@@ -445,7 +445,7 @@ pub fn daemonless_task(meta: &Meta) -> Task {
     meta::annotate(
         &mut metadata,
         &[(
-            super::workload::POD_SECURITY_NOTE,
+            super::meta::POD_SECURITY_NOTE,
             super::workload::pod_security_reason(Mode::Rootless),
         )],
     );

@@ -1,8 +1,8 @@
-//! The buildkitd daemon: Namespace, ServiceAccount, Deployment or StatefulSet, Services, PDB.
+//! The buildkitd daemon: ServiceAccount, Deployment or StatefulSet, Services, PDB.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath, Namespace,
+    AppArmorProfile, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
     Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
@@ -11,11 +11,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::meta::{self, Component, Meta, Wave};
+use super::meta::{self, Component, Meta, POD_SECURITY_NOTE, Wave};
 use crate::overlay::{Mode, RestartStrategy, Workload};
 
-/// The annotation that explains, on the object, why a pod cannot meet the restricted standard.
-pub const POD_SECURITY_NOTE: &str = "kiln.dev/pod-security";
 /// A free-text note on an object, for choices a reader would otherwise wonder about.
 pub const NOTE: &str = "kiln.dev/note";
 
@@ -25,30 +23,6 @@ const ROOTLESS_UID: i64 = 1000;
 const CERTS_DIR: &str = "/certs";
 /// The daemon container's name.
 const CONTAINER: &str = "buildkitd";
-
-/// The Namespace, labelled for the `privileged` Pod Security level the daemon needs.
-pub fn namespace(meta: &Meta) -> Namespace {
-    let mut labels = meta.labels(Component::Namespace);
-    labels.insert("pod-security.kubernetes.io/enforce".into(), "privileged".into());
-    let mut metadata = ObjectMeta {
-        name: Some(meta.namespace().to_string()),
-        labels: Some(labels),
-        annotations: Some(meta.annotations(Wave::Setup)),
-        ..Default::default()
-    };
-    meta::annotate(
-        &mut metadata,
-        &[(
-            POD_SECURITY_NOTE,
-            "privileged: buildkitd needs Unconfined seccomp and AppArmor (rootless) or privileged: true \
-             (privileged, userns), which baseline and restricted forbid; kiln's own pods meet restricted",
-        )],
-    );
-    Namespace {
-        metadata,
-        ..Default::default()
-    }
-}
 
 /// The daemon's ServiceAccount. It holds no RBAC: buildkitd never talks to the API.
 pub fn service_account(meta: &Meta) -> ServiceAccount {

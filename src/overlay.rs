@@ -101,7 +101,8 @@ pub enum Workload {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Buildkit {
-    /// The BuildKit version, such as `v0.23.2`; also the `app.kubernetes.io/version` label.
+    /// The BuildKit version, such as `v0.23.2`; also the `app.kubernetes.io/version` label of
+    /// the daemon's objects (kiln's own objects carry kiln's version).
     pub version: String,
     /// The image repository; the tag is the version, with `-rootless` in rootless mode.
     pub image: String,

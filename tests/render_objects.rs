@@ -236,7 +236,17 @@ fn every_object_is_labelled_and_stamped() {
                 );
             }
             assert_eq!(labels["app.kubernetes.io/instance"], name);
-            assert_eq!(labels["app.kubernetes.io/version"], "v0.23.2");
+            // The version of the app the name label names: BuildKit's for buildkitd's
+            // objects, kiln's for kiln's.
+            let version = match labels["app.kubernetes.io/name"].as_str() {
+                Some("buildkitd") => "v0.23.2",
+                _ => kiln::VERSION,
+            };
+            assert_eq!(
+                labels["app.kubernetes.io/version"], version,
+                "{} {}",
+                object.kind, object.name
+            );
             assert_eq!(labels["app.kubernetes.io/managed-by"], "kiln");
             for (key, value) in &overlay.common_labels {
                 assert_eq!(labels[key], value.as_str(), "{} {}", object.kind, object.name);

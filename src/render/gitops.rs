@@ -52,17 +52,15 @@ fn controller_namespace(gitops: &Gitops, default: &str) -> String {
     }
 }
 
-fn metadata(name: String, namespace: String, overlay_name: &str, overlay: &Overlay) -> ObjectMeta {
+fn metadata(name: String, namespace: String, overlay_name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(namespace),
         labels: Some(BTreeMap::from([
             ("app.kubernetes.io/name".into(), "kiln".into()),
             ("app.kubernetes.io/instance".into(), overlay_name.into()),
-            (
-                "app.kubernetes.io/version".into(),
-                overlay.buildkit.version.clone(),
-            ),
+            // kiln's objects carry kiln's version (see `Meta::version`).
+            ("app.kubernetes.io/version".into(), crate::VERSION.into()),
             ("app.kubernetes.io/component".into(), "gitops".into()),
             ("app.kubernetes.io/part-of".into(), "kiln".into()),
             ("app.kubernetes.io/managed-by".into(), "kiln".into()),
@@ -193,7 +191,6 @@ pub fn application(overlay_name: &str, overlay: &Overlay, path: &str) -> Applica
         app_name(overlay_name),
         controller_namespace(gitops, ARGOCD_NAMESPACE),
         overlay_name,
-        overlay,
     );
     // Deleting the Application deletes what it deployed, like `kubectl delete -k`.
     metadata.finalizers = Some(vec!["resources-finalizer.argocd.argoproj.io".into()]);
@@ -317,12 +314,10 @@ pub fn git_repository(overlay_name: &str, overlay: &Overlay) -> GitRepository {
         GIT_REPOSITORY_NAME.into(),
         controller_namespace(gitops, FLUX_NAMESPACE),
         overlay_name,
-        overlay,
     );
     // Shared by every overlay: no instance label.
     if let Some(labels) = metadata.labels.as_mut() {
         labels.remove("app.kubernetes.io/instance");
-        labels.remove("app.kubernetes.io/version");
     }
     GitRepository {
         api_version: "source.toolkit.fluxcd.io/v1".into(),
@@ -399,7 +394,6 @@ pub fn flux_kustomization(overlay_name: &str, overlay: &Overlay, path: &str) -> 
             app_name(overlay_name),
             controller_namespace(gitops, FLUX_NAMESPACE),
             overlay_name,
-            overlay,
         ),
         spec: FluxKustomizationSpec {
             interval: "10m".into(),

@@ -84,6 +84,19 @@ impl<'a> Meta<'a> {
         &self.overlay.namespace
     }
 
+    /// `app.kubernetes.io/version`: the version of the app that `app.kubernetes.io/name`
+    /// names. The daemon's objects ([`Component::Daemon`]: buildkitd's ServiceAccount,
+    /// Deployment or StatefulSet, Services, NetworkPolicy and PDB) carry BuildKit's version;
+    /// every other object is kiln's (the Namespace, the Secret shells kiln fills, the rotation
+    /// ServiceAccount, Role, RoleBinding, ConfigMap, bootstrap Job and CronJob, the Tasks
+    /// that run `kiln build`, kiln's NetworkPolicy) and carries kiln's own [`crate::VERSION`].
+    pub fn version(&self, component: Component) -> &'a str {
+        match component {
+            Component::Daemon => &self.overlay.buildkit.version,
+            _ => crate::VERSION,
+        }
+    }
+
     /// The recommended labels plus the overlay's commonLabels.
     ///
     /// kiln's own labels win over commonLabels with the same key: selectors depend on them.
@@ -91,10 +104,7 @@ impl<'a> Meta<'a> {
         let mut labels = self.overlay.common_labels.clone();
         labels.extend(self.selector_labels(component));
         for (key, value) in [
-            (
-                "app.kubernetes.io/version",
-                self.overlay.buildkit.version.as_str(),
-            ),
+            ("app.kubernetes.io/version", self.version(component)),
             ("app.kubernetes.io/component", component.as_str()),
             ("app.kubernetes.io/part-of", "kiln"),
             ("app.kubernetes.io/managed-by", "kiln"),
@@ -202,6 +212,13 @@ pub fn non_empty(map: &BTreeMap<String, String>) -> Option<BTreeMap<String, Stri
 mod tests {
     use super::*;
 
+    fn meta(overlay: &Overlay) -> Meta<'_> {
+        Meta {
+            overlay,
+            instance: "dev",
+        }
+    }
+
     fn overlay() -> Overlay {
         Overlay {
             common_labels: BTreeMap::from([
@@ -215,10 +232,7 @@ mod tests {
     #[test]
     fn labels_carry_recommended_keys_and_common_labels() {
         let overlay = overlay();
-        let meta = Meta {
-            overlay: &overlay,
-            instance: "dev",
-        };
+        let meta = meta(&overlay);
         let labels = meta.labels(Component::Daemon);
         assert_eq!(labels["app.kubernetes.io/name"], "buildkitd");
         assert_eq!(labels["app.kubernetes.io/instance"], "dev");
@@ -231,12 +245,31 @@ mod tests {
     }
 
     #[test]
+    fn the_daemon_carries_buildkits_version_and_the_rest_kilns() {
+        let overlay = overlay();
+        let meta = meta(&overlay);
+        assert_ne!(overlay.buildkit.version, crate::VERSION);
+        for component in [
+            Component::Namespace,
+            Component::BuildTask,
+            Component::Certs,
+            Component::Rotation,
+        ] {
+            assert_eq!(
+                meta.labels(component)["app.kubernetes.io/version"],
+                crate::VERSION
+            );
+        }
+        assert_eq!(
+            meta.labels(Component::Daemon)["app.kubernetes.io/version"],
+            overlay.buildkit.version
+        );
+    }
+
+    #[test]
     fn selector_has_no_version() {
         let overlay = overlay();
-        let meta = Meta {
-            overlay: &overlay,
-            instance: "dev",
-        };
+        let meta = meta(&overlay);
         let selector = meta.selector_labels(Component::Daemon);
         assert_eq!(selector.len(), 2);
         assert!(!selector.contains_key("app.kubernetes.io/version"));
@@ -245,10 +278,7 @@ mod tests {
     #[test]
     fn annotations_stamp_version_and_wave() {
         let overlay = overlay();
-        let meta = Meta {
-            overlay: &overlay,
-            instance: "dev",
-        };
+        let meta = meta(&overlay);
         let annotations = meta.annotations(Wave::Secrets);
         assert_eq!(annotations[GENERATED_BY], format!("kiln {}", crate::VERSION));
         assert_eq!(annotations[SYNC_WAVE], "-1");

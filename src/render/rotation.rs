@@ -67,7 +67,9 @@ pub fn role(meta: &Meta) -> Role {
                     secrets.daemon.clone(),
                     secrets.client.clone(),
                 ]),
-                &["get", "update", "patch"],
+                // kiln rotate reads the Secrets and writes them with PUT (update); it never
+                // creates them (the shells are rendered) and never patches them.
+                &["get", "update"],
             ),
             rule(
                 "apps",

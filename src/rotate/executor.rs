@@ -78,19 +78,22 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The workload's identity in a restart.
 #[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
 struct ApplyMeta {
     name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    namespace: String,
+}
+
+/// The pod template's metadata in a restart: its annotations only (a template has no name).
+#[derive(Debug, Serialize)]
+struct ApplyTemplateMeta {
     annotations: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
 struct ApplyTemplate {
-    metadata: ApplyMeta,
+    metadata: ApplyTemplateMeta,
 }
 
 #[derive(Debug, Serialize)]
@@ -363,14 +366,11 @@ impl Cluster for KubeCluster {
             kind,
             metadata: ApplyMeta {
                 name: name.clone(),
-                namespace: Some(self.namespace.clone()),
-                annotations: BTreeMap::new(),
+                namespace: self.namespace.clone(),
             },
             spec: ApplySpec {
                 template: ApplyTemplate {
-                    metadata: ApplyMeta {
-                        name: String::new(),
-                        namespace: None,
+                    metadata: ApplyTemplateMeta {
                         annotations: BTreeMap::from([
                             (state::ANN_RESTARTED_AT.to_string(), restart.restarted_at.clone()),
                             (state::ANN_DAEMON_CERTS.to_string(), restart.daemon_certs.clone()),

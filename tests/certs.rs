@@ -1284,18 +1284,15 @@ fn generated_secrets_pass_kubernetes_validate() {
         .iter()
         .map(|f| certs.join(f))
         .collect();
-        let result = Command::new(&validate)
-            .args(["--strict", "--kubernetes-version", "1.30.0"])
-            .args(&files)
-            .output()
-            .unwrap();
-        let report = format!("{}{}", stdout(&result), stderr(&result));
-        assert!(result.status.success(), "{format}: {report}");
-        assert_eq!(
-            report.matches(" passed for resource secret/").count(),
-            3,
-            "{report}"
-        );
+        for version in support::KUBE_VERSIONS {
+            let (ok, report) = support::kubernetes_validate(&validate, version, &files);
+            assert!(ok, "{format}, Kubernetes {version}: {report}");
+            assert_eq!(
+                report.matches(" passed for resource secret/").count(),
+                3,
+                "{report}"
+            );
+        }
     }
 }
 

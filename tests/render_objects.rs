@@ -463,7 +463,7 @@ fn daemonless_script_builds_the_buildctl_command_and_writes_results() {
 }
 
 /// Every core object of every mode and workload passes `kubernetes-validate --strict`
-/// for the oldest (1.30: AppArmor fields) and newest supported Kubernetes.
+/// for the oldest and newest supported Kubernetes (`support::KUBE_VERSIONS`).
 #[test]
 fn core_objects_pass_kubernetes_validate_in_every_mode() {
     let Some(validate) = support::tool("kubernetes-validate") else {
@@ -490,17 +490,8 @@ fn core_objects_pass_kubernetes_validate_in_every_mode() {
             }
         }
     }
-    for version in ["1.30.0", "1.37.0"] {
-        let output = std::process::Command::new(&validate)
-            .args(["--strict", "--quiet", "-k", version])
-            .args(&files)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "kubernetes-validate {version} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+    for version in support::KUBE_VERSIONS {
+        let (passed, report) = support::kubernetes_validate(&validate, version, &files);
+        assert!(passed, "kubernetes-validate {version} failed:\n{report}");
     }
 }

@@ -1,7 +1,7 @@
 //! Rendered output against real tools: every overlay directory builds with `kubectl kustomize`,
-//! and every core object passes `kubernetes-validate --strict` for Kubernetes 1.30 and 1.37
-//! (the newest schemas kubernetes-validate ships). Without the tools (plain `cargo test`
-//! outside CI) the tests say SKIPPED and pass; under CI a missing tool fails.
+//! and every core object passes `kubernetes-validate --strict` for the oldest and newest
+//! Kubernetes kiln supports (`support::KUBE_VERSIONS`: 1.30 and 1.37). Without the tools
+//! (plain `cargo test` outside CI) the tests say SKIPPED and pass; under CI a missing tool fails.
 
 mod support;
 
@@ -133,18 +133,9 @@ fn every_core_object_passes_kubernetes_validate_strict() {
     files.extend(core_files(&qa_out));
     assert!(files.len() > 50, "{} files", files.len());
 
-    for version in ["1.30.0", "1.37.0"] {
-        let result = Command::new(&validate)
-            .args(["--strict", "--kubernetes-version", version])
-            .args(&files)
-            .output()
-            .unwrap();
-        let report = format!(
-            "{}{}",
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        );
-        assert!(result.status.success(), "Kubernetes {version}:\n{report}");
+    for version in support::KUBE_VERSIONS {
+        let (ok, report) = support::kubernetes_validate(&validate, version, &files);
+        assert!(ok, "Kubernetes {version}:\n{report}");
         let passed = report
             .lines()
             .filter(|l| l.contains(" passed for resource "))

@@ -4,6 +4,28 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The Kubernetes versions `kubernetes-validate --strict` checks rendered objects against,
+/// oldest and newest. 1.30 is the oldest kiln supports: the first with AppArmor as a
+/// securityContext field, which the rootless daemon uses. 1.37 is the newest whose schemas
+/// kubernetes-validate ships. kiln's typed objects are built against k8s-openapi's `earliest`
+/// API (Cargo.toml), which is newer than 1.30, so the 1.30 check catches a field that old
+/// clusters lack and the 1.37 check one that new clusters dropped.
+pub const KUBE_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
+
+/// Run `kubernetes-validate --strict` (found by [`tool`]) on `files` for Kubernetes
+/// `version`: whether it passed, and its stdout and stderr.
+pub fn kubernetes_validate(validate: &Path, version: &str, files: &[PathBuf]) -> (bool, String) {
+    let output = Command::new(validate)
+        .args(["--strict", "--kubernetes-version", version])
+        .args(files)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!("{}{}", stdout(&output), stderr(&output)),
+    )
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -56,7 +56,7 @@ pub fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Find an external tool (kubectl, kubernetes-validate, openssl, mkcert, checkov) in
+/// Find an external tool (kubectl, kubernetes-validate, openssl, checkov) in
 /// `.tools/bin` (installed by scripts/install-test-tools) or on PATH.
 ///
 /// Returns None, after saying so on stderr, when the tool is missing under plain

@@ -42,7 +42,7 @@ fn issue(ca: &Issued, kind: LeafKind, sans: Vec<pki::San>) -> Result<Issued, Err
 
 /// A loopback mTLS server answering the HTTP/2 preface with SETTINGS, one thread per connection.
 fn serve(ca: &Issued, daemon: &Issued) -> Result<SocketAddr, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
         roots.add(cert?)?;

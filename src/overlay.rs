@@ -54,6 +54,57 @@ pub struct Overlay {
     pub kiln: Kiln,
     /// How the output is laid out for a GitOps tool.
     pub gitops: Gitops,
+    /// Team namespaces whose TaskRuns build against this farm. Each gets a client Secret of its
+    /// own, renewed by the farm's CronJob. The farm's own namespace is always a tenant.
+    pub tenants: Vec<Tenant>,
+}
+
+/// A team namespace that builds against the farm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tenant {
+    /// The namespace the team's TaskRuns run in. kiln does not create it.
+    pub namespace: String,
+    /// Render a copy of the Task in this namespace (false: only the client Secret).
+    #[serde(default = "default_true")]
+    pub task: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How long past the Tekton build timeout a draining buildkitd pod is given before the
+/// kubelet kills it: the preStop poll interval, buildkitd's own shutdown, and slack.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+impl Overlay {
+    /// Every namespace that holds a client Secret: the farm's own first, then the tenants
+    /// in the order the overlay lists them.
+    pub fn tenant_namespaces(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.namespace.as_str()).chain(self.tenants.iter().map(|t| t.namespace.as_str()))
+    }
+
+    /// The `terminationGracePeriodSeconds` of a buildkitd pod: the longest build (the Tekton
+    /// timeout) may finish while the preStop hook drains, plus [`DRAIN_MARGIN`].
+    pub fn termination_grace(&self) -> Duration {
+        Duration::from_secs(
+            self.tekton
+                .timeout
+                .as_secs()
+                .saturating_add(DRAIN_MARGIN.as_secs()),
+        )
+    }
+
+    /// The longest a rolling restart of every replica can take: replicas restart one at a
+    /// time and each may drain for the whole grace period.
+    pub fn worst_case_restart(&self) -> Duration {
+        Duration::from_secs(
+            self.termination_grace()
+                .as_secs()
+                .saturating_mul(i64::from(self.buildkit.replicas.max(1))),
+        )
+    }
 }
 
 impl Default for Overlay {
@@ -69,6 +120,7 @@ impl Default for Overlay {
             rotation: Rotation::default(),
             kiln: Kiln::default(),
             gitops: Gitops::default(),
+            tenants: Vec::new(),
         }
     }
 }

@@ -122,7 +122,7 @@ fn serve(trusted_ca: &str, daemon: &Issued) -> Server {
 
 /// `speak_http2: false` completes TLS, then stays silent: a TLS server that is not buildkitd.
 fn serve_with(trusted_ca: &str, daemon: &Issued, speak_http2: bool) -> Server {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(trusted_ca.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();

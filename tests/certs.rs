@@ -388,8 +388,8 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     // clap's own checks: an unknown algorithm and a negative validity (exit 2).
     for (args, needle) in [
         (
-            &["--algorithm", "rsa-2048"][..],
-            "invalid value 'rsa-2048' for '--algorithm <ALGORITHM>'",
+            &["--algorithm", "rsa-1024"][..],
+            "invalid value 'rsa-1024' for '--algorithm <ALGORITHM>'",
         ),
         (
             &["--validity=-5d"][..],
@@ -907,7 +907,7 @@ fn openssl_s_server_and_s_client_complete_an_mtls_handshake() {
 // -------------------------------------------------------------------- rustls
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn certs_of(pem: &str) -> Vec<CertificateDer<'static>> {

@@ -308,7 +308,7 @@ pub fn client_config(
         .map_err(|e| tls_error(format!("the client certificate: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
         .map_err(|e| tls_error(format!("the client key: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error(e.to_string()))?

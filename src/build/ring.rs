@@ -22,7 +22,7 @@ pub struct Ring {
 }
 
 fn hash64(text: &str) -> u64 {
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest.as_ref()[..8]);
     u64::from_be_bytes(first)

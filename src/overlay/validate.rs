@@ -94,6 +94,28 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
         }
     };
     label(&mut out, "namespace", &o.namespace);
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, tenant) in o.tenants.iter().enumerate() {
+        let field = format!("tenants[{i}].namespace");
+        label(&mut out, &field, &tenant.namespace);
+        if tenant.namespace == o.namespace {
+            out.push(invalid(
+                field,
+                format!(
+                    "{:?} is the farm's own namespace, which is always a tenant; remove this entry",
+                    tenant.namespace
+                ),
+            ));
+        } else if !seen.insert(tenant.namespace.as_str()) {
+            out.push(invalid(
+                field,
+                format!(
+                    "{:?} is listed twice; list each tenant namespace once",
+                    tenant.namespace
+                ),
+            ));
+        }
+    }
     for (key, value) in &o.common_labels {
         if !is_label_key(key) {
             out.push(invalid(

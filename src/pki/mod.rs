@@ -41,6 +41,18 @@ pub enum Algorithm {
     EcdsaP384,
     /// Ed25519 (Go's crypto/tls, and so buildkitd, accepts it).
     Ed25519,
+    /// RSA with a 2048-bit modulus, signed with SHA-256 (what mkcert and the seed's flow make).
+    #[serde(rename = "rsa-2048")]
+    #[value(name = "rsa-2048")]
+    Rsa2048,
+    /// RSA with a 3072-bit modulus, signed with SHA-256.
+    #[serde(rename = "rsa-3072")]
+    #[value(name = "rsa-3072")]
+    Rsa3072,
+    /// RSA with a 4096-bit modulus, signed with SHA-256 (slow to generate: about a second).
+    #[serde(rename = "rsa-4096")]
+    #[value(name = "rsa-4096")]
+    Rsa4096,
 }
 
 /// How certificates are laid out in the Secrets and on disk.
@@ -87,6 +99,7 @@ impl Algorithm {
             Algorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             Algorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             Algorithm::Ed25519 => &rcgen::PKCS_ED25519,
+            Algorithm::Rsa2048 | Algorithm::Rsa3072 | Algorithm::Rsa4096 => &rcgen::PKCS_RSA_SHA256,
         }
     }
 
@@ -96,8 +109,21 @@ impl Algorithm {
             Algorithm::EcdsaP256 => "ecdsa-p256",
             Algorithm::EcdsaP384 => "ecdsa-p384",
             Algorithm::Ed25519 => "ed25519",
+            Algorithm::Rsa2048 => "rsa-2048",
+            Algorithm::Rsa3072 => "rsa-3072",
+            Algorithm::Rsa4096 => "rsa-4096",
         }
     }
+
+    /// Every algorithm, in the order `--help` lists them.
+    pub const ALL: [Algorithm; 6] = [
+        Algorithm::EcdsaP256,
+        Algorithm::EcdsaP384,
+        Algorithm::Ed25519,
+        Algorithm::Rsa2048,
+        Algorithm::Rsa3072,
+        Algorithm::Rsa4096,
+    ];
 }
 
 impl fmt::Display for Algorithm {
@@ -199,13 +225,10 @@ pub enum PkiError {
 pub struct Serial([u8; 16]);
 
 impl Serial {
-    /// A fresh serial from the system CSPRNG (ring's `SystemRandom`).
+    /// A fresh serial from the system CSPRNG (aws-lc-rs).
     pub fn random() -> Result<Self, PkiError> {
-        use ring::rand::SecureRandom;
         let mut bytes = [0u8; 16];
-        ring::rand::SystemRandom::new()
-            .fill(&mut bytes)
-            .map_err(|_| PkiError::Random)?;
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| PkiError::Random)?;
         Ok(Self::from_bytes(bytes))
     }
 
@@ -496,33 +519,34 @@ pub struct LeafRequest {
 }
 
 fn generate_key(algorithm: Algorithm) -> Result<rcgen::KeyPair, PkiError> {
-    rcgen::KeyPair::generate_for(algorithm.signature_algorithm()).map_err(|e| PkiError::KeyGeneration {
-        algorithm,
-        message: e.to_string(),
-    })
+    let failed = |message: String| PkiError::KeyGeneration { algorithm, message };
+    let rsa = |size| {
+        rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size).map_err(|e| failed(e.to_string()))
+    };
+    match algorithm {
+        Algorithm::EcdsaP256 | Algorithm::EcdsaP384 => {
+            rcgen::KeyPair::generate_for(algorithm.signature_algorithm()).map_err(|e| failed(e.to_string()))
+        }
+        // rcgen keeps whatever PKCS#8 document the backend generated, and for Ed25519 that
+        // is the v2 form (RFC 5958, public key appended), which OpenSSL 3.0 refuses. So the
+        // key is generated here and serialized as the v1 form of RFC 8410 that OpenSSL,
+        // Go's crypto/x509 (buildkitd, buildctl) and rustls all read.
+        Algorithm::Ed25519 => {
+            let key = aws_lc_rs::signature::Ed25519KeyPair::generate().map_err(|e| failed(e.to_string()))?;
+            let der = key.to_pkcs8v1().map_err(|e| failed(e.to_string()))?;
+            let der = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_ref().to_vec());
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+                .map_err(|e| failed(e.to_string()))
+        }
+        Algorithm::Rsa2048 => rsa(rcgen::RsaKeySize::_2048),
+        Algorithm::Rsa3072 => rsa(rcgen::RsaKeySize::_3072),
+        Algorithm::Rsa4096 => rsa(rcgen::RsaKeySize::_4096),
+    }
 }
 
-/// The private key as unencrypted PKCS#8 PEM that every consumer reads.
-///
-/// ring writes Ed25519 keys as PKCS#8 v2 (RFC 5958, with the public key appended);
-/// OpenSSL 3.0 refuses those, so they are rewritten as the plain v1 form of RFC 8410,
-/// which OpenSSL, Go's crypto/x509 (buildkitd, buildctl), rustls and ring all read.
+/// The private key as unencrypted PKCS#8 PEM, the form every consumer reads.
 fn private_key_pem(key: &rcgen::KeyPair) -> String {
-    const V2_PREFIX: [u8; 16] = [
-        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-    ];
-    const V1_PREFIX: [u8; 16] = [
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-    ];
-    let der = key.serialize_der();
-    match der.strip_prefix(&V2_PREFIX[..]) {
-        Some(rest) if rest.len() >= 32 => {
-            let mut v1 = V1_PREFIX.to_vec();
-            v1.extend_from_slice(&rest[..32]);
-            pem_encode("PRIVATE KEY", &v1)
-        }
-        _ => key.serialize_pem(),
-    }
+    pem_encode("PRIVATE KEY", &key.serialize_der())
 }
 
 /// PEM with 64-character lines, as OpenSSL writes it.
@@ -774,7 +798,7 @@ mod tests {
 
     #[test]
     fn ca_is_a_constrained_ca_with_the_requested_fields() {
-        for algorithm in [Algorithm::EcdsaP256, Algorithm::EcdsaP384, Algorithm::Ed25519] {
+        for algorithm in Algorithm::ALL {
             let ca = ca(algorithm, 365, 0xabcdef);
             let summary = ca.summary().unwrap();
             assert!(summary.is_ca);
@@ -801,7 +825,7 @@ mod tests {
 
     #[test]
     fn leaves_chain_to_their_ca_with_the_right_usage() {
-        for algorithm in [Algorithm::EcdsaP256, Algorithm::EcdsaP384, Algorithm::Ed25519] {
+        for algorithm in Algorithm::ALL {
             let ca = ca(algorithm, 365, 1);
             for (kind, eku) in [(LeafKind::Daemon, "serverAuth"), (LeafKind::Client, "clientAuth")] {
                 let leaf = issue_leaf(&ca, &leaf_request(kind, algorithm, 90)).unwrap();
@@ -1028,7 +1052,7 @@ mod tests {
 
     #[test]
     fn algorithm_names_match_serde() {
-        for algorithm in [Algorithm::EcdsaP256, Algorithm::EcdsaP384, Algorithm::Ed25519] {
+        for algorithm in Algorithm::ALL {
             assert_eq!(serde_json::to_value(algorithm).unwrap(), algorithm.name());
         }
     }

@@ -114,7 +114,7 @@ fn parse_first(ders: &[Vec<u8>]) -> Result<(&[u8], X509Certificate<'_>), PkiErro
 
 /// SHA-256 of DER bytes, lowercase hex.
 pub fn fingerprint_der(der: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
 }
 
 /// The SHA-256 fingerprint (lowercase hex of the DER) of the first certificate in `pem`.

@@ -269,7 +269,7 @@ pub fn content_version(cert_fingerprint: &str, bundle: &[String]) -> String {
         text.push(',');
         text.push_str(fp);
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -7,6 +7,10 @@ use serde::Serialize;
 
 use crate::overlay::{Overlay, Workload};
 
+/// buildkitd.toml: GC sized from the cache volume, plus `buildkit.config`.
+pub mod buildkitd;
+/// The buildkitd preStop drain hook.
+pub mod drain;
 /// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
 pub mod gitops;
 pub mod meta;
@@ -43,6 +47,9 @@ pub enum RenderError {
     /// The overlay could not be written into the `kiln-config` ConfigMap.
     #[error("failed to write the overlay into ConfigMap kiln-config: {0}")]
     Config(#[from] crate::yaml::YamlError),
+    /// buildkitd.toml could not be written.
+    #[error(transparent)]
+    Buildkitd(#[from] buildkitd::TomlError),
 }
 
 /// One rendered Kubernetes object, ready to be written as YAML.
@@ -104,7 +111,8 @@ pub fn render_resolved(resolved: &crate::overlay::Resolved) -> Result<Vec<Object
 }
 
 /// Render every object of one resolved overlay, in apply order: Namespace, ServiceAccounts,
-/// RBAC and ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
+/// the buildkitd.toml ConfigMap and a Deployment's cache PVC, RBAC and the kiln-config
+/// ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
 /// daemon, its Service, NetworkPolicy and PDB, the Task(s) and the CronJob (1).
 ///
 /// `rotation.enabled: false` leaves out the rotation objects (the Secrets stay: the daemon
@@ -126,6 +134,11 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         push(Object::from_typed(&workload::namespace(&meta)))?;
     }
     push(Object::from_typed(&workload::service_account(&meta)))?;
+    let buildkitd_toml = buildkitd::render(&overlay.buildkit.cache, &overlay.buildkit.config)?;
+    push(Object::from_typed(&buildkitd::config_map(&meta, &buildkitd_toml)))?;
+    if let Some(claim) = workload::persistent_volume_claim(&meta) {
+        push(Object::from_typed(&claim))?;
+    }
     push(Object::from_typed(&network::kiln_network_policy(&meta)))?;
     if rotation {
         push(Object::from_typed(&rotation::service_account(&meta)))?;
@@ -143,8 +156,11 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
     }
     // Wave 1: the app.
     match overlay.buildkit.workload {
-        Workload::Deployment => push(Object::from_typed(&workload::deployment(&meta)))?,
-        Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(&meta)))?,
+        Workload::Deployment => push(Object::from_typed(&workload::deployment(&meta, &buildkitd_toml)))?,
+        Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(
+            &meta,
+            &buildkitd_toml,
+        )))?,
     }
     push(Object::from_typed(&workload::service(&meta)))?;
     push(Object::from_typed(&network::network_policy(&meta)))?;
@@ -179,6 +195,7 @@ mod tests {
             [
                 "Namespace/buildkit",
                 "ServiceAccount/buildkitd",
+                "ConfigMap/buildkitd-config",
                 "NetworkPolicy/kiln",
                 "ServiceAccount/kiln-rotate",
                 "Role/kiln-rotate",
@@ -223,7 +240,7 @@ mod tests {
         assert!(
             !kinds
                 .iter()
-                .any(|k| k.starts_with("Task/") || k.starts_with("ConfigMap/"))
+                .any(|k| k.starts_with("Task/") || k == "ConfigMap/kiln-config")
         );
         // The daemon still needs its Secrets.
         assert_eq!(kinds.iter().filter(|k| k.starts_with("Secret/")).count(), 3);

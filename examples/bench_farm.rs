@@ -67,7 +67,9 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--overlays" => args.overlays = value()?.into(),
             "--overlay" => args.overlay = value()?,
-            "--builds-per-day" => args.builds_per_day = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
+            "--builds-per-day" => {
+                args.builds_per_day = value()?.parse().map_err(|e| format!("{flag}: {e}"))?
+            }
             "--repos" => args.repos = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--zipf" => args.zipf = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--gib-per-repo" => args.gib_per_repo = value()?.parse().map_err(|e| format!("{flag}: {e}"))?,
@@ -113,7 +115,9 @@ struct Build {
 /// The year's builds: Poisson arrivals, Zipf repositories, durations capped at the timeout.
 fn builds(args: &Args, timeout: i64) -> Vec<Build> {
     let mut rng = Rng(args.seed);
-    let weights: Vec<f64> = (1..=args.repos).map(|k| 1.0 / (k as f64).powf(args.zipf)).collect();
+    let weights: Vec<f64> = (1..=args.repos)
+        .map(|k| 1.0 / (k as f64).powf(args.zipf))
+        .collect();
     let total: f64 = weights.iter().sum();
     let mut cdf = Vec::with_capacity(weights.len());
     let mut acc = 0.0;
@@ -122,7 +126,12 @@ fn builds(args: &Args, timeout: i64) -> Vec<Build> {
         cdf.push(acc);
     }
     let keys: Vec<String> = (0..args.repos)
-        .map(|i| affinity_key(&format!("registry.example.com/team-{}/app-{i}", i % 41), "/workspace/source"))
+        .map(|i| {
+            affinity_key(
+                &format!("registry.example.com/team-{}/app-{i}", i % 41),
+                "/workspace/source",
+            )
+        })
         .collect();
     let mean_gap = DAY as f64 / args.builds_per_day;
     let mut t = 0.0;
@@ -187,7 +196,8 @@ fn cron_runs(schedule: &str) -> (Vec<i64>, bool) {
                 cron_field(fields[1], hour),
                 cron_field(fields[2], u32::from(date.day())),
                 cron_field(fields[3], u32::from(u8::from(date.month()))),
-                cron_field(fields[4], weekday).map(|w| w || (weekday == 0 && cron_field(fields[4], 7) == Some(true))),
+                cron_field(fields[4], weekday)
+                    .map(|w| w || (weekday == 0 && cron_field(fields[4], 7) == Some(true))),
             ];
             match checks.iter().copied().collect::<Option<Vec<bool>>>() {
                 Some(all) if all.iter().all(|b| *b) => runs.push(minute),
@@ -200,7 +210,9 @@ fn cron_runs(schedule: &str) -> (Vec<i64>, bool) {
         }
     }
     if !understood {
-        runs = (0..YEAR / DAY + 30).map(|d| d * DAY + 3 * 3600 + 17 * 60).collect();
+        runs = (0..YEAR / DAY + 30)
+            .map(|d| d * DAY + 3 * 3600 + 17 * 60)
+            .collect();
     }
     (runs, understood)
 }
@@ -222,7 +234,11 @@ fn restarts(overlay: &Overlay, runs: &[i64]) -> Vec<(i64, &'static str)> {
     }
     let delay = overlay.rotation.propagation_delay.as_secs();
     if let Some(start) = next_run(YEAR / 2) {
-        for (step, label) in [(0, "CA rollover 1/3"), (1, "CA rollover 2/3"), (2, "CA rollover 3/3")] {
+        for (step, label) in [
+            (0, "CA rollover 1/3"),
+            (1, "CA rollover 2/3"),
+            (2, "CA rollover 3/3"),
+        ] {
             if let Some(run) = next_run(start + step * delay)
                 && run < YEAR
             {
@@ -285,7 +301,14 @@ struct Outcome {
     waited: usize,
 }
 
-fn simulate(policy: Policy, builds: &[Build], restarts: &[(i64, &str)], ring: &Ring, capacity: usize, bound: i64) -> Outcome {
+fn simulate(
+    policy: Policy,
+    builds: &[Build],
+    restarts: &[(i64, &str)],
+    ring: &Ring,
+    capacity: usize,
+    bound: i64,
+) -> Outcome {
     let n = ring.nodes().len();
     let mut pods: Vec<Pod> = (0..n)
         .map(|_| Pod {
@@ -343,7 +366,9 @@ fn simulate(policy: Policy, builds: &[Build], restarts: &[(i64, &str)], ring: &R
                 }
             }
             Event::Poll(i) => {
-                let PodState::Draining(since) = pods[i].state else { continue };
+                let PodState::Draining(since) = pods[i].state else {
+                    continue;
+                };
                 let waited = t - since;
                 if pods[i].active.is_empty() && waited >= poll {
                     push(&mut queue, t + STOP_SECS, Event::Stopped(i));
@@ -448,7 +473,9 @@ fn main() {
     let bound = drain::bound(&overlay).as_secs();
     // A replica keeps the repositories that fit under its GC cap (3/4 of the cache size).
     let cache_bytes = overlay.buildkit.cache.size_bytes().unwrap_or(100 << 30) as f64;
-    let capacity = ((cache_bytes * 0.75) / (args.gib_per_repo * (1u64 << 30) as f64)).floor().max(1.0) as usize;
+    let capacity = ((cache_bytes * 0.75) / (args.gib_per_repo * (1u64 << 30) as f64))
+        .floor()
+        .max(1.0) as usize;
     let (runs, understood) = cron_runs(&overlay.rotation.schedule);
     let restarts = restarts(&overlay, &runs);
     let builds = builds(&args, timeout);
@@ -458,7 +485,11 @@ fn main() {
         "  {replicas} replicas ({:?}), tekton.timeout {}, cache {} -> {capacity} repositories per replica at {} GiB each",
         overlay.buildkit.workload,
         overlay.tekton.timeout,
-        if overlay.buildkit.cache.size.is_empty() { "unsized (modelled as 100Gi)" } else { &overlay.buildkit.cache.size },
+        if overlay.buildkit.cache.size.is_empty() {
+            "unsized (modelled as 100Gi)"
+        } else {
+            &overlay.buildkit.cache.size
+        },
         args.gib_per_repo
     );
     if overlay.buildkit.workload == kiln::overlay::Workload::Deployment {
@@ -469,7 +500,11 @@ fn main() {
         overlay.certs.validity,
         overlay.certs.leaf_renew_before(),
         overlay.rotation.schedule,
-        if understood { "" } else { " (not read: modelled as daily 03:17)" },
+        if understood {
+            ""
+        } else {
+            " (not read: modelled as daily 03:17)"
+        },
         overlay.rotation.propagation_delay
     );
     let leaf = restarts.iter().filter(|(_, l)| *l == "leaf renewal").count();

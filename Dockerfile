@@ -11,7 +11,7 @@
 # (a test in tests/build.rs checks it), so buildctl matches the daemons kiln renders.
 
 ARG RUST_VERSION=1.95.0
-ARG BUILDKIT_VERSION=v0.23.2
+ARG BUILDKIT_VERSION=v0.32.2
 ARG DEBIAN_RELEASE=bookworm
 
 FROM docker.io/moby/buildkit:${BUILDKIT_VERSION} AS buildkit

@@ -12,9 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::pki::{Algorithm, SecretFormat};
 
+mod buildkitd;
 mod load;
 mod validate;
 
+pub use buildkitd::{
+    BuildkitdConfig, Cdi, Dns, DockerfileFrontend, Frontend, GatewayFrontend, History, KeyPair, Log,
+    LogFormat, LogLevel, OciWorker, Otel, Registry, System, Worker, field_hint, quantity_bytes,
+};
 pub use load::{
     BASE_OVERLAY_NAME, DEFAULT_OVERLAY_NAME, OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES,
     load, load_all, resolve_all,
@@ -27,7 +32,7 @@ pub fn schema() -> serde_json::Value {
 }
 
 /// The pinned BuildKit version rendered when an overlay does not choose one.
-pub const DEFAULT_BUILDKIT_VERSION: &str = "v0.23.2";
+pub const DEFAULT_BUILDKIT_VERSION: &str = "v0.32.2";
 
 /// One environment's settings, after `extends:` has been resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -153,7 +158,7 @@ pub enum Workload {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Buildkit {
-    /// The BuildKit version, such as `v0.23.2`; also the `app.kubernetes.io/version` label of
+    /// The BuildKit version, such as `v0.32.2`; also the `app.kubernetes.io/version` label of
     /// the daemon's objects (kiln's own objects carry kiln's version).
     pub version: String,
     /// The image repository; the tag is the version, with `-rootless` in rootless mode.
@@ -176,8 +181,42 @@ pub struct Buildkit {
     pub tolerations: Vec<Toleration>,
     /// Extra `buildkitd` flags, appended after the ones kiln sets.
     pub extra_args: Vec<String>,
-    /// Size limit of the emptyDir that holds the build cache, such as `50Gi`. Empty means no limit.
-    pub cache_size: String,
+    /// The volume that holds buildkitd's state and build cache.
+    pub cache: Cache,
+    /// Extra buildkitd.toml settings (registry mirrors, history limits, log level…), with the
+    /// key names of BuildKit's docs/buildkitd.toml.md. kiln adds the garbage collection.
+    pub config: BuildkitdConfig,
+}
+
+/// What backs the build cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CacheVolume {
+    /// An emptyDir: the cache is lost whenever the pod restarts (every certificate renewal).
+    #[default]
+    EmptyDir,
+    /// A PersistentVolumeClaim per replica: the cache survives restarts.
+    Persistent,
+}
+
+/// The build cache volume.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Cache {
+    /// emptyDir (default) or persistent.
+    pub volume: CacheVolume,
+    /// The emptyDir's sizeLimit or the PVC's request, such as `200Gi`; garbage collection is
+    /// sized from it. Empty (emptyDir only): no limit.
+    pub size: String,
+    /// The StorageClass of the PVCs (persistent only). Empty: the cluster's default class.
+    pub storage_class: String,
+}
+
+impl Cache {
+    /// The size in bytes, when one is set and valid.
+    pub fn size_bytes(&self) -> Option<u64> {
+        quantity_bytes(&self.size)
+    }
 }
 
 impl Default for Buildkit {
@@ -194,7 +233,8 @@ impl Default for Buildkit {
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
             extra_args: Vec::new(),
-            cache_size: String::new(),
+            cache: Cache::default(),
+            config: BuildkitdConfig::default(),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln::overlay::{Mode, Overlay, Toleration, Workload};
+use kiln::overlay::{Cache, CacheVolume, Mode, Overlay, Toleration, Workload};
 use kiln::pki::SecretFormat;
 use kiln::render::{Context, Object, render};
 use serde_json::Value;
@@ -17,7 +17,7 @@ fn dev() -> Overlay {
         namespace: "buildkit-dev".into(),
         ..Default::default()
     };
-    overlay.buildkit.cache_size = "10Gi".into();
+    overlay.buildkit.cache.size = "10Gi".into();
     overlay.kiln.image = "ghcr.io/kiln-dev/kiln:0.1.0".into();
     overlay
 }
@@ -34,7 +34,11 @@ fn prod() -> Overlay {
     overlay.buildkit.mode = Mode::Userns;
     overlay.buildkit.workload = Workload::Statefulset;
     overlay.buildkit.replicas = 3;
-    overlay.buildkit.cache_size = "100Gi".into();
+    overlay.buildkit.cache = Cache {
+        volume: CacheVolume::Persistent,
+        size: "100Gi".into(),
+        storage_class: "fast-ssd".into(),
+    };
     overlay.buildkit.extra_args = vec!["--debug".into()];
     overlay.buildkit.node_selector = BTreeMap::from([("kiln.dev/builder".into(), "true".into())]);
     overlay.buildkit.tolerations = vec![Toleration {
@@ -239,7 +243,7 @@ fn every_object_is_labelled_and_stamped() {
             // The version of the app the name label names: BuildKit's for buildkitd's
             // objects, kiln's for kiln's.
             let version = match labels["app.kubernetes.io/name"].as_str() {
-                Some("buildkitd") => "v0.23.2",
+                Some("buildkitd") => "v0.32.2",
                 _ => kiln::VERSION,
             };
             assert_eq!(

@@ -373,10 +373,15 @@ impl<'s> Resolver<'s> {
 
         let mut overlay: Overlay = merged.deserialize().map_err(|e| {
             let (source, line, field) = e.at.unwrap_or_default();
+            // A key that moved, or that kiln sets itself, says so instead of listing the others.
+            let message = match super::field_hint(&field) {
+                Some(hint) if e.message.starts_with("unknown field") => hint,
+                _ => e.message,
+            };
             OverlayError::Field {
                 location: location(source_path(&paths, source), line),
                 field,
-                message: e.message,
+                message,
             }
         })?;
         overlay.extends = chain.get(1).cloned();

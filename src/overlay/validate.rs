@@ -135,7 +135,7 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
     if b.version.is_empty() || b.version.contains(char::is_whitespace) || b.version.len() > 63 {
         out.push(invalid(
             "buildkit.version",
-            "must be a BuildKit release tag, such as v0.23.2",
+            "must be a BuildKit release tag, such as v0.32.2",
         ));
     }
     if !is_image(&b.image) {
@@ -189,12 +189,9 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
             ));
         }
     }
-    if !b.cache_size.is_empty() && !is_quantity(&b.cache_size) {
-        out.push(invalid(
-            "buildkit.cacheSize",
-            format!("{:?} is not a Kubernetes quantity, such as 50Gi", b.cache_size),
-        ));
-    }
+    buildkit_cache(&mut out, b);
+    buildkit_config(&mut out, &b.config);
+    buildkit_extra_args(&mut out, &b.extra_args);
 
     let t = &o.tekton;
     subdomain(&mut out, "tekton.name", &t.name);
@@ -306,6 +303,133 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
         label(&mut out, "gitops.controllerNamespace", &g.controller_namespace);
     }
     out
+}
+
+/// The smallest cache kiln accepts: base images and buildkitd's own state need room.
+const MIN_CACHE_BYTES: u64 = 1 << 30;
+
+/// `buildkit.cache`: a size buildkitd's GC can be derived from, and a volume each replica owns.
+fn buildkit_cache(out: &mut Vec<Invalid>, b: &super::Buildkit) {
+    use super::{CacheVolume, Workload};
+    let cache = &b.cache;
+    let persistent = cache.volume == CacheVolume::Persistent;
+    if cache.size.is_empty() {
+        if persistent {
+            out.push(invalid(
+                "buildkit.cache.size",
+                "a persistent cache needs a size (the PVC request), such as 100Gi",
+            ));
+        }
+    } else {
+        match cache.size_bytes() {
+            None => out.push(invalid(
+                "buildkit.cache.size",
+                format!(
+                    "{:?} is not a size in bytes, such as 50Gi or 200G",
+                    clip(&cache.size)
+                ),
+            )),
+            Some(bytes) if bytes < MIN_CACHE_BYTES => out.push(invalid(
+                "buildkit.cache.size",
+                format!(
+                    "{} is too small: use at least 1Gi (base images and buildkitd's own state need room)",
+                    cache.size
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    if !cache.storage_class.is_empty() {
+        if !persistent {
+            out.push(invalid(
+                "buildkit.cache.storageClass",
+                "applies to a persistent cache only: set buildkit.cache.volume: persistent, or remove it",
+            ));
+        } else if !is_dns1123_subdomain(&cache.storage_class) {
+            out.push(invalid(
+                "buildkit.cache.storageClass",
+                format!(
+                    "{:?} is not a StorageClass name: use lowercase letters, digits, '-' and '.'",
+                    clip(&cache.storage_class)
+                ),
+            ));
+        }
+    }
+    if persistent && b.workload == Workload::Deployment && b.replicas > 1 {
+        out.push(invalid(
+            "buildkit.cache.volume",
+            format!(
+                "a persistent cache with a Deployment of {} replicas would put every daemon on one volume; \
+                 set buildkit.workload: statefulset (one PVC per replica), or buildkit.replicas: 1",
+                b.replicas
+            ),
+        ));
+    }
+}
+
+/// `buildkit.config`: registry hosts and mirrors buildkitd can use as written.
+fn buildkit_config(out: &mut Vec<Invalid>, config: &super::BuildkitdConfig) {
+    let host_like = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace) && !s.contains("://");
+    for (host, registry) in &config.registry {
+        let field = format!("buildkit.config.registry.{host}");
+        if !host_like(host) || host.contains('/') {
+            out.push(invalid(
+                &field,
+                format!(
+                    "{:?} is not a registry host: write the host (and port) only, such as docker.io or registry.example.com:5000",
+                    clip(host)
+                ),
+            ));
+        }
+        for (i, mirror) in registry.mirrors.iter().enumerate() {
+            if !host_like(mirror) {
+                out.push(invalid(
+                    format!("{field}.mirrors[{i}]"),
+                    format!(
+                        "{:?} is not a mirror: write a host or host/path without a scheme, such as mirror.gcr.io \
+                         (set http: true for plain HTTP)",
+                        clip(mirror)
+                    ),
+                ));
+            }
+        }
+        if registry.http == Some(true) && registry.insecure == Some(true) {
+            out.push(invalid(
+                format!("{field}.insecure"),
+                "do not combine http: true (plain HTTP) with insecure: true (unverified HTTPS); keep one",
+            ));
+        }
+    }
+}
+
+/// `buildkit.extraArgs` must not fight the flags and files kiln renders.
+fn buildkit_extra_args(out: &mut Vec<Invalid>, args: &[String]) {
+    for (i, arg) in args.iter().enumerate() {
+        let flag = arg.split('=').next().unwrap_or(arg);
+        let why = match flag {
+            "--config" => {
+                "kiln passes --config for the rendered buildkitd.toml; put settings in buildkit.config"
+            }
+            "--root" => "kiln mounts the cache volume at buildkitd's default root; remove this flag",
+            f if f.starts_with("--oci-worker-gc") => {
+                "kiln sizes garbage collection from buildkit.cache.size in buildkitd.toml; remove this flag"
+            }
+            _ => continue,
+        };
+        out.push(invalid(
+            format!("buildkit.extraArgs[{i}]"),
+            format!("{flag}: {why}"),
+        ));
+    }
+}
+
+/// A user value cut to 80 characters for an error message.
+fn clip(s: &str) -> String {
+    if s.chars().count() <= 80 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(80).collect::<String>())
+    }
 }
 
 fn resources(out: &mut Vec<Invalid>, field: &str, r: &super::Resources) {

@@ -6,7 +6,11 @@
 pub use crate::object::{Object, ObjectError};
 use crate::overlay::{Overlay, Workload};
 
+/// buildkitd.toml: GC sized from the cache volume, plus `buildkit.config`.
+pub mod buildkitd;
 pub mod config;
+/// The buildkitd preStop drain hook.
+pub mod drain;
 /// GitOps wrappers (kustomization.yaml, Argo CD, Flux): owned by render-core.
 pub mod gitops;
 pub mod meta;
@@ -44,6 +48,9 @@ pub enum RenderError {
     /// The overlay could not be written into the `kiln-config` ConfigMap.
     #[error("failed to write the overlay into ConfigMap kiln-config: {0}")]
     Config(#[from] crate::yaml::YamlError),
+    /// buildkitd.toml could not be written.
+    #[error(transparent)]
+    Buildkitd(#[from] buildkitd::TomlError),
 }
 
 /// Render one resolved overlay: kiln's objects in apply order, then the overlay's extra
@@ -56,7 +63,8 @@ pub fn render_resolved(resolved: &crate::overlay::Resolved) -> Result<Vec<Object
 }
 
 /// Render every object of one resolved overlay, in apply order: Namespace, ServiceAccounts,
-/// RBAC and ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
+/// the buildkitd.toml ConfigMap and a Deployment's cache PVC, RBAC and the kiln-config
+/// ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
 /// daemon, its Service, NetworkPolicy and PDB, the Task(s) and the CronJob (1).
 ///
 /// `rotation.enabled: false` leaves out the rotation objects (the Secrets stay: the daemon
@@ -78,6 +86,11 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         push(Object::from_typed(&namespace::namespace(&meta)))?;
     }
     push(Object::from_typed(&workload::service_account(&meta)))?;
+    let buildkitd_toml = buildkitd::render(&overlay.buildkit.cache, &overlay.buildkit.config)?;
+    push(Object::from_typed(&buildkitd::config_map(&meta, &buildkitd_toml)))?;
+    if let Some(claim) = workload::persistent_volume_claim(&meta) {
+        push(Object::from_typed(&claim))?;
+    }
     push(Object::from_typed(&network::kiln_network_policy(&meta)))?;
     if rotation {
         push(Object::from_typed(&rotation::service_account(&meta)))?;
@@ -95,8 +108,11 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
     }
     // Wave 1: the app.
     match overlay.buildkit.workload {
-        Workload::Deployment => push(Object::from_typed(&workload::deployment(&meta)))?,
-        Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(&meta)))?,
+        Workload::Deployment => push(Object::from_typed(&workload::deployment(&meta, &buildkitd_toml)))?,
+        Workload::Statefulset => push(Object::from_typed(&workload::stateful_set(
+            &meta,
+            &buildkitd_toml,
+        )))?,
     }
     push(Object::from_typed(&workload::service(&meta)))?;
     push(Object::from_typed(&network::network_policy(&meta)))?;
@@ -131,6 +147,7 @@ mod tests {
             [
                 "Namespace/buildkit",
                 "ServiceAccount/buildkitd",
+                "ConfigMap/buildkitd-config",
                 "NetworkPolicy/kiln",
                 "ServiceAccount/kiln-rotate",
                 "Role/kiln-rotate",
@@ -175,7 +192,7 @@ mod tests {
         assert!(
             !kinds
                 .iter()
-                .any(|k| k.starts_with("Task/") || k.starts_with("ConfigMap/"))
+                .any(|k| k.starts_with("Task/") || k == "ConfigMap/kiln-config")
         );
         // The daemon still needs its Secrets.
         assert_eq!(kinds.iter().filter(|k| k.starts_with("Secret/")).count(), 3);

@@ -1,18 +1,32 @@
-//! The buildkitd daemon: ServiceAccount, Deployment or StatefulSet, Services, PDB.
+//! The buildkitd daemon: ServiceAccount, Deployment or StatefulSet, Services, PDB,
+//! and the cache PVC of a single-replica Deployment.
+//!
+//! Restarts (every certificate renewal) are made invisible to builds: the pod drains before
+//! it stops (`drain`), a Deployment surges before it removes a pod, and a persistent cache
+//! outlives the pod.
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
-    AppArmorProfile, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    AppArmorProfile, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
+    KeyToPath, Lifecycle, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::buildkitd::{self, Rendered};
+use super::drain;
 use super::meta::{self, Component, Meta, POD_SECURITY_NOTE, Wave};
-use crate::overlay::{Mode, RestartStrategy, Workload};
+use crate::overlay::{CacheVolume, Mode, RestartStrategy, Workload};
 
 /// A free-text note on an object, for choices a reader would otherwise wonder about.
 pub const NOTE: &str = "kiln.dev/note";
@@ -23,6 +37,10 @@ const ROOTLESS_UID: i64 = 1000;
 const CERTS_DIR: &str = "/certs";
 /// The daemon container's name.
 const CONTAINER: &str = "buildkitd";
+/// The cache volume's name, and the volumeClaimTemplate's (PVCs `cache-<pod>`).
+const CACHE_VOLUME: &str = "cache";
+/// The buildkitd.toml volume's name.
+const CONFIG_VOLUME: &str = "config";
 
 /// The daemon's ServiceAccount. It holds no RBAC: buildkitd never talks to the API.
 pub fn service_account(meta: &Meta) -> ServiceAccount {
@@ -69,6 +87,10 @@ pub fn daemon_args(meta: &Meta) -> Vec<String> {
         format!("{CERTS_DIR}/{cert}"),
         "--tlskey".to_string(),
         format!("{CERTS_DIR}/{key}"),
+        // The default path, made explicit: buildkitd then fails on a missing file instead of
+        // silently running without kiln's GC caps.
+        "--config".to_string(),
+        format!("{}/{}", buildkitd::config_dir(buildkit.mode), buildkitd::FILE),
     ];
     if buildkit.mode == Mode::Rootless {
         args.push("--oci-worker-no-process-sandbox".to_string());
@@ -92,7 +114,7 @@ fn probe(mode: Mode) -> Probe {
     }
 }
 
-/// Where buildkitd keeps its state in `mode` (an emptyDir is mounted there).
+/// Where buildkitd keeps its state in `mode` (the cache volume is mounted there).
 pub(super) fn state_dir(mode: Mode) -> &'static str {
     match mode {
         Mode::Rootless => "/home/user/.local/share/buildkit",
@@ -145,12 +167,11 @@ pub fn pod_security_reason(mode: Mode) -> &'static str {
     }
 }
 
-fn pod_template(meta: &Meta) -> PodTemplateSpec {
+fn pod_template(meta: &Meta, config: &Rendered) -> PodTemplateSpec {
     let overlay = meta.overlay;
     let buildkit = &overlay.buildkit;
     let mode = buildkit.mode;
     let (ca, cert, key) = overlay.certs.format.key_names();
-    let size_limit = (!buildkit.cache_size.is_empty()).then(|| Quantity(buildkit.cache_size.clone()));
     let container = Container {
         name: CONTAINER.into(),
         image: Some(daemon_image(meta)),
@@ -163,6 +184,10 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
         }]),
         readiness_probe: Some(probe(mode)),
         liveness_probe: Some(probe(mode)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(drain::pre_stop(overlay, unix_socket(mode))),
+            ..Default::default()
+        }),
         resources: meta::resources(&buildkit.resources),
         security_context: Some(container_security(mode)),
         volume_mounts: Some(vec![
@@ -173,7 +198,13 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
                 ..Default::default()
             },
             VolumeMount {
-                name: "state".into(),
+                name: CONFIG_VOLUME.into(),
+                mount_path: buildkitd::config_dir(mode).into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: CACHE_VOLUME.into(),
                 mount_path: state_dir(mode).into(),
                 ..Default::default()
             },
@@ -209,7 +240,7 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
             },
         ),
     };
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "certs".into(),
             secret: Some(SecretVolumeSource {
@@ -221,19 +252,45 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
             ..Default::default()
         },
         Volume {
-            name: "state".into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                size_limit,
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: buildkitd::config_map_name(meta),
                 ..Default::default()
             }),
             ..Default::default()
         },
     ];
+    // A persistent StatefulSet gets its cache from volumeClaimTemplates instead.
+    match (buildkit.cache.volume, buildkit.workload) {
+        (CacheVolume::EmptyDir, _) => volumes.push(Volume {
+            name: CACHE_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: cache_quantity(meta),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        (CacheVolume::Persistent, Workload::Deployment) => volumes.push(Volume {
+            name: CACHE_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: cache_claim_name(meta),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        (CacheVolume::Persistent, Workload::Statefulset) => {}
+    }
+    let mut metadata = meta.pod_template(Component::Daemon);
+    metadata.annotations = Some(BTreeMap::from([(
+        buildkitd::CHECKSUM_ANNOTATION.to_string(),
+        config.sha256.clone(),
+    )]));
     PodTemplateSpec {
-        metadata: Some(meta.pod_template(Component::Daemon)),
+        metadata: Some(metadata),
         spec: Some(PodSpec {
             service_account_name: Some(buildkit.service_name.clone()),
             automount_service_account_token: Some(false),
+            termination_grace_period_seconds: Some(overlay.termination_grace().as_secs()),
             host_users: (mode == Mode::Userns).then_some(false),
             security_context: Some(pod_security),
             containers: vec![container],
@@ -259,8 +316,46 @@ fn restart_note(strategy: RestartStrategy) -> &'static str {
     }
 }
 
+/// How a stop is drained, on the workload.
+fn drain_note(meta: &Meta) -> String {
+    let overlay = meta.overlay;
+    format!(
+        "preStop waits until buildctl debug histories shows no active build (polling every {}s, at most {}s), \
+         so a restart never aborts a build; terminationGracePeriodSeconds {} is tekton.timeout {} plus {}",
+        drain::POLL.as_secs(),
+        drain::bound(overlay).as_secs(),
+        overlay.termination_grace().as_secs(),
+        overlay.tekton.timeout,
+        crate::overlay::DRAIN_MARGIN,
+    )
+}
+
+/// What happens to the cache on a restart, on the workload.
+fn cache_note(meta: &Meta) -> &'static str {
+    let buildkit = &meta.overlay.buildkit;
+    match (buildkit.cache.volume, buildkit.workload) {
+        (CacheVolume::EmptyDir, _) => {
+            "emptyDir: the cache is lost on every restart, each certificate renewal included; \
+             set buildkit.cache.volume: persistent to keep it"
+        }
+        (CacheVolume::Persistent, Workload::Statefulset) => {
+            "one PVC per replica (cache-<pod>). persistentVolumeClaimRetentionPolicy keeps them: on scale-down \
+             (whenScaled: Retain) because a replica that comes back gets the same repositories from the hash \
+             ring and starts warm; on delete (whenDeleted: Retain) because changing volumeClaimTemplates or the \
+             selector means deleting and recreating the StatefulSet, which adopts them again by name. \
+             To remove a farm for good, delete its PVCs by label app.kubernetes.io/instance"
+        }
+        (CacheVolume::Persistent, Workload::Deployment) => {
+            "one PVC (<serviceName>-cache) and the Recreate strategy: two buildkitd must never share one \
+             state directory, so the old pod drains and exits before the new one starts; builds in flight \
+             finish, new ones wait for the new pod. A StatefulSet with 2+ replicas has no such gap"
+        }
+    }
+}
+
 fn daemon_metadata(meta: &Meta) -> ObjectMeta {
     let mut metadata = meta.object(&meta.overlay.buildkit.service_name, Component::Daemon, Wave::App);
+    let drain = drain_note(meta);
     meta::annotate(
         &mut metadata,
         &[
@@ -269,9 +364,62 @@ fn daemon_metadata(meta: &Meta) -> ObjectMeta {
                 "kiln.dev/restart",
                 restart_note(meta.overlay.rotation.restart_strategy),
             ),
+            ("kiln.dev/drain", &drain),
+            ("kiln.dev/cache", cache_note(meta)),
         ],
     );
     metadata
+}
+
+/// `buildkit.cache.size` as a quantity (None when unset).
+fn cache_quantity(meta: &Meta) -> Option<Quantity> {
+    let size = &meta.overlay.buildkit.cache.size;
+    (!size.is_empty()).then(|| Quantity(size.clone()))
+}
+
+/// The name of a single-replica Deployment's cache PVC: `<serviceName>-cache`.
+fn cache_claim_name(meta: &Meta) -> String {
+    format!("{}-{CACHE_VOLUME}", meta.overlay.buildkit.service_name)
+}
+
+fn cache_claim_spec(meta: &Meta) -> PersistentVolumeClaimSpec {
+    let cache = &meta.overlay.buildkit.cache;
+    PersistentVolumeClaimSpec {
+        access_modes: Some(vec!["ReadWriteOnce".into()]),
+        resources: Some(VolumeResourceRequirements {
+            requests: cache_quantity(meta).map(|q| BTreeMap::from([("storage".to_string(), q)])),
+            ..Default::default()
+        }),
+        storage_class_name: (!cache.storage_class.is_empty()).then(|| cache.storage_class.clone()),
+        ..Default::default()
+    }
+}
+
+/// The cache PVC of a Deployment with `buildkit.cache.volume: persistent` (validation
+/// allows at most one replica). GitOps tools keep it when the Application or Kustomization
+/// goes, as a StatefulSet's retention policy does.
+pub fn persistent_volume_claim(meta: &Meta) -> Option<PersistentVolumeClaim> {
+    let buildkit = &meta.overlay.buildkit;
+    (buildkit.cache.volume == CacheVolume::Persistent && buildkit.workload == Workload::Deployment).then(|| {
+        let mut metadata = meta.object(&cache_claim_name(meta), Component::Daemon, Wave::Setup);
+        meta::annotate(
+            &mut metadata,
+            &[
+                ("argocd.argoproj.io/sync-options", "Delete=false"),
+                ("kustomize.toolkit.fluxcd.io/prune", "disabled"),
+                (
+                    NOTE,
+                    "the build cache of the buildkitd Deployment; kept when the Application or Kustomization \
+                     is deleted so a re-created farm starts warm; delete it by hand to free the space",
+                ),
+            ],
+        );
+        PersistentVolumeClaim {
+            metadata,
+            spec: Some(cache_claim_spec(meta)),
+            ..Default::default()
+        }
+    })
 }
 
 fn replicas(meta: &Meta) -> i32 {
@@ -279,13 +427,31 @@ fn replicas(meta: &Meta) -> i32 {
 }
 
 /// The daemon as a Deployment (any replica serves any build).
-pub fn deployment(meta: &Meta) -> Deployment {
+///
+/// It rolls with `maxSurge: 1, maxUnavailable: 0`: a new pod is ready before an old one
+/// starts draining, so capacity never drops. With a persistent cache (one replica, one
+/// volume) it uses `Recreate` instead, so two daemons never share one state directory.
+pub fn deployment(meta: &Meta, config: &Rendered) -> Deployment {
+    let strategy = match meta.overlay.buildkit.cache.volume {
+        CacheVolume::EmptyDir => DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(1)),
+                max_unavailable: Some(IntOrString::Int(0)),
+            }),
+        },
+        CacheVolume::Persistent => DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        },
+    };
     Deployment {
         metadata: daemon_metadata(meta),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas(meta)),
             selector: meta.selector(Component::Daemon),
-            template: pod_template(meta),
+            strategy: Some(strategy),
+            template: pod_template(meta, config),
             ..Default::default()
         }),
         ..Default::default()
@@ -293,7 +459,23 @@ pub fn deployment(meta: &Meta) -> Deployment {
 }
 
 /// The daemon as a StatefulSet: stable names `<service>-<i>.<service>.<ns>.svc` for cache affinity.
-pub fn stateful_set(meta: &Meta) -> StatefulSet {
+///
+/// It rolls one pod at a time (`RollingUpdate`, set explicitly): while one drains, `kiln build`
+/// falls over along the ring. A persistent cache is one PVC per replica from
+/// `volumeClaimTemplates`, kept on scale-down and on delete (see the `kiln.dev/cache` note).
+pub fn stateful_set(meta: &Meta, config: &Rendered) -> StatefulSet {
+    let persistent = meta.overlay.buildkit.cache.volume == CacheVolume::Persistent;
+    let claim = || PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(CACHE_VOLUME.into()),
+            // Selector labels only: Kubernetes refuses any later change to a claim template,
+            // and the version label changes with every BuildKit upgrade.
+            labels: Some(meta.selector_labels(Component::Daemon)),
+            ..Default::default()
+        },
+        spec: Some(cache_claim_spec(meta)),
+        ..Default::default()
+    };
     StatefulSet {
         metadata: daemon_metadata(meta),
         spec: Some(StatefulSetSpec {
@@ -301,7 +483,18 @@ pub fn stateful_set(meta: &Meta) -> StatefulSet {
             service_name: Some(meta.overlay.buildkit.service_name.clone()),
             pod_management_policy: Some("Parallel".into()),
             selector: meta.selector(Component::Daemon),
-            template: pod_template(meta),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: None,
+            }),
+            template: pod_template(meta, config),
+            volume_claim_templates: persistent.then(|| vec![claim()]),
+            persistent_volume_claim_retention_policy: persistent.then(|| {
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                }
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -374,22 +567,31 @@ mod tests {
         overlay
     }
 
+    fn config(overlay: &Overlay) -> Rendered {
+        buildkitd::render(&overlay.buildkit.cache, &overlay.buildkit.config).unwrap()
+    }
+
     fn pod(overlay: &Overlay) -> PodSpec {
         let meta = Meta {
             overlay,
             instance: "dev",
         };
-        deployment(&meta).spec.unwrap().template.spec.unwrap()
+        deployment(&meta, &config(overlay))
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
     }
 
     #[test]
     fn rootless_uses_rootless_image_uid_and_unconfined_fields() {
-        let overlay = with(Mode::Rootless, |o| o.buildkit.cache_size = "20Gi".into());
+        let overlay = with(Mode::Rootless, |o| o.buildkit.cache.size = "20Gi".into());
         let spec = pod(&overlay);
         let c = &spec.containers[0];
         assert_eq!(
             c.image.as_deref(),
-            Some("docker.io/moby/buildkit:v0.23.2-rootless")
+            Some("docker.io/moby/buildkit:v0.32.2-rootless")
         );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.run_as_user, Some(1000));
@@ -411,7 +613,7 @@ mod tests {
             .as_ref()
             .unwrap()
             .iter()
-            .find(|v| v.name == "state")
+            .find(|v| v.name == "cache")
             .unwrap();
         assert_eq!(
             state.empty_dir.as_ref().unwrap().size_limit,
@@ -427,7 +629,7 @@ mod tests {
             let overlay = with(mode, |_| {});
             let spec = pod(&overlay);
             let c = &spec.containers[0];
-            assert_eq!(c.image.as_deref(), Some("docker.io/moby/buildkit:v0.23.2"));
+            assert_eq!(c.image.as_deref(), Some("docker.io/moby/buildkit:v0.32.2"));
             assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
             assert_eq!(c.args.as_ref().unwrap()[1], "unix:///run/buildkit/buildkitd.sock");
             assert!(
@@ -472,6 +674,8 @@ mod tests {
                 "/certs/tls.crt",
                 "--tlskey",
                 "/certs/tls.key",
+                "--config",
+                "/etc/buildkit/buildkitd.toml",
                 "--debug"
             ]
         );
@@ -506,7 +710,7 @@ mod tests {
             overlay: &overlay,
             instance: "prod",
         };
-        let sts = stateful_set(&meta);
+        let sts = stateful_set(&meta, &config(&overlay));
         let svc = service(&meta);
         assert_eq!(sts.spec.as_ref().unwrap().service_name, svc.metadata.name);
         assert_eq!(svc.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
@@ -533,7 +737,7 @@ mod tests {
                 overlay: &overlay,
                 instance: "dev",
             };
-            let annotations = deployment(&meta).metadata.annotations.unwrap();
+            let annotations = deployment(&meta, &config(&overlay)).metadata.annotations.unwrap();
             assert!(annotations[POD_SECURITY_NOTE].starts_with("privileged: "));
         }
     }

@@ -195,8 +195,11 @@ pub struct Layout {
     /// The sources of every flux overlay, for the GitRepository's header.
     flux_sources: Vec<String>,
     objects: usize,
-    /// The overlay that renders each object, by (kind, namespace, name).
-    owners: BTreeMap<(String, String, String), String>,
+    /// The overlays added so far, in order.
+    overlays: Vec<String>,
+    /// Which of them renders each object, by `Kind namespace/name` (only looked up, never
+    /// iterated, so a hash map keeps the output deterministic).
+    owners: std::collections::HashMap<String, usize>,
 }
 
 impl Layout {
@@ -229,33 +232,34 @@ impl Layout {
             }
             // Two overlays that render one object would fight over it in the cluster, such
             // as two farms that serve one tenant namespace with the same Secret name.
-            let identity = (
-                object.kind.clone(),
-                object.namespace.clone().unwrap_or_default(),
-                object.name.clone(),
+            let identity = format!(
+                "{} {}{}",
+                object.kind,
+                object
+                    .namespace
+                    .as_deref()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default(),
+                object.name
             );
-            if let Some(first) = self.owners.get(&identity) {
-                return Err(OutputError::Shared {
-                    object: format!(
-                        "{} {}{}",
-                        object.kind,
-                        object
-                            .namespace
-                            .as_deref()
-                            .map(|n| format!("{n}/"))
-                            .unwrap_or_default(),
-                        object.name
-                    ),
-                    first: first.clone(),
-                    second: name.clone(),
-                });
+            match self.owners.entry(identity) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    return Err(OutputError::Shared {
+                        first: self.overlays.get(*first.get()).unwrap_or(name).clone(),
+                        object: first.key().clone(),
+                        second: name.clone(),
+                    });
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(self.overlays.len());
+                }
             }
-            self.owners.insert(identity, name.clone());
             let path = format!("{name}/{file}");
             self.files
                 .insert(path.clone(), document(&path, source, &object.value)?);
         }
         self.objects += unit.objects.len();
+        self.overlays.push(name.clone());
         let listed: Vec<String> = names.into_keys().collect();
         let path = format!("{name}/kustomization.yaml");
         self.files.insert(

@@ -8,6 +8,9 @@
 //!
 //! Layout of `<out>/`:
 //! - `<overlay>/<kind>-<name>.yaml`, one per object, and `<overlay>/kustomization.yaml`;
+//! - `<overlay>/<namespace>/<kind>-<name>.yaml` for an object in another namespace than the
+//!   overlay's (a tenant's Role, RoleBinding, client Secret and Task), listed in the same
+//!   kustomization;
 //! - `argocd/<overlay>.yaml`: the overlay's Argo CD Application (flavor argocd);
 //! - `flux/kustomization-<overlay>.yaml` and `flux/gitrepository.yaml` (flavor flux).
 
@@ -72,6 +75,17 @@ pub enum OutputError {
         first: String,
         second: String,
     },
+    /// Two overlays render the same object.
+    #[error(
+        "failed to lay out overlay {second}: overlay {first} renders {object} too, and two overlays cannot own one object; \
+         give one of them another name or namespace (for a tenant namespace that two farms share: a certs.secrets.client \
+         and tekton.name of its own, or task: false)"
+    )]
+    Shared {
+        object: String,
+        first: String,
+        second: String,
+    },
     /// An overlay name that is also a GitOps directory.
     #[error(
         "failed to lay out overlay {name:?}: the name is reserved for the {name}/ directory; rename the overlay file"
@@ -114,13 +128,28 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Outpu
     move |error| OutputError::Io { action, path, error }
 }
 
-/// The file an object is written to: `<kind>-<name>.yaml`, lowercase.
-pub fn file_name(object: &Object) -> String {
-    format!(
+/// The file an object is written to, relative to its overlay's directory:
+/// `<kind>-<name>.yaml`, lowercase, under a `<namespace>/` directory when the object lives
+/// in another namespace than `namespace` (the overlay's). A namespace is a DNS-1123 label,
+/// so it never looks like a file name.
+pub fn file_name(object: &Object, namespace: &str) -> String {
+    let file = format!(
         "{}-{}.yaml",
         object.kind.to_lowercase(),
         object.name.to_lowercase()
-    )
+    );
+    match object.namespace.as_deref() {
+        Some(other) if other != namespace => format!("{}/{file}", other.to_lowercase()),
+        _ => file,
+    }
+}
+
+/// `Kind name`, or `Kind namespace/name` for an object outside the overlay's namespace.
+fn label(object: &Object, namespace: &str) -> String {
+    match object.namespace.as_deref() {
+        Some(other) if other != namespace => format!("{} {other}/{}", object.kind, object.name),
+        _ => format!("{} {}", object.kind, object.name),
+    }
 }
 
 fn document<T: serde::Serialize>(file: &str, source: &str, value: &T) -> Result<String, OutputError> {
@@ -166,6 +195,11 @@ pub struct Layout {
     /// The sources of every flux overlay, for the GitRepository's header.
     flux_sources: Vec<String>,
     objects: usize,
+    /// The overlays added so far, in order.
+    overlays: Vec<String>,
+    /// Which of them renders each object, by `Kind namespace/name` (only looked up, never
+    /// iterated, so a hash map keeps the output deterministic).
+    owners: std::collections::HashMap<String, usize>,
 }
 
 impl Layout {
@@ -179,16 +213,16 @@ impl Layout {
 
     /// Add one overlay's files.
     pub fn add(&mut self, unit: &Unit) -> Result<(), OutputError> {
-        let files = &mut self.files;
         let name = &unit.resolved.name;
         let source = &unit.resolved.source;
         if RESERVED_NAMES.contains(&name.as_str()) {
             return Err(OutputError::Reserved { name: name.clone() });
         }
+        let namespace = &unit.resolved.overlay.namespace;
         let mut names: BTreeMap<String, String> = BTreeMap::new();
         for object in &unit.objects {
-            let file = file_name(object);
-            let label = format!("{} {}", object.kind, object.name);
+            let file = file_name(object, namespace);
+            let label = label(object, namespace);
             if let Some(first) = names.insert(file.clone(), label.clone()) {
                 return Err(OutputError::Collision {
                     file: format!("{name}/{file}"),
@@ -196,13 +230,39 @@ impl Layout {
                     second: label,
                 });
             }
+            // Two overlays that render one object would fight over it in the cluster, such
+            // as two farms that serve one tenant namespace with the same Secret name.
+            let identity = format!(
+                "{} {}{}",
+                object.kind,
+                object
+                    .namespace
+                    .as_deref()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default(),
+                object.name
+            );
+            match self.owners.entry(identity) {
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    return Err(OutputError::Shared {
+                        first: self.overlays.get(*first.get()).unwrap_or(name).clone(),
+                        object: first.key().clone(),
+                        second: name.clone(),
+                    });
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(self.overlays.len());
+                }
+            }
             let path = format!("{name}/{file}");
-            files.insert(path.clone(), document(&path, source, &object.value)?);
+            self.files
+                .insert(path.clone(), document(&path, source, &object.value)?);
         }
         self.objects += unit.objects.len();
+        self.overlays.push(name.clone());
         let listed: Vec<String> = names.into_keys().collect();
         let path = format!("{name}/kustomization.yaml");
-        files.insert(
+        self.files.insert(
             path.clone(),
             document(&path, source, &gitops::kustomization(&listed))?,
         );
@@ -219,12 +279,13 @@ impl Layout {
             Flavor::Argocd => {
                 let path = format!("argocd/{name}.yaml");
                 let app = gitops::application(name, overlay, &repo_path);
-                files.insert(path.clone(), document(&path, source, &app)?);
+                self.files.insert(path.clone(), document(&path, source, &app)?);
             }
             Flavor::Flux => {
                 let path = format!("flux/kustomization-{name}.yaml");
                 let kustomization = gitops::flux_kustomization(name, overlay, &repo_path);
-                files.insert(path.clone(), document(&path, source, &kustomization)?);
+                self.files
+                    .insert(path.clone(), document(&path, source, &kustomization)?);
                 match &self.flux_source {
                     Some((first, first_overlay)) => {
                         let (a, b) = (&first_overlay.gitops, &overlay.gitops);
@@ -280,7 +341,11 @@ pub fn stream(units: &[Unit]) -> Result<String, OutputError> {
 /// Append one overlay's documents to a YAML stream.
 pub fn stream_unit(unit: &Unit, out: &mut String) -> Result<(), OutputError> {
     for object in &unit.objects {
-        let file = format!("{}/{}", unit.resolved.name, file_name(object));
+        let file = format!(
+            "{}/{}",
+            unit.resolved.name,
+            file_name(object, &unit.resolved.overlay.namespace)
+        );
         out.push_str("---\n");
         out.push_str(&document(&file, &unit.resolved.source, &object.value)?);
     }
@@ -859,6 +924,51 @@ mod tests {
         assert!(tree.files["dev/configmap-a.yaml"].starts_with("# Rendered by kiln "));
     }
 
+    fn in_namespace(mut object: Object, namespace: &str) -> Object {
+        object.namespace = Some(namespace.into());
+        object.value["metadata"]["namespace"] = namespace.into();
+        object
+    }
+
+    #[test]
+    fn objects_of_other_namespaces_go_in_a_directory_of_their_namespace() {
+        let r = resolved("prod");
+        let farm = &r.overlay.namespace;
+        let unit = Unit {
+            resolved: &r,
+            objects: vec![
+                in_namespace(object("Secret", "client"), farm),
+                in_namespace(object("Secret", "client"), "team-a"),
+                in_namespace(object("Role", "kiln-rotate-x"), "team-a"),
+                object("ClusterRole", "c"),
+            ],
+            flavor: Flavor::Kustomize,
+        };
+        let tree = layout(std::slice::from_ref(&unit), "rendered", None).unwrap();
+        let paths: Vec<&str> = tree.files.keys().map(String::as_str).collect();
+        assert_eq!(
+            paths,
+            [
+                "prod/clusterrole-c.yaml",
+                "prod/kustomization.yaml",
+                "prod/secret-client.yaml",
+                "prod/team-a/role-kiln-rotate-x.yaml",
+                "prod/team-a/secret-client.yaml",
+            ]
+        );
+        assert!(
+            tree.files["prod/kustomization.yaml"].ends_with(
+                "resources:\n- clusterrole-c.yaml\n- secret-client.yaml\n- team-a/role-kiln-rotate-x.yaml\n- team-a/secret-client.yaml\n"
+            ),
+            "{}",
+            tree.files["prod/kustomization.yaml"]
+        );
+        assert_eq!(owner("prod/team-a/secret-client.yaml"), Some("prod"));
+        // The stream names the same files.
+        let text = stream(&[unit]).unwrap();
+        assert_eq!(text.matches("---\n").count(), 4);
+    }
+
     #[test]
     fn layout_errors() {
         let r = resolved("dev");
@@ -896,7 +1006,7 @@ mod tests {
             },
             Unit {
                 resolved: &prod,
-                objects: vec![object("ConfigMap", "a")],
+                objects: vec![object("ConfigMap", "b")],
                 flavor: Flavor::Flux,
             },
         ];
@@ -904,6 +1014,28 @@ mod tests {
             layout(&units, "rendered", None),
             Err(OutputError::FluxSource { .. })
         ));
+
+        // Two overlays that render one object (here: two farms serving team-a with the same
+        // client Secret name).
+        let prod = resolved("prod");
+        let shared = |r| Unit {
+            resolved: r,
+            objects: vec![in_namespace(object("Secret", "client"), "team-a")],
+            flavor: Flavor::Kustomize,
+        };
+        let e = layout(&[shared(&r), shared(&prod)], "rendered", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "failed to lay out overlay prod: overlay dev renders Secret team-a/client too, and two overlays cannot own one object;"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("a certs.secrets.client and tekton.name of its own, or task: false"),
+            "{e}"
+        );
 
         let empty = Unit {
             resolved: &r,

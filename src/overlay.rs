@@ -60,7 +60,9 @@ pub struct Overlay {
     /// How the output is laid out for a GitOps tool.
     pub gitops: Gitops,
     /// Team namespaces whose TaskRuns build against this farm. Each gets a client Secret of its
-    /// own, renewed by the farm's CronJob. The farm's own namespace is always a tenant.
+    /// own (renewed by the farm's CronJob), a Role and RoleBinding that let the CronJob renew
+    /// it, and a copy of the Task. kiln does not create these namespaces: they must exist
+    /// before the sync. The farm's own namespace is always a tenant; do not list it.
     pub tenants: Vec<Tenant>,
 }
 

@@ -160,6 +160,31 @@ fn resource_list(function_config: &Value) -> Value {
     })
 }
 
+/// What the example's tenant gets in its namespace.
+const TEAM_A: [&str; 4] = [
+    "Role/kiln-rotate-buildkit-dev",
+    "RoleBinding/kiln-rotate-buildkit-dev",
+    "Secret/buildkit-client-certs",
+    "Task/buildkit",
+];
+
+/// `Kind/name` of the objects in namespace team-a, sorted.
+fn tenant_objects(objects: &[Value]) -> Vec<String> {
+    let mut found: Vec<String> = objects
+        .iter()
+        .filter(|o| o["metadata"]["namespace"] == "team-a")
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 fn krm(input: &str) -> Output {
     let mut cmd = kiln();
     cmd.arg("krm");
@@ -185,6 +210,8 @@ fn krm_appends_generated_objects_after_untouched_items() {
     let generated = &items[input_items.len()..];
     assert_objects(generated);
     assert_eq!(by_id(generated), by_id(&expected_for_example()));
+    // The example's tenant comes out in its own namespace, as `kiln render` puts it.
+    assert_eq!(tenant_objects(generated), TEAM_A);
     assert_eq!(output["functionConfig"], stack);
     assert!(
         output.get("results").is_none(),
@@ -567,6 +594,8 @@ fn kubectl_kustomize_builds_the_example_like_kiln_render_plus_the_patch() {
         "build-farm"
     );
     assert_eq!(deployment["metadata"]["namespace"], "buildkit-dev");
+    // The tenant's objects stay in team-a through Kustomize.
+    assert_eq!(tenant_objects(&actual), TEAM_A);
 }
 
 #[test]
@@ -960,5 +989,35 @@ fn cmp_application_uses_the_plugin_and_an_overlay() {
     assert_eq!(
         app["spec"]["ignoreDifferences"],
         rendered["spec"]["ignoreDifferences"]
+    );
+}
+
+#[test]
+fn cmp_renders_a_farm_and_its_tenants_for_one_application() {
+    let dir = overlay_dir(&[(
+        "prod",
+        &json!({"namespace": "buildkit-prod", "tenants": [{"namespace": "team-a"}, {"namespace": "team-b", "task": false}]}),
+    )]);
+    let out = cmp_generate(dir.path(), &[("ARGOCD_ENV_OVERLAY", "prod")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let objects = parse_stream(&text(&out.stdout));
+    assert_objects(&objects);
+    // One Application's render holds every namespace; Argo CD keeps each object's own
+    // metadata.namespace (the destination only fills in a missing one).
+    assert_eq!(namespaces(&objects), ["buildkit-prod", "team-a", "team-b"]);
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["kind"] == "Namespace" || o["metadata"]["namespace"].is_string())
+    );
+    assert_eq!(
+        tenant_objects(&objects),
+        TEAM_A.map(|o| o.replace("-dev", "-prod"))
+    );
+    // The reminder goes to stderr, never into the stream Argo CD applies.
+    assert!(
+        text(&out.stderr).contains("which kiln does not create"),
+        "{}",
+        text(&out.stderr)
     );
 }

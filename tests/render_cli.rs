@@ -348,6 +348,7 @@ fn argocd_plugin_environment_chooses_the_overlay() {
                     .map(str::to_string)
             })
             .collect();
+        ns.sort();
         ns.dedup();
         ns
     };
@@ -367,7 +368,8 @@ fn argocd_plugin_environment_chooses_the_overlay() {
     )]);
     assert_eq!(namespaces(&out), ["buildkit-staging"]);
     let out = stream(&[("ARGOCD_APP_NAME", "buildkit-prod")]);
-    assert_eq!(namespaces(&out), ["buildkit-prod"]);
+    // prod's tenants come with it: one Application serves every namespace.
+    assert_eq!(namespaces(&out), ["buildkit-prod", "team-a", "team-b", "team-c"]);
     let out = stream(&[("ARGOCD_APP_NAME", "something-else")]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stdout(&out), "", "nothing on stdout when the overlay is unknown");
@@ -743,5 +745,136 @@ fn check_hints_at_a_missing_gitops_flag() {
         stderr(&out).contains("was it rendered with --gitops argocd?"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn bad_tenant_namespace() {
+    assert_rejected(
+        &[(
+            "dev.yaml",
+            "namespace: farm\ntenants:\n  - namespace: team-a\n  - namespace: Team_B\n",
+        )],
+        &[],
+        "failed to load overlays/dev.yaml:4: tenants[1].namespace: \"Team_B\" is not a valid DNS-1123 label",
+    );
+    assert_rejected(
+        &[(
+            "dev.yaml",
+            "namespace: farm\ntenants:\n  - namespace: team-a\n  - namespace: team-a\n",
+        )],
+        &[],
+        "failed to load overlays/dev.yaml:4: tenants[1].namespace: \"team-a\" is listed twice",
+    );
+}
+
+#[test]
+fn two_farms_sharing_a_tenant_need_names_of_their_own() {
+    const STAGING: &str = "namespace: buildkit-staging\ntenants:\n  - namespace: team-a\n";
+    let prod = |client: &str| {
+        format!(
+            "namespace: buildkit-prod\ncerts:\n  secrets:\n    client: {client}\ntekton:\n  name: buildkit-prod\ntenants:\n  - namespace: team-a\n"
+        )
+    };
+    assert_rejected(
+        &[
+            ("staging.yaml", STAGING),
+            ("prod.yaml", &prod("buildkit-client-certs")),
+        ],
+        &[],
+        "failed to lay out overlay staging: overlay prod renders Secret team-a/buildkit-client-certs too, and two overlays cannot own one object",
+    );
+    // With a client Secret and a Task name of its own, each farm owns its objects in team-a,
+    // and its Role and RoleBinding are named after its namespace.
+    let ws = workspace(&[
+        ("staging.yaml", STAGING),
+        ("prod.yaml", &prod("buildkit-prod-client")),
+    ]);
+    let out = run(ws.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut team_a: Vec<String> = tree(&ws.path().join("rendered"))
+        .into_keys()
+        .filter(|path| path.contains("/team-a/"))
+        .collect();
+    team_a.sort();
+    assert_eq!(
+        team_a,
+        [
+            "prod/team-a/role-kiln-rotate-buildkit-prod.yaml",
+            "prod/team-a/rolebinding-kiln-rotate-buildkit-prod.yaml",
+            "prod/team-a/secret-buildkit-prod-client.yaml",
+            "prod/team-a/task-buildkit-prod.yaml",
+            "staging/team-a/role-kiln-rotate-buildkit-staging.yaml",
+            "staging/team-a/rolebinding-kiln-rotate-buildkit-staging.yaml",
+            "staging/team-a/secret-buildkit-client-certs.yaml",
+            "staging/team-a/task-buildkit.yaml",
+        ]
+    );
+}
+
+#[test]
+fn render_says_kiln_does_not_create_tenant_namespaces_and_drops_a_removed_tenant() {
+    let ws = workspace(&[(
+        "prod.yaml",
+        "namespace: farm\ntenants:\n  - namespace: team-a\n  - namespace: team-b\n    task: false\n",
+    )]);
+    let out = run(ws.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "kiln: overlay prod renders into tenant namespaces team-a, team-b, which kiln does not create: they must exist before the sync (Argo CD: the project's destinations must allow them)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let rendered = ws.path().join("rendered/prod");
+    assert_eq!(
+        entries(&rendered.join("team-b")),
+        [
+            "role-kiln-rotate-farm.yaml",
+            "rolebinding-kiln-rotate-farm.yaml",
+            "secret-buildkit-client-certs.yaml"
+        ]
+    );
+    let kustomization = fs::read_to_string(rendered.join("kustomization.yaml")).unwrap();
+    assert!(
+        kustomization.contains("- team-a/task-buildkit.yaml\n"),
+        "{kustomization}"
+    );
+
+    // team-b leaves the overlay: its files go, and so does its directory.
+    fs::write(
+        ws.path().join("overlays/prod.yaml"),
+        "namespace: farm\ntenants:\n  - namespace: team-a\n",
+    )
+    .unwrap();
+    let out = run(ws.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The kustomization, the ConfigMap and the NetworkPolicy name one tenant less.
+    assert!(
+        stderr(&out).contains(": 3 files changed, 3 removed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out)
+            .contains("renders into tenant namespace team-a, which kiln does not create: it must exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!rendered.join("team-b").exists());
+    assert!(rendered.join("team-a/secret-buildkit-client-certs.yaml").exists());
+
+    // No tenants, no note.
+    fs::write(ws.path().join("overlays/prod.yaml"), "namespace: farm\n").unwrap();
+    let out = run(ws.path(), &["render"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("tenant"), "{}", stderr(&out));
+    assert_eq!(
+        entries(&rendered)
+            .iter()
+            .filter(|e| !e.ends_with(".yaml"))
+            .count(),
+        0
     );
 }

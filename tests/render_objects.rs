@@ -1,10 +1,11 @@
-//! Rendered objects: golden snapshots of a dev-like and a prod-like overlay, and the
-//! properties reviewers care about (restricted pods, least-privilege RBAC, empty Secrets,
-//! labels everywhere, the StatefulSet layout).
+//! Rendered objects: golden snapshots of a dev-like and a prod-like overlay (with three
+//! tenant namespaces), and the properties reviewers care about (restricted pods,
+//! least-privilege RBAC, empty Secrets, labels everywhere, the StatefulSet layout, a
+//! NetworkPolicy that admits exactly the tenants).
 
 use std::collections::BTreeMap;
 
-use kiln::overlay::{Cache, CacheVolume, Mode, Overlay, Toleration, Workload};
+use kiln::overlay::{Cache, CacheVolume, Mode, Overlay, Tenant, Toleration, Workload};
 use kiln::pki::SecretFormat;
 use kiln::render::{Context, Object, render};
 use serde_json::Value;
@@ -22,8 +23,11 @@ fn dev() -> Overlay {
     overlay
 }
 
+/// The tenants of [`prod`]: team-c runs its own Task.
+const PROD_TENANTS: [(&str, bool); 3] = [("team-a", true), ("team-b", true), ("team-c", false)];
+
 /// A production farm: a StatefulSet of three userns daemons, pinned to build nodes, with
-/// cert-manager key names, a daemonless Task and bigger resources.
+/// cert-manager key names, a daemonless Task, bigger resources and three tenants.
 fn prod() -> Overlay {
     let mut overlay = Overlay {
         namespace: "buildkit-prod".into(),
@@ -54,6 +58,12 @@ fn prod() -> Overlay {
     overlay.tekton.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
     overlay.certs.format = SecretFormat::Tls;
     overlay.kiln.image = "ghcr.io/kiln-dev/kiln:0.1.0".into();
+    overlay.tenants = PROD_TENANTS
+        .map(|(namespace, task)| Tenant {
+            namespace: namespace.into(),
+            task,
+        })
+        .to_vec();
     overlay
 }
 
@@ -69,10 +79,15 @@ fn stream(objects: &[Object]) -> String {
         .join("---\n")
 }
 
+/// The object `kind`/`name` in the overlay's own namespace (or cluster-scoped).
 fn find<'a>(objects: &'a [Object], kind: &str, name: &str) -> &'a Value {
+    let farm = objects
+        .iter()
+        .find(|o| o.kind == "ConfigMap" && o.name == "kiln-config")
+        .and_then(|o| o.namespace.clone());
     &objects
         .iter()
-        .find(|o| o.kind == kind && o.name == name)
+        .find(|o| o.kind == kind && o.name == name && (o.namespace.is_none() || o.namespace == farm))
         .unwrap_or_else(|| panic!("no {kind} {name}"))
         .value
 }
@@ -122,8 +137,9 @@ fn kiln_pods_meet_the_restricted_pod_security_standard() {
     for (overlay, name) in [(dev(), "dev"), (prod(), "prod")] {
         let objects = objects(&overlay, name);
         let containers = kiln_containers(&objects);
-        // CronJob, Job and the kiln build Task.
-        assert_eq!(containers.len(), 3, "{name}");
+        // CronJob, Job and the kiln build Task, and its copy in each tenant that wants one.
+        let copies = overlay.tenants.iter().filter(|t| t.task).count();
+        assert_eq!(containers.len(), 3 + copies, "{name}");
         for (what, pod, container) in containers {
             let field = |key: &str| {
                 let c = &container[key];
@@ -155,37 +171,152 @@ fn kiln_pods_meet_the_restricted_pod_security_standard() {
     }
 }
 
+/// (apiGroup, resource, resourceNames, verbs) of each rule of a Role.
+fn rules(role: &Value) -> Vec<(String, String, Vec<String>, Vec<String>)> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rule| {
+            let (groups, resources) = (strings(&rule["apiGroups"]), strings(&rule["resources"]));
+            assert_eq!((groups.len(), resources.len()), (1, 1), "{rule}");
+            (
+                groups[0].clone(),
+                resources[0].clone(),
+                strings(&rule["resourceNames"]),
+                strings(&rule["verbs"]),
+            )
+        })
+        .collect()
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|i| i.to_string()).collect()
+}
+
 #[test]
-fn role_names_every_resource_it_can() {
+fn every_secret_rule_in_every_role_has_resource_names() {
+    for (overlay, name) in [(dev(), "dev"), (prod(), "prod")] {
+        let objects = objects(&overlay, name);
+        let roles: Vec<&Object> = objects.iter().filter(|o| o.kind == "Role").collect();
+        assert_eq!(roles.len(), 1 + overlay.tenants.len(), "{name}");
+        assert!(
+            objects
+                .iter()
+                .all(|o| o.kind != "ClusterRole" && o.kind != "ClusterRoleBinding")
+        );
+        for role in roles {
+            for (group, resource, names, verbs) in rules(&role.value) {
+                if resource == "secrets" {
+                    assert_eq!(group, "");
+                    assert!(
+                        !names.is_empty(),
+                        "{} {:?}: a Secret rule without resourceNames",
+                        role.name,
+                        role.namespace
+                    );
+                }
+                for verb in &verbs {
+                    assert!(
+                        ![
+                            "*",
+                            "watch",
+                            "delete",
+                            "deletecollection",
+                            "escalate",
+                            "bind",
+                            "impersonate"
+                        ]
+                        .contains(&verb.as_str()),
+                        "{} {verb}",
+                        role.name
+                    );
+                }
+                // A rule without names is one Kubernetes cannot scope by name.
+                if names.is_empty() {
+                    assert!(
+                        (resource == "events" && verbs.iter().all(|v| v == "create" || v == "patch"))
+                            || (resource == "endpointslices" && verbs == ["list"]),
+                        "{} {resource} {verbs:?} is not scoped by resourceNames",
+                        role.name
+                    );
+                } else {
+                    assert!(
+                        !verbs.iter().any(|v| v == "list" || v == "create"),
+                        "{} {resource}: {verbs:?} ignore resourceNames",
+                        role.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_farm_role_names_every_resource_it_can() {
     for (overlay, name) in [(dev(), "dev"), (prod(), "prod")] {
         let objects = objects(&overlay, name);
         let role = find(&objects, "Role", "kiln-rotate");
-        let rules = role["rules"].as_array().unwrap();
-        let mut scoped = Vec::new();
-        for rule in rules {
-            let resources = &rule["resources"];
-            if resources == &serde_json::json!(["events"]) {
-                // create cannot be scoped by name: the name does not exist yet.
-                assert_eq!(rule["verbs"], serde_json::json!(["create"]));
-                continue;
-            }
-            let names = rule["resourceNames"].as_array().expect("resourceNames");
-            assert!(!names.is_empty());
-            for verb in rule["verbs"].as_array().unwrap() {
-                assert!(!["list", "watch", "create", "delete", "*"].contains(&verb.as_str().unwrap()));
-            }
-            scoped.push(resources[0].as_str().unwrap().to_string());
+        let mut expected = vec![
+            (
+                "".to_string(),
+                "secrets".to_string(),
+                strings(&["buildkit-ca", "buildkit-daemon-certs", "buildkit-client-certs"]),
+                strings(&["get", "update"]),
+            ),
+            (
+                "".into(),
+                "configmaps".into(),
+                strings(&["kiln-config"]),
+                strings(&["get"]),
+            ),
+        ];
+        match overlay.buildkit.workload {
+            Workload::Statefulset => expected.push((
+                "apps".into(),
+                "statefulsets".into(),
+                strings(&["buildkitd"]),
+                strings(&["get", "patch"]),
+            )),
+            Workload::Deployment => expected.extend([
+                (
+                    "apps".into(),
+                    "deployments".into(),
+                    strings(&["buildkitd"]),
+                    strings(&["get", "patch"]),
+                ),
+                (
+                    "discovery.k8s.io".into(),
+                    "endpointslices".into(),
+                    vec![],
+                    strings(&["list"]),
+                ),
+            ]),
         }
-        let workload = if overlay.buildkit.workload == Workload::Statefulset {
-            "statefulsets"
-        } else {
-            "deployments"
-        };
-        assert_eq!(scoped, ["secrets", workload], "{name}");
-        let secrets = &rules[0]["resourceNames"];
+        expected.extend([
+            ("".into(), "events".into(), vec![], strings(&["create"])),
+            (
+                "events.k8s.io".into(),
+                "events".into(),
+                vec![],
+                strings(&["create", "patch"]),
+            ),
+        ]);
+        assert_eq!(rules(role), expected, "{name}");
+        // The Role says why the unnamed rules cannot be named.
+        let note = role["metadata"]["annotations"]["kiln.dev/rbac-note"]
+            .as_str()
+            .unwrap();
+        assert!(note.contains("events create and patch"), "{note}");
         assert_eq!(
-            secrets,
-            &serde_json::json!(["buildkit-ca", "buildkit-daemon-certs", "buildkit-client-certs"])
+            note.contains("endpointslices list"),
+            overlay.buildkit.workload == Workload::Deployment,
+            "{note}"
         );
         assert_eq!(
             find(&objects, "RoleBinding", "kiln-rotate")["subjects"][0]["name"],
@@ -195,11 +326,149 @@ fn role_names_every_resource_it_can() {
 }
 
 #[test]
+fn each_tenant_role_lets_the_farms_service_account_renew_only_its_client_secret() {
+    let overlay = prod();
+    let objects = objects(&overlay, "prod");
+    for (namespace, _) in PROD_TENANTS {
+        let in_tenant: Vec<&Object> = objects
+            .iter()
+            .filter(|o| o.namespace.as_deref() == Some(namespace))
+            .collect();
+        let one = |kind: &str| {
+            let found: Vec<_> = in_tenant.iter().filter(|o| o.kind == kind).collect();
+            assert_eq!(found.len(), 1, "{namespace}: {kind}");
+            &found[0].value
+        };
+        let role = one("Role");
+        assert_eq!(role["metadata"]["name"], "kiln-rotate-buildkit-prod");
+        assert_eq!(
+            rules(role),
+            [(
+                "".to_string(),
+                "secrets".to_string(),
+                strings(&["buildkit-client-certs"]),
+                strings(&["get", "update"])
+            )]
+        );
+        let binding = one("RoleBinding");
+        assert_eq!(binding["metadata"]["name"], "kiln-rotate-buildkit-prod");
+        assert_eq!(
+            binding["roleRef"],
+            serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kiln-rotate-buildkit-prod"})
+        );
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "kiln-rotate", "namespace": "buildkit-prod"}])
+        );
+        // The client Secret shell under the farm's name, like the farm's own.
+        let secret = one("Secret");
+        assert_eq!(secret["metadata"]["name"], "buildkit-client-certs");
+        let farm = find(&objects, "Secret", "buildkit-client-certs");
+        assert_eq!(secret["metadata"]["annotations"], farm["metadata"]["annotations"]);
+        assert_eq!(secret["type"], farm["type"]);
+    }
+    // team-c said task: false.
+    let tasks: Vec<_> = objects
+        .iter()
+        .filter(|o| o.kind == "Task")
+        .map(|o| format!("{}/{}", o.namespace.as_deref().unwrap(), o.name))
+        .collect();
+    assert_eq!(
+        tasks,
+        [
+            "buildkit-prod/buildkit",
+            "buildkit-prod/buildkit-daemonless",
+            "team-a/buildkit",
+            "team-b/buildkit"
+        ]
+    );
+}
+
+#[test]
+fn the_network_policy_admits_exactly_the_tenant_namespaces_and_the_rotate_pods() {
+    for (overlay, name) in [(dev(), "dev"), (prod(), "prod")] {
+        let objects = objects(&overlay, name);
+        let policy = find(&objects, "NetworkPolicy", "buildkitd");
+        assert_eq!(policy["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+        let ingress = policy["spec"]["ingress"].as_array().unwrap();
+        assert_eq!(ingress.len(), 2, "{name}");
+        let port = serde_json::json!([{"port": 1234, "protocol": "TCP"}]);
+        let mut namespaces: Vec<String> = vec![overlay.namespace.clone()];
+        namespaces.extend(overlay.tenants.iter().map(|t| t.namespace.clone()));
+        assert_eq!(
+            ingress[0],
+            serde_json::json!({
+                "from": [{"namespaceSelector": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}
+                ]}}],
+                "ports": port,
+            }),
+            "{name}"
+        );
+        // The rotate pods: exactly the CronJob's and the bootstrap Job's pod labels select.
+        let selector = ingress[1]["from"][0]["podSelector"]["matchLabels"]
+            .as_object()
+            .unwrap();
+        assert_eq!(ingress[1]["from"].as_array().unwrap().len(), 1);
+        assert!(ingress[1]["from"][0].get("namespaceSelector").is_none());
+        assert_eq!(ingress[1]["ports"], port);
+        let pods = |kind: &str| -> Vec<Value> {
+            objects
+                .iter()
+                .filter(|o| {
+                    o.kind == kind
+                        || (kind == "*" && o.value.pointer("/spec/template/metadata/labels").is_some())
+                })
+                .map(|o| match o.kind.as_str() {
+                    "CronJob" => {
+                        o.value["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"].clone()
+                    }
+                    _ => o.value["spec"]["template"]["metadata"]["labels"].clone(),
+                })
+                .collect()
+        };
+        let matches = |labels: &Value| selector.iter().all(|(k, v)| &labels[k] == v);
+        for labels in pods("CronJob").iter().chain(&pods("Job")) {
+            assert!(matches(labels), "{name}: rotate pod {labels} not selected");
+        }
+        // Not the daemon's own pods.
+        let daemon = pods("*")
+            .into_iter()
+            .filter(|l| l["app.kubernetes.io/name"] == "buildkitd")
+            .count();
+        assert_eq!(daemon, 1);
+        for labels in pods("*")
+            .iter()
+            .filter(|l| l["app.kubernetes.io/name"] == "buildkitd")
+        {
+            assert!(!matches(labels), "{name}: the daemon is selected as a rotate pod");
+        }
+    }
+}
+
+#[test]
+fn the_ca_shell_lists_the_keys_rotate_writes() {
+    use kiln::rotate::state::{CA_CERT_KEY, CA_KEY_KEY};
+    for (overlay, name) in [(dev(), "dev"), (prod(), "prod")] {
+        let objects = objects(&overlay, name);
+        let ca = find(&objects, "Secret", "buildkit-ca");
+        assert_eq!(
+            ca["metadata"]["annotations"]["kiln.dev/secret-keys"],
+            format!("{CA_CERT_KEY}, {CA_KEY_KEY}")
+        );
+        assert_eq!(
+            kiln::render::secrets::CA_SECRET_KEYS,
+            format!("{CA_CERT_KEY}, {CA_KEY_KEY}")
+        );
+    }
+}
+
+#[test]
 fn secrets_carry_no_data() {
     for (overlay, name) in [(dev(), "dev"), (prod(), "prod")] {
         let objects = objects(&overlay, name);
         let secrets: Vec<_> = objects.iter().filter(|o| o.kind == "Secret").collect();
-        assert_eq!(secrets.len(), 3);
+        assert_eq!(secrets.len(), 3 + overlay.tenants.len());
         for secret in secrets {
             let keys: Vec<_> = secret.value.as_object().unwrap().keys().cloned().collect();
             assert_eq!(
@@ -209,8 +478,14 @@ fn secrets_carry_no_data() {
                 secret.name
             );
             let annotations = &secret.value["metadata"]["annotations"];
+            // Flux creates it once and never garbage-collects it; Argo CD neither prunes it
+            // nor deletes it with the Application.
             assert_eq!(annotations["kustomize.toolkit.fluxcd.io/ssa"], "IfNotPresent");
-            assert_eq!(annotations["argocd.argoproj.io/sync-options"], "Prune=false");
+            assert_eq!(annotations["kustomize.toolkit.fluxcd.io/prune"], "disabled");
+            assert_eq!(
+                annotations["argocd.argoproj.io/sync-options"],
+                "Prune=false,Delete=false"
+            );
         }
         // No PEM anywhere in the output, not even in the ConfigMap.
         assert!(!stream(&objects).contains("-----BEGIN"));
@@ -363,15 +638,16 @@ fn same_input_same_bytes() {
 }
 
 #[test]
-fn names_are_unique_per_kind() {
+fn names_are_unique_per_kind_and_namespace() {
     for (overlay, name) in [(dev(), "dev"), (prod(), "prod")] {
         let objects = objects(&overlay, name);
         let mut seen = std::collections::BTreeSet::new();
         for object in &objects {
             assert!(
-                seen.insert((object.kind.clone(), object.name.clone())),
-                "duplicate {} {}",
+                seen.insert((object.kind.clone(), object.namespace.clone(), object.name.clone())),
+                "duplicate {} {:?} {}",
                 object.kind,
+                object.namespace,
                 object.name
             );
         }

@@ -1,13 +1,13 @@
 //! checkov over the rendered objects: kiln's own pods (rotation CronJob, bootstrap Job,
-//! the kiln build Task's step) pass the checks that matter, and the daemon fails only the
-//! documented BuildKit exemptions.
+//! the kiln build Task's step, in the farm's namespace and a tenant's) and its RBAC pass the
+//! checks that matter, and the daemon fails only the documented BuildKit exemptions.
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use kiln::overlay::{Mode, Overlay, Workload};
+use kiln::overlay::{Mode, Overlay, Tenant, Workload};
 use kiln::render::{Context, Object, render};
 use serde_json::{Value, json};
 
@@ -221,6 +221,10 @@ fn overlay(name: &str, mode: Mode, workload: Workload, replicas: u32) -> Overlay
     overlay.buildkit.workload = workload;
     overlay.buildkit.replicas = replicas;
     overlay.tekton.daemonless = true;
+    overlay.tenants = vec![Tenant {
+        namespace: format!("team-{name}"),
+        task: true,
+    }];
     overlay
 }
 
@@ -260,6 +264,8 @@ fn checkov_passes_kiln_pods_and_only_documented_daemon_exemptions() {
             (format!("CronJob.{ns}.kiln-rotate"), ids(&[EVERYWHERE, ROTATE])),
             (format!("Job.{ns}.kiln-bootstrap"), ids(&[EVERYWHERE, ROTATE])),
             (format!("Pod.{ns}.buildkit"), ids(&[EVERYWHERE, TASK])),
+            // The tenant's copy of the Task.
+            (format!("Pod.team-{name}.buildkit"), ids(&[EVERYWHERE, TASK])),
         ] {
             let Verdict { passed, failed } = result(&resource);
             for check in MUST_PASS {
@@ -273,6 +279,19 @@ fn checkov_passes_kiln_pods_and_only_documented_daemon_exemptions() {
                 unexpected.is_empty(),
                 "{resource} fails undocumented checks {unexpected:?}"
             );
+        }
+        // RBAC, the farm's and the tenant's, passes every check checkov has for it: no
+        // wildcards, bind or escalate (Role); no reading all Secrets, no impersonation
+        // (RoleBinding).
+        for (resource, must) in [
+            (format!("Role.{ns}.kiln-rotate"), "CKV_K8S_49"),
+            (format!("RoleBinding.{ns}.kiln-rotate"), "CKV2_K8S_5"),
+            (format!("Role.team-{name}.kiln-rotate-{ns}"), "CKV_K8S_49"),
+            (format!("RoleBinding.team-{name}.kiln-rotate-{ns}"), "CKV2_K8S_5"),
+        ] {
+            let Verdict { passed, failed } = result(&resource);
+            assert!(failed.is_empty(), "{resource} fails {failed:?}");
+            assert!(passed.contains(must), "{resource} must pass {must}");
         }
         // The daemon and the daemonless Task: only the documented BuildKit exemptions.
         let kind = match workload {

@@ -34,6 +34,8 @@ As a KRM exec function, in a file listed under `generators:` of a kustomization:
 then: kustomize build --enable-alpha-plugins --enable-exec DIR (kubectl kustomize skips exec
 functions: use `kiln install-plugin` and the legacy plugin with it).
 
+Leave `namespace:` out of that kustomization: an overlay with `tenants:` renders into several
+namespaces, and Kustomize's namespace transformer would move every object into one.
 `kiln` with no arguments and a ResourceList on stdin is the same as `kiln krm`.
 `extends:` in spec names an overlay in the overlays/ directory next to the kustomization
 ($KUSTOMIZE_PLUGIN_CONFIG_ROOT, else the current directory).")]

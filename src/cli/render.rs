@@ -78,6 +78,11 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         opts.overlay.push(name);
     }
     let resolved = resolve(&opts)?;
+    let notes = || {
+        for note in resolved.iter().filter_map(tenants_note) {
+            eprintln!("kiln: {note}");
+        }
+    };
     if args.stdout {
         let mut text = String::new();
         for r in &resolved {
@@ -91,10 +96,12 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
             .context("failed to write to stdout")?;
+        notes();
         return Ok(ExitCode::SUCCESS);
     }
     let tree = layout(&opts, &resolved)?;
     let report = output::write(&opts.out, &tree)?;
+    notes();
     let names: Vec<&str> = resolved.iter().map(|r| r.name.as_str()).collect();
     let names = match names.as_slice() {
         [first, .., last] if names.len() > 5 => format!("{} overlays ({first} … {last})", names.len()),
@@ -151,6 +158,27 @@ pub fn schema(_args: SchemaArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}").context("failed to write to stdout")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A reminder for an overlay with tenants: kiln renders into their namespaces but does not
+/// create them.
+fn tenants_note(r: &Resolved) -> Option<String> {
+    let tenants: Vec<&str> = r.overlay.tenants.iter().map(|t| t.namespace.as_str()).collect();
+    let (list, it, them) = match tenants.as_slice() {
+        [] => return None,
+        [one] => (format!("namespace {one}"), "it", "it"),
+        [first, .., last] if tenants.len() > 5 => (
+            format!("{} namespaces ({first} … {last})", tenants.len()),
+            "they",
+            "them",
+        ),
+        _ => (format!("namespaces {}", tenants.join(", ")), "they", "them"),
+    };
+    Some(format!(
+        "overlay {} renders into tenant {list}, which kiln does not create: {it} must exist before the sync \
+         (Argo CD: the project's destinations must allow {them})",
+        r.name
+    ))
 }
 
 /// Resolve the selected overlays (or all of them).

@@ -680,19 +680,37 @@ fn source_path(paths: &[String], source: usize) -> &str {
     paths.get(source).or(paths.last()).map_or("", String::as_str)
 }
 
-/// The file and line that set a dotted field (or its closest parent that a file set;
-/// the leaf file when only defaults apply).
+/// The file and line that set a dotted field such as `tenants[1].namespace` (or its closest
+/// parent that a file set; the leaf file when only defaults apply).
 fn provenance(merged: &Node, field: &str, paths: &[String]) -> (String, u64) {
     let mut node = None;
     let mut current = merged;
-    for key in field.split('.') {
-        let key = key.split('[').next().unwrap_or(key);
+    'path: for segment in field.split('.') {
+        let mut parts = segment.split('[');
+        let key = parts.next().unwrap_or(segment);
         match current.get(key) {
             Some(child) => {
                 current = child;
                 node = Some(child);
             }
             None => break,
+        }
+        // `[i]` suffixes index into sequences.
+        for index in parts {
+            let item = index
+                .strip_suffix(']')
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| match &current.value {
+                    NodeValue::Seq(items) => items.get(i),
+                    _ => None,
+                });
+            match item {
+                Some(child) => {
+                    current = child;
+                    node = Some(child);
+                }
+                None => break 'path,
+            }
         }
     }
     match node {
@@ -897,6 +915,84 @@ mod tests {
             e.starts_with("failed to load overlays/dev.yaml:2: namespace: \"Ns-dev\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tenant_errors_name_the_line_of_the_entry() {
+        fn files(text: &str) -> [(&str, &str); 2] {
+            [("base", "namespace: farm\n"), ("dev", text)]
+        }
+        let e = err(
+            &files("extends: base\ntenants:\n  - namespace: team-a\n  - namespace: Team_B\n"),
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:4: tenants[1].namespace: \"Team_B\" is not a valid DNS-1123 label"),
+            "{e}"
+        );
+        let e = err(
+            &files(
+                "extends: base\ntenants:\n  - namespace: team-a\n    task: false\n  - namespace: team-a\n",
+            ),
+            "dev",
+        );
+        assert_eq!(
+            e,
+            "failed to load overlays/dev.yaml:5: tenants[1].namespace: \"team-a\" is listed twice; list each tenant namespace once"
+        );
+        let e = err(&files("extends: base\ntenants:\n\n  - namespace: farm\n"), "dev");
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:4: tenants[0].namespace: \"farm\" is the farm's own namespace"),
+            "{e}"
+        );
+        // A template is rendered before the checks, and keeps its line.
+        let e = err(
+            &files("extends: base\ntenants:\n  - namespace: \"{{namespace}}\"\n"),
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:3: tenants[0].namespace:"),
+            "{e}"
+        );
+        // Typed errors name the entry's line too.
+        let e = err(&files("tenants:\n  - namespace: a\n    tsk: false\n"), "dev");
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:3: tenants[0].tsk: unknown field `tsk`"),
+            "{e}"
+        );
+        let e = err(&files("tenants:\n  - {}\n"), "dev");
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:2: tenants[0]"),
+            "{e}"
+        );
+        assert!(e.contains("missing field `namespace`"), "{e}");
+        let e = err(&files("tenants: team-a\n"), "dev");
+        assert!(
+            e.starts_with("failed to load overlays/dev.yaml:1: tenants:"),
+            "{e}"
+        );
+        // A parent's tenants are named in the parent's file.
+        let e = err(
+            &[
+                ("base", "tenants:\n  - namespace: ok\n  - namespace: \"-bad\"\n"),
+                ("dev", "extends: base\n"),
+            ],
+            "dev",
+        );
+        assert!(
+            e.starts_with("failed to load overlays/base.yaml:3: tenants[1].namespace:"),
+            "{e}"
+        );
+        // And a good list loads, in order.
+        let s = sources(&files(
+            "extends: base\ntenants:\n  - namespace: team-b\n  - namespace: team-a\n    task: false\n",
+        ));
+        let overlay = Resolver::new(&s).resolve("dev").unwrap().overlay;
+        assert_eq!(
+            overlay.tenant_namespaces().collect::<Vec<_>>(),
+            ["farm", "team-b", "team-a"]
+        );
+        assert!(overlay.tenants[0].task && !overlay.tenants[1].task);
     }
 
     #[test]

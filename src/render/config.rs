@@ -1,5 +1,6 @@
-//! The `kiln-config` ConfigMap: the resolved overlay, which the rotate CronJob and the
-//! bootstrap Job read their settings from.
+//! The `kiln-config` ConfigMap: the resolved overlay (tenants included), which the rotate
+//! CronJob and the bootstrap Job read their settings from, and which a by-hand `kiln rotate`
+//! without `--config` reads through the API.
 
 use std::collections::BTreeMap;
 
@@ -44,14 +45,35 @@ mod tests {
             ..Default::default()
         };
         overlay.buildkit.replicas = 3;
+        // rotate reads which namespaces hold client Secrets from here.
+        overlay.tenants = vec![
+            crate::overlay::Tenant {
+                namespace: "team-a".into(),
+                task: true,
+            },
+            crate::overlay::Tenant {
+                namespace: "team-b".into(),
+                task: false,
+            },
+        ];
         let meta = Meta {
             overlay: &overlay,
             instance: "dev",
         };
         let cm = config_map(&meta, &overlay).unwrap();
         let text = &cm.data.unwrap()[CONFIG_KEY];
+        assert!(
+            text.contains(
+                "tenants:\n- namespace: team-a\n  task: true\n- namespace: team-b\n  task: false\n"
+            ),
+            "{text}"
+        );
         let back: Overlay = crate::yaml::from_str(text, "kiln-config").unwrap();
         assert_eq!(back, overlay);
+        assert_eq!(
+            back.tenant_namespaces().collect::<Vec<_>>(),
+            ["ci", "team-a", "team-b"]
+        );
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! The GitOps wrappers around a rendered tree: the `kustomization.yaml` of each overlay
 //! directory, Argo CD Applications, and the Flux GitRepository and Kustomizations.
 //! Serde structs of kiln's own (no CRD crates); pure, no IO.
+//!
+//! One overlay renders into several namespaces (the farm's and each tenant's), and one
+//! Application or Flux Kustomization applies all of them. So nothing here overrides an
+//! object's namespace: the kustomization sets no `namespace:` (Kustomize's namespace
+//! transformer rewrites every namespaced object), the Flux Kustomization no
+//! `targetNamespace` (the same transformer), and the Application's destination namespace
+//! only fills in objects that name none (every kiln object names its own).
 
 use std::collections::BTreeMap;
 
@@ -123,7 +130,9 @@ pub struct ApplicationSource {
 pub struct ApplicationDestination {
     /// The cluster Argo CD runs in.
     pub server: String,
-    /// The overlay's namespace.
+    /// The overlay's namespace: the one `CreateNamespace=true` creates. Objects in tenant
+    /// namespaces keep their own; the Application's project must allow those namespaces as
+    /// destinations too, and they must exist.
     pub namespace: String,
 }
 
@@ -345,7 +354,8 @@ pub struct FluxKustomization {
     pub spec: FluxKustomizationSpec,
 }
 
-/// `Kustomization.spec` (Flux).
+/// `Kustomization.spec` (Flux). There is no `targetNamespace`, on purpose: it would move
+/// the tenants' objects into one namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FluxKustomizationSpec {
@@ -429,6 +439,25 @@ mod tests {
         assert!(app.spec.sync_policy.automated.prune && app.spec.sync_policy.automated.self_heal);
         assert_eq!(app.metadata.namespace.as_deref(), Some("argocd"));
         assert_eq!(app.spec.destination.namespace, "buildkit");
+    }
+
+    #[test]
+    fn wrappers_never_override_the_namespaces_of_tenant_objects() {
+        let overlay = Overlay {
+            namespace: "buildkit-prod".into(),
+            tenants: vec![crate::overlay::Tenant {
+                namespace: "team-a".into(),
+                task: true,
+            }],
+            ..Default::default()
+        };
+        let app = serde_json::to_value(application("prod", &overlay, "rendered/prod")).unwrap();
+        assert_eq!(app["spec"]["destination"]["namespace"], "buildkit-prod");
+        assert!(app["spec"]["source"].get("kustomize").is_none(), "{app}");
+        let flux = serde_json::to_value(flux_kustomization("prod", &overlay, "rendered/prod")).unwrap();
+        assert!(flux["spec"].get("targetNamespace").is_none(), "{flux}");
+        let kustomization = serde_json::to_value(kustomization(&["team-a/secret-x.yaml".into()])).unwrap();
+        assert!(kustomization.get("namespace").is_none(), "{kustomization}");
     }
 
     #[test]

@@ -142,11 +142,16 @@ impl<'a> Meta<'a> {
         ])
     }
 
-    /// Metadata for a namespaced object.
+    /// Metadata for a namespaced object in the farm's namespace.
     pub fn object(&self, name: &str, component: Component, wave: Wave) -> ObjectMeta {
+        self.object_in(self.namespace(), name, component, wave)
+    }
+
+    /// Metadata for a namespaced object in `namespace` (a tenant's, or the farm's).
+    pub fn object_in(&self, namespace: &str, name: &str, component: Component, wave: Wave) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.to_string()),
-            namespace: Some(self.namespace().to_string()),
+            namespace: Some(namespace.to_string()),
             labels: Some(self.labels(component)),
             annotations: Some(self.annotations(wave)),
             ..Default::default()

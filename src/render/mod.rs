@@ -67,8 +67,13 @@ pub fn render_resolved(resolved: &crate::overlay::Resolved) -> Result<Vec<Object
 /// ConfigMap (sync wave -2), the Secret shells (-1), the bootstrap Job (0), then the
 /// daemon, its Service, NetworkPolicy and PDB, the Task(s) and the CronJob (1).
 ///
+/// Each tenant namespace gets, in the same waves: a Role and RoleBinding that let the farm's
+/// `kiln-rotate` ServiceAccount renew its client Secret (-2), the client Secret shell (-1),
+/// and a copy of the Task unless the tenant says `task: false` (1). kiln never renders a
+/// tenant's Namespace: the namespace must exist already.
+///
 /// `rotation.enabled: false` leaves out the rotation objects (the Secrets stay: the daemon
-/// mounts them); `tekton.enabled: false` leaves out the Tasks.
+/// and the Tasks mount them); `tekton.enabled: false` leaves out the Tasks.
 pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderError> {
     let meta = Meta {
         overlay,
@@ -97,10 +102,26 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         push(Object::from_typed(&rotation::role(&meta)))?;
         push(Object::from_typed(&rotation::role_binding(&meta)))?;
         push(Object::from_typed(&config::config_map(&meta, overlay)?))?;
+        for tenant in &overlay.tenants {
+            push(Object::from_typed(&rotation::tenant_role(
+                &meta,
+                &tenant.namespace,
+            )))?;
+            push(Object::from_typed(&rotation::tenant_role_binding(
+                &meta,
+                &tenant.namespace,
+            )))?;
+        }
     }
     // Wave -1: the Secret shells.
     for secret in secrets::secrets(&meta) {
         push(Object::from_typed(&secret))?;
+    }
+    for tenant in &overlay.tenants {
+        push(Object::from_typed(&secrets::tenant_secret(
+            &meta,
+            &tenant.namespace,
+        )))?;
     }
     // Wave 0: the bootstrap hook.
     if rotation {
@@ -123,6 +144,11 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
         push(Object::from_typed(&tekton::task(&meta)))?;
         if overlay.tekton.daemonless {
             push(Object::from_typed(&tekton::daemonless_task(&meta)))?;
+        }
+        // The daemonless Task needs no farm (and a namespace that allows Unconfined pods),
+        // so tenants get only the Task that builds on the farm.
+        for tenant in overlay.tenants.iter().filter(|t| t.task) {
+            push(Object::from_typed(&tekton::task_in(&meta, &tenant.namespace)))?;
         }
     }
     if rotation {
@@ -171,6 +197,79 @@ mod tests {
                 .all(|o| o.namespace.as_deref() == Some("buildkit"))
         );
         assert!(objects.iter().all(|o| !o.api_version.is_empty()));
+    }
+
+    fn tenants(list: &[(&str, bool)]) -> Vec<crate::overlay::Tenant> {
+        list.iter()
+            .map(|(namespace, task)| crate::overlay::Tenant {
+                namespace: namespace.to_string(),
+                task: *task,
+            })
+            .collect()
+    }
+
+    fn in_namespace(objects: &[Object], namespace: &str) -> Vec<String> {
+        let objects = objects
+            .iter()
+            .filter(|o| o.namespace.as_deref() == Some(namespace));
+        kinds(&objects.cloned().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn each_tenant_gets_rbac_a_client_secret_and_a_task_in_its_namespace() {
+        let overlay = Overlay {
+            namespace: "buildkit-prod".into(),
+            tenants: tenants(&[("team-a", true), ("team-b", false)]),
+            ..Default::default()
+        };
+        let objects = render(&overlay, &Context::new("prod")).unwrap();
+        assert_eq!(
+            in_namespace(&objects, "team-a"),
+            [
+                "Role/kiln-rotate-buildkit-prod",
+                "RoleBinding/kiln-rotate-buildkit-prod",
+                "Secret/buildkit-client-certs",
+                "Task/buildkit",
+            ]
+        );
+        assert_eq!(
+            in_namespace(&objects, "team-b"),
+            [
+                "Role/kiln-rotate-buildkit-prod",
+                "RoleBinding/kiln-rotate-buildkit-prod",
+                "Secret/buildkit-client-certs",
+            ]
+        );
+        // No Namespace object for a tenant: kiln does not create tenant namespaces.
+        let namespaces: Vec<_> = objects.iter().filter(|o| o.kind == "Namespace").collect();
+        assert_eq!(namespaces.len(), 1);
+        assert_eq!(namespaces[0].name, "buildkit-prod");
+        // Tenant objects come in the waves of their farm twins: RBAC, then the Secrets, ...
+        let position = |kind: &str, namespace: &str| {
+            objects
+                .iter()
+                .position(|o| o.kind == kind && o.namespace.as_deref() == Some(namespace))
+                .unwrap()
+        };
+        assert!(position("RoleBinding", "team-b") < position("Secret", "buildkit-prod"));
+        assert!(position("Secret", "team-b") < position("Job", "buildkit-prod"));
+        assert!(position("Task", "team-a") < position("CronJob", "buildkit-prod"));
+        // ... and everything else stays in the farm's namespace.
+        assert!(objects.iter().all(|o| o.kind == "Namespace"
+            || ["buildkit-prod", "team-a", "team-b"].contains(&o.namespace.as_deref().unwrap())));
+    }
+
+    #[test]
+    fn switches_leave_out_tenant_objects_too() {
+        let mut overlay = Overlay {
+            tenants: tenants(&[("team-a", true)]),
+            ..Default::default()
+        };
+        overlay.rotation.enabled = false;
+        overlay.tekton.enabled = false;
+        let objects = render(&overlay, &Context::new("dev")).unwrap();
+        // The Secret stays (the team's TaskRuns mount it); no RBAC, no Task.
+        assert_eq!(in_namespace(&objects, "team-a"), ["Secret/buildkit-client-certs"]);
     }
 
     #[test]

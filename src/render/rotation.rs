@@ -1,5 +1,6 @@
-//! The rotation side: the `kiln-rotate` ServiceAccount, Role and RoleBinding, the CronJob
-//! that runs `kiln rotate`, and the bootstrap Job that runs it once on first sync.
+//! The rotation side: the `kiln-rotate` ServiceAccount, Role and RoleBinding, the Role and
+//! RoleBinding in each tenant namespace that let it renew the tenant's client Secret, the
+//! CronJob that runs `kiln rotate`, and the bootstrap Job that runs it once on first sync.
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
@@ -7,6 +8,7 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecurityContext, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::config::{CONFIG_KEY, CONFIG_MAP};
 use super::meta::{self, Component, Meta, Wave};
@@ -39,7 +41,23 @@ fn rule(group: &str, resource: &str, names: Option<Vec<String>>, verbs: &[&str])
     }
 }
 
-/// Least privilege: the three Secrets and the one workload by name; Events by kind only.
+/// The annotation on a Role that explains its rules.
+pub const RBAC_NOTE_ANNOTATION: &str = "kiln.dev/rbac-note";
+
+/// What the farm Role's `kiln.dev/rbac-note` says about the rules resourceNames cannot scope.
+const RBAC_NOTE: &str = "every rule is limited by resourceNames except these, which cannot be: events create \
+     and patch (kiln rotate creates its Events under generated names, and patches only the Events it created \
+     to count repeats)";
+
+/// What the note adds for a Deployment, whose replicas kiln rotate finds through EndpointSlices.
+const ENDPOINTSLICES_NOTE: &str = "; endpointslices list (kiln rotate lists the Service's EndpointSlices by \
+     the label kubernetes.io/service-name to find every Deployment replica and check over TLS which \
+     certificate it serves before a CA rollover step; a label-selected list carries no object name, and \
+     the slices' names are generated, so resourceNames cannot restrict it)";
+
+/// Least privilege in the farm's namespace: the three Secrets, the `kiln-config`
+/// ConfigMap and the one workload by name; Events, and for a Deployment its EndpointSlices,
+/// by kind only (the Role's `kiln.dev/rbac-note` says why).
 pub fn role(meta: &Meta) -> Role {
     let overlay = meta.overlay;
     let secrets = &overlay.certs.secrets;
@@ -47,50 +65,105 @@ pub fn role(meta: &Meta) -> Role {
         Workload::Deployment => "deployments",
         Workload::Statefulset => "statefulsets",
     };
+    let mut note = RBAC_NOTE.to_string();
+    let mut rules = vec![
+        rule(
+            "",
+            "secrets",
+            Some(vec![
+                secrets.ca.clone(),
+                secrets.daemon.clone(),
+                secrets.client.clone(),
+            ]),
+            // kiln rotate reads the Secrets and writes them with PUT (update); it never
+            // creates them (the shells are rendered) and never patches them.
+            &["get", "update"],
+        ),
+        // A by-hand `kiln rotate` without --config reads its policy from here.
+        rule("", "configmaps", Some(vec![CONFIG_MAP.to_string()]), &["get"]),
+        rule(
+            "apps",
+            workload,
+            Some(vec![overlay.buildkit.service_name.clone()]),
+            &["get", "patch"],
+        ),
+    ];
+    if overlay.buildkit.workload == Workload::Deployment {
+        rules.push(rule("discovery.k8s.io", "endpointslices", None, &["list"]));
+        note.push_str(ENDPOINTSLICES_NOTE);
+    }
+    rules.extend([
+        // core/v1 Events: kiln rotate posts these until it moves to kube's event Recorder.
+        rule("", "events", None, &["create"]),
+        // kube's event Recorder: create, and patch for a repeat within one run.
+        rule("events.k8s.io", "events", None, &["create", "patch"]),
+    ]);
     let mut metadata = meta.object(ROTATE, Component::Rotation, Wave::Setup);
-    meta::annotate(
-        &mut metadata,
-        &[(
-            "kiln.dev/rbac-note",
-            "every rule is limited by resourceNames except events create: an Event's name is not known \
-             before it is created, so Kubernetes cannot scope create by name",
-        )],
-    );
+    meta::annotate(&mut metadata, &[(RBAC_NOTE_ANNOTATION, &note)]);
     Role {
         metadata,
-        rules: Some(vec![
-            rule(
-                "",
-                "secrets",
-                Some(vec![
-                    secrets.ca.clone(),
-                    secrets.daemon.clone(),
-                    secrets.client.clone(),
-                ]),
-                // kiln rotate reads the Secrets and writes them with PUT (update); it never
-                // creates them (the shells are rendered) and never patches them.
-                &["get", "update"],
-            ),
-            rule(
-                "apps",
-                workload,
-                Some(vec![overlay.buildkit.service_name.clone()]),
-                &["get", "patch"],
-            ),
-            rule("", "events", None, &["create"]),
-            rule("events.k8s.io", "events", None, &["create"]),
-        ]),
+        rules: Some(rules),
     }
 }
 
 /// Binds the Role to the ServiceAccount.
 pub fn role_binding(meta: &Meta) -> RoleBinding {
+    binding(
+        meta,
+        meta.object(ROTATE, Component::Rotation, Wave::Setup),
+        ROTATE,
+    )
+}
+
+/// The name of the Role and RoleBinding in each tenant namespace: `kiln-rotate-<farm
+/// namespace>`, so that two farms serving one tenant namespace each bind their own
+/// ServiceAccount instead of overwriting one another's binding.
+pub fn tenant_rbac_name(meta: &Meta) -> String {
+    format!("{ROTATE}-{}", meta.namespace())
+}
+
+/// The Role in a tenant namespace: the farm's `kiln-rotate` ServiceAccount may get and
+/// update exactly the tenant's client Secret, and nothing else.
+pub fn tenant_role(meta: &Meta, namespace: &str) -> Role {
+    let name = tenant_rbac_name(meta);
+    let mut metadata = meta.object_in(namespace, &name, Component::Rotation, Wave::Setup);
+    let note = format!(
+        "lets ServiceAccount {ROTATE} of the build farm in namespace {} renew this namespace's client \
+         Secret {}: get and update of that one Secret, nothing else",
+        meta.namespace(),
+        meta.overlay.certs.secrets.client
+    );
+    meta::annotate(&mut metadata, &[(RBAC_NOTE_ANNOTATION, &note)]);
+    Role {
+        metadata,
+        rules: Some(vec![rule(
+            "",
+            "secrets",
+            Some(vec![meta.overlay.certs.secrets.client.clone()]),
+            &["get", "update"],
+        )]),
+    }
+}
+
+/// Binds a tenant namespace's Role to the farm's `kiln-rotate` ServiceAccount.
+pub fn tenant_role_binding(meta: &Meta, namespace: &str) -> RoleBinding {
+    let name = tenant_rbac_name(meta);
+    binding(
+        meta,
+        meta.object_in(namespace, &name, Component::Rotation, Wave::Setup),
+        &name,
+    )
+}
+
+/// A RoleBinding of Role `role` (in the binding's namespace) to the farm's `kiln-rotate`
+/// ServiceAccount.
+fn binding(meta: &Meta, metadata: ObjectMeta, role: &str) -> RoleBinding {
     RoleBinding {
-        metadata: meta.object(ROTATE, Component::Rotation, Wave::Setup),
+        metadata,
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
-            name: ROTATE.into(),
+            name: role.into(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
@@ -241,6 +314,29 @@ mod tests {
     use super::*;
     use crate::overlay::Overlay;
 
+    /// (apiGroup, resource, resourceNames, verbs) of each rule.
+    fn rules(role: &Role) -> Vec<(String, String, Vec<String>, Vec<String>)> {
+        role.rules
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                assert_eq!(r.api_groups.as_ref().unwrap().len(), 1);
+                assert_eq!(r.resources.as_ref().unwrap().len(), 1);
+                (
+                    r.api_groups.as_ref().unwrap()[0].clone(),
+                    r.resources.as_ref().unwrap()[0].clone(),
+                    r.resource_names.clone().unwrap_or_default(),
+                    r.verbs.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn s(items: &[&str]) -> Vec<String> {
+        items.iter().map(|i| i.to_string()).collect()
+    }
+
     #[test]
     fn role_scopes_everything_nameable_by_resource_names() {
         let mut overlay = Overlay::default();
@@ -249,22 +345,95 @@ mod tests {
             overlay: &overlay,
             instance: "prod",
         };
-        let rules = role(&meta).rules.unwrap();
-        for rule in &rules {
-            let is_events = rule.resources.as_ref().unwrap() == &["events"];
-            if is_events {
-                assert_eq!(rule.verbs, ["create"]);
-            } else {
-                assert!(
-                    rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()),
-                    "{rule:?}"
-                );
-                assert!(!rule.verbs.iter().any(|v| v == "list" || v == "watch" || v == "*"));
+        let secrets = s(&["buildkit-ca", "buildkit-daemon-certs", "buildkit-client-certs"]);
+        let events = [
+            (s(&[""]), s(&["create"])),
+            (s(&["events.k8s.io"]), s(&["create", "patch"])),
+        ];
+        let expected = |workload: &str| {
+            let mut rules = vec![
+                (
+                    "".into(),
+                    "secrets".into(),
+                    secrets.clone(),
+                    s(&["get", "update"]),
+                ),
+                ("".into(), "configmaps".into(), s(&["kiln-config"]), s(&["get"])),
+                (
+                    "apps".into(),
+                    workload.into(),
+                    s(&["buildkitd"]),
+                    s(&["get", "patch"]),
+                ),
+            ];
+            if workload == "deployments" {
+                rules.push((
+                    "discovery.k8s.io".into(),
+                    "endpointslices".into(),
+                    vec![],
+                    s(&["list"]),
+                ));
             }
-        }
-        assert_eq!(rules[1].resources.as_ref().unwrap(), &["statefulsets"]);
-        assert_eq!(rules[1].resource_names.as_ref().unwrap(), &["buildkitd"]);
-        assert_eq!(rules[0].resource_names.as_ref().unwrap().len(), 3);
+            for (group, verbs) in events.clone() {
+                rules.push((group[0].clone(), "events".into(), vec![], verbs));
+            }
+            rules
+        };
+        let role = role(&meta);
+        assert_eq!(rules(&role), expected("statefulsets"));
+        let note = &role.metadata.annotations.as_ref().unwrap()[RBAC_NOTE_ANNOTATION];
+        assert!(!note.contains("endpointslices"), "{note}");
+
+        // A Deployment's replicas are found through its Service's EndpointSlices: a list that
+        // cannot be scoped by name, which the note explains.
+        overlay.buildkit.workload = Workload::Deployment;
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "prod",
+        };
+        let role = super::role(&meta);
+        assert_eq!(rules(&role), expected("deployments"));
+        let note = &role.metadata.annotations.as_ref().unwrap()[RBAC_NOTE_ANNOTATION];
+        assert!(note.contains("endpointslices list"), "{note}");
+        assert!(note.contains("resourceNames cannot restrict it"), "{note}");
+    }
+
+    #[test]
+    fn a_tenant_role_allows_exactly_the_client_secret_to_the_farms_service_account() {
+        let mut overlay = Overlay {
+            namespace: "buildkit-prod".into(),
+            ..Default::default()
+        };
+        overlay.certs.secrets.client = "ci-client".into();
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "prod",
+        };
+        let role = tenant_role(&meta, "team-a");
+        assert_eq!(role.metadata.name.as_deref(), Some("kiln-rotate-buildkit-prod"));
+        assert_eq!(role.metadata.namespace.as_deref(), Some("team-a"));
+        assert_eq!(
+            rules(&role),
+            [(
+                "".into(),
+                "secrets".into(),
+                s(&["ci-client"]),
+                s(&["get", "update"])
+            )]
+        );
+        let binding = tenant_role_binding(&meta, "team-a");
+        assert_eq!(binding.metadata, {
+            let mut m = role.metadata.clone();
+            m.annotations.as_mut().unwrap().remove(RBAC_NOTE_ANNOTATION);
+            m
+        });
+        assert_eq!(binding.role_ref.kind, "Role");
+        assert_eq!(binding.role_ref.name, "kiln-rotate-buildkit-prod");
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, "kiln-rotate");
+        assert_eq!(subjects[0].namespace.as_deref(), Some("buildkit-prod"));
     }
 
     #[test]

@@ -258,8 +258,8 @@ fn results() -> Vec<TaskResult> {
     ]
 }
 
-fn task_metadata(meta: &Meta, name: &str, display_name: &str) -> ObjectMeta {
-    let mut metadata = meta.object(name, Component::BuildTask, Wave::App);
+fn task_metadata(meta: &Meta, namespace: &str, name: &str, display_name: &str) -> ObjectMeta {
+    let mut metadata = meta.object_in(namespace, name, Component::BuildTask, Wave::App);
     meta::annotate(
         &mut metadata,
         &[
@@ -318,8 +318,16 @@ pub fn build_args(meta: &Meta) -> Vec<String> {
     .collect()
 }
 
-/// The Task that builds with `kiln build` against the buildkitd Service over mTLS.
+/// The Task that builds with `kiln build` against the buildkitd Service over mTLS, in the
+/// farm's namespace.
 pub fn task(meta: &Meta) -> Task {
+    task_in(meta, meta.namespace())
+}
+
+/// The same Task in `namespace` (a tenant's): it still builds on the farm's daemon, and its
+/// `BUILDKIT_CLIENT_CERTS` default names the client Secret, which a tenant namespace holds
+/// under the same name.
+pub fn task_in(meta: &Meta, namespace: &str) -> Task {
     let overlay = meta.overlay;
     let buildkit = &overlay.buildkit;
     let mut params = build_params(meta);
@@ -368,7 +376,7 @@ pub fn task(meta: &Meta) -> Task {
     Task {
         api_version: API_VERSION.into(),
         kind: "Task".into(),
-        metadata: task_metadata(meta, &overlay.tekton.name, "BuildKit (kiln)"),
+        metadata: task_metadata(meta, namespace, &overlay.tekton.name, "BuildKit (kiln)"),
         spec: TaskSpec {
             description: Some(
                 "Builds a container image with Moby BuildKit: kiln build checks the client certificates, \
@@ -439,6 +447,7 @@ pub fn daemonless_task(meta: &Meta) -> Task {
     ));
     let mut metadata = task_metadata(
         meta,
+        meta.namespace(),
         &format!("{}-daemonless", overlay.tekton.name),
         "BuildKit daemonless (kiln)",
     );
@@ -609,6 +618,30 @@ mod tests {
             param_default(&task, "BUILDKIT_CLIENT_CERTS"),
             Some(&ParamValue::String("buildkit-client-certs".into()))
         );
+    }
+
+    #[test]
+    fn a_tenant_task_differs_only_in_its_namespace() {
+        let overlay = Overlay {
+            namespace: "buildkit-prod".into(),
+            ..Default::default()
+        };
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "prod",
+        };
+        let farm = task(&meta);
+        let mut tenant = task_in(&meta, "team-a");
+        assert_eq!(tenant.metadata.namespace.as_deref(), Some("team-a"));
+        // It still builds on the farm's daemon.
+        assert_eq!(
+            param_default(&tenant, "BUILDKIT_DAEMON_ADDRESS"),
+            Some(&ParamValue::String(
+                "tcp://buildkitd.buildkit-prod.svc:1234".into()
+            ))
+        );
+        tenant.metadata.namespace = farm.metadata.namespace.clone();
+        assert_eq!(tenant, farm);
     }
 
     #[test]

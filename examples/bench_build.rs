@@ -4,9 +4,10 @@
 //!    the client files, check them, build the TLS config, pick the daemon, mTLS
 //!    handshake plus HTTP/2 preface) against a bare TLS connect (TCP + mTLS handshake
 //!    with a ready config) to the same loopback server.
-//! 2. Cache affinity: the share of repeat builds of a repository that land on the
-//!    daemon that built it the previous time, consistent hashing vs random choice
-//!    (what a plain Service gives), over 4 replicas.
+//! 2. The active-build query of the bounded-load choice: the native gRPC call against a
+//!    client process making the same call (see [`load_query`]).
+//!
+//! Cache affinity is scripts/bench-affinity's (examples/bench_affinity.rs).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -14,9 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln::build::preflight::{self, Retry};
-use kiln::build::ring::{Ring, affinity_key};
-use kiln::build::{Daemon, Placement, daemon_candidates};
+#[path = "../tests/support/daemon.rs"]
+mod daemon;
+
+use kiln::build::choose::{DEFAULT_LOAD_FACTOR, Policy};
+use kiln::build::preflight::{self, CertSource, Retry};
+use kiln::build::{Daemon, Placement, daemon_candidates, history, run};
 use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, Serial};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -135,7 +139,12 @@ fn preflight_overhead(iterations: usize) -> Result<(), Error> {
         async move {
             let files = preflight::find_tls_files(&dir)?;
             let material = preflight::read_material(&files)?;
-            preflight::check_client(&files, &material, OffsetDateTime::now_utc())?;
+            preflight::check_client(
+                &files,
+                &material,
+                OffsetDateTime::now_utc(),
+                CertSource::LocalFiles,
+            )?;
             let config = preflight::client_config(&dir, &material)?;
             let placement = Placement::Addr(Daemon {
                 host: "buildkitd.ci.svc".into(),
@@ -192,89 +201,155 @@ fn preflight_overhead(iterations: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// xorshift64*: a small deterministic generator, so every run reports the same figures.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+/// The active-build query: kiln's native gRPC call against running a separate client
+/// process that makes the same call over the same mTLS, the way the `buildctl debug
+/// histories` method would. No buildctl binary exists on this machine (Debian and PyPI
+/// ship none, and no Go toolchain new enough to build one), so the process is `curl
+/// --http2` doing the identical HTTP/2 gRPC exchange: a lower bound for buildctl, which
+/// adds the Go runtime's start and its own dial. Both against the same stand-in daemon.
+fn load_query(iterations: usize) -> Result<(), Error> {
+    let now = OffsetDateTime::now_utc();
+    let ca = pki::issue_ca(&CaRequest {
+        common_name: "bench CA".into(),
+        algorithm: Algorithm::EcdsaP256,
+        not_before: now - time::Duration::days(30),
+        not_after: now + time::Duration::days(365),
+        serial: Serial::random()?,
+    })?;
+    let daemon_cert = issue(&ca, LeafKind::Daemon, pki::daemon_sans("buildkitd", "ci", &[])?)?;
+    let client = issue(&ca, LeafKind::Client, Vec::new())?;
+    let stand_in = daemon::serve(
+        &ca.cert_pem,
+        &daemon_cert.cert_pem,
+        &daemon_cert.key_pem,
+        3,
+        daemon::Behavior {
+            finished: 2,
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir()?;
+    for (name, pem) in [
+        ("ca.pem", &ca.cert_pem),
+        ("cert.pem", &client.cert_pem),
+        ("key.pem", &client.key_pem),
+    ] {
+        std::fs::write(dir.path().join(name), pem)?;
     }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    let request = dir.path().join("request.bin");
+    std::fs::write(&request, history::frame(&history::request_message()))?;
+    let files = preflight::find_tls_files(dir.path())?;
+    let config = preflight::client_config(dir.path(), &preflight::read_material(&files)?)?;
+    let target = Daemon {
+        host: "buildkitd-0.buildkitd.ci.svc".into(),
+        port: 1234,
+        connect_to: Some(stand_in.addr),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let native = || -> Result<u32, Error> {
+        Ok(runtime.block_on(history::active_builds(
+            &target,
+            config.clone(),
+            Duration::from_secs(5),
+        ))?)
+    };
+    let out = dir.path().join("answer.bin");
+    let curl = || -> Result<u32, Error> {
+        let status = std::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--http2", "--fail"])
+            .arg("--cacert")
+            .arg(dir.path().join("ca.pem"))
+            .arg("--cert")
+            .arg(dir.path().join("cert.pem"))
+            .arg("--key")
+            .arg(dir.path().join("key.pem"))
+            .arg("--connect-to")
+            .arg(format!(
+                "buildkitd-0.buildkitd.ci.svc:1234:127.0.0.1:{}",
+                stand_in.addr.port()
+            ))
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg("--data-binary")
+            .arg(format!("@{}", request.display()))
+            .arg("--output")
+            .arg(&out)
+            .arg(format!(
+                "https://buildkitd-0.buildkitd.ci.svc:1234{}",
+                history::METHOD
+            ))
+            .status()?;
+        if !status.success() {
+            return Err(format!("curl failed: {status}").into());
+        }
+        Ok(history::count_active(&std::fs::read(&out)?)?)
+    };
+    // Both must read the same answer: 3 active builds (the 2 finished ones not counted).
+    assert_eq!(native()?, 3);
+    if curl().is_err() {
+        println!("load query: curl with HTTP/2 is not available; only the native figure is measured");
     }
-}
-
-fn cache_affinity(builds: usize, repos: usize, replicas: u32) {
-    let ring = Ring::for_replicas("buildkitd", replicas);
-    let keys: Vec<String> = (0..repos)
-        .map(|i| {
-            affinity_key(
-                &format!("registry.example.com/team-{}/service-{i}", i % 13),
-                "/workspace/source/.",
-            )
+    let curl_works = curl().map(|n| n == 3).unwrap_or(false);
+    // A whole choice as kiln build runs it: the walk's first wave, 3 daemons at once.
+    let wave: Vec<Daemon> = (0..3)
+        .map(|i| Daemon {
+            host: format!("buildkitd-{i}.buildkitd.ci.svc"),
+            port: 1234,
+            connect_to: Some(stand_in.addr),
         })
         .collect();
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    // Repositories are picked with a skewed (1/rank-like) popularity, as in a real CI.
-    let weights: Vec<f64> = (1..=repos).map(|rank| 1.0 / rank as f64).collect();
-    let total: f64 = weights.iter().sum();
-    let pick = |rng: &mut Rng| {
-        let mut target = (rng.below(1 << 53) as f64 / (1u64 << 53) as f64) * total;
-        for (index, weight) in weights.iter().enumerate() {
-            if target < *weight {
-                return index;
-            }
-            target -= weight;
-        }
-        repos - 1
+    let policy = Policy::with_load_factor(DEFAULT_LOAD_FACTOR);
+    let choice = || {
+        runtime.block_on(run::choose_by_load(
+            &wave,
+            config.clone(),
+            &policy,
+            Duration::from_secs(5),
+        ));
     };
-    // One daemon (buildkitd-1) is down for builds [40%, 50%): consistent hashing falls
-    // over along the ring, random choice just avoids it.
-    let down = (builds * 2 / 5)..(builds / 2);
-    let mut last_hash: Vec<Option<usize>> = vec![None; repos];
-    let mut last_random: Vec<Option<usize>> = vec![None; repos];
-    let (mut repeats, mut hash_hits, mut random_hits) = (0usize, 0usize, 0usize);
-    for build in 0..builds {
-        let repo = pick(&mut rng);
-        let is_down = |daemon: usize| down.contains(&build) && daemon == 1;
-        let hashed = ring
-            .candidates(&keys[repo])
-            .into_iter()
-            .find(|d| !is_down(*d))
-            .unwrap_or(0);
-        let random = loop {
-            let d = rng.below(u64::from(replicas)) as usize;
-            if !is_down(d) {
-                break d;
-            }
-        };
-        if let (Some(h), Some(r)) = (last_hash[repo], last_random[repo]) {
-            repeats += 1;
-            hash_hits += usize::from(h == hashed);
-            random_hits += usize::from(r == random);
+    for _ in 0..10 {
+        native()?;
+        choice();
+        if curl_works {
+            curl()?;
         }
-        last_hash[repo] = Some(hashed);
-        last_random[repo] = Some(random);
     }
-    let share = |hits: usize| 100.0 * hits as f64 / repeats as f64;
+    let (mut native_ms, mut curl_ms, mut choice_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let time = |f: &mut dyn FnMut() -> Result<(), Error>| -> Result<f64, Error> {
+        let start = Instant::now();
+        f()?;
+        Ok(start.elapsed().as_secs_f64() * 1000.0)
+    };
+    for _ in 0..iterations {
+        native_ms.push(time(&mut || native().map(|_| ()))?);
+        choice_ms.push(time(&mut || {
+            choice();
+            Ok(())
+        })?);
+        if curl_works {
+            curl_ms.push(time(&mut || curl().map(|_| ()))?);
+        }
+    }
     println!(
-        "cache affinity ({builds} builds of {repos} repositories, skewed popularity, {replicas} replicas, \
-         buildkitd-1 down for 10% of the builds)"
+        "active-build query ({iterations} runs each, interleaved, loopback, stand-in gRPC daemon over mTLS)"
     );
-    println!("  repeat builds landing on the daemon that built the repository last time:");
-    println!(
-        "    consistent hashing: {:5.1}%   ({hash_hits}/{repeats})",
-        share(hash_hits)
-    );
-    println!(
-        "    random (Service):   {:5.1}%   ({random_hits}/{repeats})",
-        share(random_hits)
-    );
-    println!("    ratio: {:.2}x", share(hash_hits) / share(random_hits));
+    let (n50, n90) = (percentile(&mut native_ms, 0.5), percentile(&mut native_ms, 0.9));
+    let (w50, w90) = (percentile(&mut choice_ms, 0.5), percentile(&mut choice_ms, 0.9));
+    println!("  native gRPC, one daemon (TCP + mTLS + HTTP/2 + call):  p50 {n50:7.3} ms   p90 {n90:7.3} ms");
+    println!("  native, the walk's first wave (3 daemons at once):      p50 {w50:7.3} ms   p90 {w90:7.3} ms");
+    if curl_works {
+        let (c50, c90) = (percentile(&mut curl_ms, 0.5), percentile(&mut curl_ms, 0.9));
+        println!(
+            "  a client process per query (curl --http2, same call):  p50 {c50:7.3} ms   p90 {c90:7.3} ms"
+        );
+        println!(
+            "  ratio (p50): the process costs {:.1}x the native call, +{:.2} ms per daemon asked",
+            c50 / n50,
+            c50 - n50
+        );
+    }
+    Ok(())
 }
 
 fn main() -> Result<(), Error> {
@@ -284,6 +359,6 @@ fn main() -> Result<(), Error> {
         .unwrap_or(300);
     preflight_overhead(iterations)?;
     println!();
-    cache_affinity(20_000, 400, 4);
+    load_query(iterations)?;
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! rotations interrupt, and how often a build finds a warm cache for its repository.
 //!
 //! One overlay (default `overlays/prod.yaml`) gives the farm: its replicas and service name
-//! (the hash ring `kiln build` uses, `kiln::build::ring`), the Tekton timeout (the longest
-//! build, and the drain bound and grace period through `kiln::render::drain`), its cache size
+//! (routed by the rendezvous-hashing order `kiln build` uses, `kiln::build::choose::order`),
+//! the Tekton timeout (the longest build, and the drain bound and grace period through
+//! `kiln::render::drain`), its cache size
 //! (how many repositories a replica keeps), and its certificate policy: the daemon leaf is
 //! renewed at the first `rotation.schedule` run in its renew window, and each renewal
 //! restarts every replica; one CA rollover adds three restarts `propagationDelay` apart.
@@ -19,13 +20,13 @@
 //! ones); durations are mostly minutes with a tail up to the Tekton timeout. A build is warm
 //! when the replica that runs it built the same repository before and still holds it (each
 //! replica keeps the most recently built repositories that fit its GC cap). When its owner
-//! cannot take builds, `kiln build` falls over along the ring, as it does in the cluster.
+//! cannot take builds, `kiln build` falls over to the next daemon in its order, as it does in the cluster.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::path::PathBuf;
 
-use kiln::build::ring::{Ring, affinity_key};
+use kiln::build::choose::{affinity_key, order};
 use kiln::overlay::Overlay;
 use kiln::render::drain;
 
@@ -295,7 +296,7 @@ struct Outcome {
     started: usize,
     warm: usize,
     interrupted: usize,
-    /// Builds whose ring owner could not take them, run by the next replica.
+    /// Builds whose first-choice daemon could not take them, run by the next replica.
     fallovers: usize,
     /// Builds that found no replica at all and started once one was Ready.
     waited: usize,
@@ -305,11 +306,11 @@ fn simulate(
     policy: Policy,
     builds: &[Build],
     restarts: &[(i64, &str)],
-    ring: &Ring,
+    nodes: &[String],
     capacity: usize,
     bound: i64,
 ) -> Outcome {
-    let n = ring.nodes().len();
+    let n = nodes.len();
     let mut pods: Vec<Pod> = (0..n)
         .map(|_| Pod {
             state: PodState::Ready,
@@ -410,7 +411,7 @@ fn simulate(
                     PodState::Draining(since) => policy != Policy::Old && t < since + ROUTING_LAG_SECS,
                     PodState::Down => false,
                 };
-                let candidates = ring.candidates(&build.key);
+                let candidates = order(nodes, &build.key);
                 let Some(position) = candidates.iter().position(|c| routable(&pods[*c])) else {
                     // No daemon: kiln build's preflight retries a little later.
                     if !waited[id] {
@@ -468,7 +469,9 @@ fn main() {
     };
     let overlay = resolved.overlay;
     let replicas = overlay.buildkit.replicas.max(1);
-    let ring = Ring::for_replicas(&overlay.buildkit.service_name, replicas);
+    let nodes: Vec<String> = (0..replicas)
+        .map(|i| format!("{}-{i}", overlay.buildkit.service_name))
+        .collect();
     let timeout = overlay.tekton.timeout.as_secs();
     let bound = drain::bound(&overlay).as_secs();
     // A replica keeps the repositories that fit under its GC cap (3/4 of the cache size).
@@ -529,7 +532,12 @@ fn main() {
         ("never restarted (reference)", Policy::Never),
     ]
     .into_iter()
-    .map(|(name, policy)| (name, simulate(policy, &builds, &restarts, &ring, capacity, bound)))
+    .map(|(name, policy)| {
+        (
+            name,
+            simulate(policy, &builds, &restarts, &nodes, capacity, bound),
+        )
+    })
     .collect();
     let reference = results[2].1.warm as f64 / results[2].1.started.max(1) as f64 * 100.0;
     println!(

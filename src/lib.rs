@@ -10,7 +10,7 @@
 //! | [`krm`] | pure | the KRM function and legacy Kustomize plugin protocol; the render is handed in |
 //! | [`render`] | pure | overlay → Kubernetes objects: the daemon, its Services, the Secret shells, the Namespace, the `kiln-config` ConfigMap, rotation RBAC and jobs, the Tasks, GitOps wrappers |
 //! | [`rotate`] | pure, but [`rotate::executor`] | state from Secret annotations, the planner and its applier over a `Cluster` trait; the executor talks to the Kubernetes API |
-//! | [`build`] | pure, but preflight and buildctl | image refs, build args, the hash ring; [`build::preflight`] reads the mounted certificates and shakes hands over the network, [`build::buildctl`] runs buildctl and writes the Tekton results, [`build::resolve_dockerfile`] looks at the file system |
+//! | [`build`] | pure, but preflight, history, buildctl and run | image refs, build args, the daemon choice ([`build::choose`]: rendezvous order and bounded-load walk); [`build::preflight`] reads the mounted certificates and shakes hands over the network, [`build::history`] asks daemons for their active builds over gRPC, [`build::buildctl`] runs buildctl and writes the Tekton results, [`build::run`] is one build's flow with its retries, [`build::resolve_dockerfile`] looks at the file system |
 //! | [`overlay`] | pure, but loading | the typed overlay model and its validation; [`overlay::load`] (and its siblings) read the overlay files |
 //! | [`pki`] | pure, but inspect | issue the CA and leaves, read them back, verify chains, lay out `certs generate`'s files; [`pki::inspect::inspect`] reads the certificates it is pointed at |
 //! | [`yaml`] | pure | all YAML reading and writing |

@@ -85,6 +85,11 @@ fn default_true() -> bool {
 /// kubelet kills it: the preStop poll interval, buildkitd's own shutdown, and slack.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(5 * 60);
 
+/// The most buildkitd replicas an overlay may ask for, and `kiln build --replicas` accepts:
+/// twice Kubernetes' documented 5,000-node limit, so never a real farm's ceiling, while
+/// choosing a daemon over that many stays a few milliseconds (docs/build.md).
+pub const MAX_REPLICAS: u32 = 10_000;
+
 impl Overlay {
     /// Every namespace that holds a client Secret: the farm's own first, then the tenants
     /// in the order the overlay lists them.
@@ -170,6 +175,7 @@ pub struct Buildkit {
     /// deployment or statefulset.
     pub workload: Workload,
     /// The number of daemon replicas.
+    #[schemars(range(max = MAX_REPLICAS))]
     pub replicas: u32,
     /// The name of the daemon workload and its Service.
     pub service_name: String,

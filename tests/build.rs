@@ -2,9 +2,11 @@
 //! module), daemon choice and fallover, the exact buildctl command line (with a
 //! stand-in buildctl on PATH), Tekton results, exit codes, and the Task contract.
 
+#[path = "support/daemon.rs"]
+mod daemon;
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -14,7 +16,9 @@ use std::time::Duration;
 
 use support::stderr;
 
-use kiln::build::preflight::{self, ClientMaterial, HandshakeFailure, PreflightError, Retry, TlsFiles};
+use kiln::build::preflight::{
+    self, CertSource, ClientMaterial, HandshakeFailure, PreflightError, Retry, TlsFiles,
+};
 use kiln::build::{Daemon, Placement};
 use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, San, SecretFormat, Serial};
 use rustls::pki_types::pem::PemObject;
@@ -108,20 +112,24 @@ fn material(ca_bundle: &str, client: &Issued) -> ClientMaterial {
 }
 
 // ---------------------------------------------------------------------------
-// A stand-in buildkitd: rustls, requiring client certificates from `trusted_ca`,
-// answering the HTTP/2 preface with a SETTINGS frame like a gRPC server.
+// Stand-in daemons: tests/support/daemon.rs is buildkitd's gRPC over mTLS (rustls and
+// h2), answering the build-history call; `serve_tls_only` completes TLS and then says
+// nothing, like a TLS server that is not buildkitd.
+
+fn serve(trusted_ca: &str, cert: &Issued) -> daemon::Daemon {
+    serve_loaded(trusted_ca, cert, 0, daemon::Behavior::default())
+}
+
+fn serve_loaded(trusted_ca: &str, cert: &Issued, active: u32, behavior: daemon::Behavior) -> daemon::Daemon {
+    daemon::serve(trusted_ca, &cert.cert_pem, &cert.key_pem, active, behavior)
+}
 
 struct Server {
     addr: SocketAddr,
     handshakes: Arc<AtomicUsize>,
 }
 
-fn serve(trusted_ca: &str, daemon: &Issued) -> Server {
-    serve_with(trusted_ca, daemon, true)
-}
-
-/// `speak_http2: false` completes TLS, then stays silent: a TLS server that is not buildkitd.
-fn serve_with(trusted_ca: &str, daemon: &Issued, speak_http2: bool) -> Server {
+fn serve_tls_only(trusted_ca: &str, daemon: &Issued) -> Server {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(trusted_ca.as_bytes()) {
@@ -162,15 +170,6 @@ fn serve_with(trusted_ca: &str, daemon: &Issued, speak_http2: bool) -> Server {
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
-                // An empty HTTP/2 SETTINGS frame.
-                if speak_http2
-                    && tls
-                        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
-                        .and_then(|()| tls.flush())
-                        .is_err()
-                {
-                    return;
-                }
                 let mut sink = [0u8; 256];
                 while matches!(tls.read(&mut sink), Ok(n) if n > 0) {}
             });
@@ -232,7 +231,8 @@ fn preflight_succeeds_against_a_daemon_with_a_pki_cert() {
     let client = client_cert(&ca);
     let dir = tempfile::tempdir().unwrap();
     let files = write_client_dir(dir.path(), &ca.cert_pem, &client, SecretFormat::Pem);
-    let check = preflight::check_client(&files, &preflight::read_material(&files).unwrap(), now()).unwrap();
+    let material = preflight::read_material(&files).unwrap();
+    let check = preflight::check_client(&files, &material, now(), CertSource::LocalFiles).unwrap();
     assert_eq!(check.ca_fingerprint, pki::fingerprint(&ca.cert_pem).unwrap());
     handshake(&daemon("buildkitd.ci.svc", server.addr), &ca.cert_pem, &client).unwrap();
     // The StatefulSet replica names are covered by the daemon cert's wildcard.
@@ -257,7 +257,8 @@ fn preflight_rejects_an_expired_client_cert_with_cause_and_fix() {
     );
     let dir = tempfile::tempdir().unwrap();
     let files = write_client_dir(dir.path(), &ca.cert_pem, &expired, SecretFormat::Pem);
-    let err = preflight::check_client(&files, &preflight::read_material(&files).unwrap(), now()).unwrap_err();
+    let material = preflight::read_material(&files).unwrap();
+    let err = preflight::check_client(&files, &material, now(), CertSource::SecretMount).unwrap_err();
     assert!(matches!(err, PreflightError::Expired { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains("expired 3 days ago"), "{message}");
@@ -266,6 +267,20 @@ fn preflight_rejects_an_expired_client_cert_with_cause_and_fix() {
         "{message}"
     );
     assert!(!message.contains('\n'));
+    // Local files are not the CronJob's to renew: the message says what is.
+    let local = preflight::check_client(&files, &material, now(), CertSource::LocalFiles)
+        .unwrap_err()
+        .to_string();
+    assert!(local.contains("expired 3 days ago"), "{local}");
+    assert!(!local.contains("CronJob"), "{local}");
+    assert!(
+        local.contains(&format!(
+            "{} holds local files, which `kiln rotate` does not renew",
+            dir.path().display()
+        )),
+        "{local}"
+    );
+    assert!(local.contains("kiln certs generate"), "{local}");
 }
 
 #[test]
@@ -283,14 +298,17 @@ fn preflight_rejects_key_mismatch_missing_clientauth_and_foreign_client_cert() {
         key_pem: another.key_pem.clone(),
         ..material(&ca.cert_pem, &client)
     };
+    let mounted = CertSource::SecretMount;
     assert!(matches!(
-        preflight::check_client(&files, &mismatch, now()),
+        preflight::check_client(&files, &mismatch, now(), mounted),
         Err(PreflightError::KeyMismatch { .. })
     ));
     let daemon_as_client = daemon_cert(&ca, "buildkitd", "ci");
-    let err = preflight::check_client(&files, &material(&ca.cert_pem, &daemon_as_client), now()).unwrap_err();
+    let err = preflight::check_client(&files, &material(&ca.cert_pem, &daemon_as_client), now(), mounted)
+        .unwrap_err();
     assert!(matches!(err, PreflightError::NoClientAuth { .. }), "{err:?}");
-    let err = preflight::check_client(&files, &material(&other.cert_pem, &client), now()).unwrap_err();
+    let err =
+        preflight::check_client(&files, &material(&other.cert_pem, &client), now(), mounted).unwrap_err();
     assert!(matches!(err, PreflightError::Untrusted { .. }), "{err:?}");
     assert!(
         err.to_string().contains("not signed by any CA in /certs/ca.pem"),
@@ -351,7 +369,7 @@ fn handshake_rejects_a_daemon_cert_for_another_name() {
 #[test]
 fn a_tls_server_that_never_speaks_http2_is_named_as_such() {
     let ca = issue_ca("kiln CA");
-    let server = serve_with(&ca.cert_pem, &daemon_cert(&ca, "buildkitd", "ci"), false);
+    let server = serve_tls_only(&ca.cert_pem, &daemon_cert(&ca, "buildkitd", "ci"));
     let target = daemon("buildkitd.ci.svc", server.addr);
     let failure = handshake_within(
         &target,
@@ -456,21 +474,31 @@ n=$(( $(cat "$log.count" 2>/dev/null || echo 0) + 1 ))
 echo "$n" > "$log.count"
 printf '%s\n' "$@" > "$log.$n"
 echo "stub buildctl run $n" >&2
+meta=""; server=""; prev=""
+for arg in "$@"; do
+  if [ "$prev" = "--metadata-file" ]; then meta="$arg"; fi
+  if [ "$prev" = "--tlsservername" ]; then server="$arg"; fi
+  prev="$arg"
+done
 if [ "$n" -le "${STUB_CONNECT_FAILURES:-0}" ]; then
   echo 'error: failed to get status: rpc error: code = Unavailable desc = connection error: desc = "transport: Error while dialing: dial tcp 10.0.0.7:1234: connect: connection refused"' >&2
   exit 1
 fi
 echo "#1 [internal] load build definition from Dockerfile" >&2
+case " ${STUB_LOST_ON:-} " in
+  *" $server "*)
+    # The daemon goes away mid-build: buildkitd's GracefulStop on SIGTERM, as buildctl
+    # (grpc-go) reports it.
+    echo "#5 [2/3] RUN make" >&2
+    echo "$server" > "$meta"
+    echo 'error: failed to receive status: rpc error: code = Unavailable desc = closing transport due to: connection error: desc = "error reading from server: EOF", received prior goaway: code: NO_ERROR, debug data: "graceful_stop"' >&2
+    exit 1;;
+esac
 if [ -n "${STUB_SLEEP:-}" ]; then exec sleep "$STUB_SLEEP"; fi
 if [ -n "${STUB_EXIT:-}" ]; then
   echo 'error: failed to solve: process "/bin/sh -c make" did not complete successfully: exit code: 2' >&2
   exit "$STUB_EXIT"
 fi
-meta=""; prev=""
-for arg in "$@"; do
-  if [ "$prev" = "--metadata-file" ]; then meta="$arg"; fi
-  prev="$arg"
-done
 if [ -n "${STUB_NO_DIGEST:-}" ]; then
   echo '{}' > "$meta"
 else
@@ -523,8 +551,17 @@ impl Env {
         }
     }
 
-    fn serve(&self) -> Server {
-        serve(&self.ca.cert_pem, &daemon_cert(&self.ca, "buildkitd", "ci"))
+    fn serve(&self) -> daemon::Daemon {
+        self.serve_loaded(0, daemon::Behavior::default())
+    }
+
+    fn serve_loaded(&self, active: u32, behavior: daemon::Behavior) -> daemon::Daemon {
+        serve_loaded(
+            &self.ca.cert_pem,
+            &daemon_cert(&self.ca, "buildkitd", "ci"),
+            active,
+            behavior,
+        )
     }
 
     fn metadata(&self) -> PathBuf {
@@ -836,10 +873,12 @@ fn an_expired_client_cert_fails_before_buildctl_with_one_line() {
         )),
         "{line}"
     );
+    // The Env's certificates are plain files: rotation is not the fix.
     assert!(
-        line.ends_with("the kiln-rotate CronJob has not run; check `kiln status`"),
+        line.contains("holds local files, which `kiln rotate` does not renew"),
         "{line}"
     );
+    assert!(!line.contains("CronJob"), "{line}");
     assert_eq!(env.runs(), 0, "buildctl must not start");
     assert_eq!(server.handshakes.load(Ordering::SeqCst), 0);
 }
@@ -867,7 +906,7 @@ fn missing_cert_files_name_both_namings() {
 /// The candidates `kiln build` will walk for this env's context and `image`.
 fn ring_order(env: &Env, image: &str, replicas: u32) -> Vec<Daemon> {
     let repository = kiln::build::ImageRef::parse(image).unwrap().repository;
-    let key = kiln::build::ring::affinity_key(&repository, &env.context.to_string_lossy());
+    let key = kiln::build::choose::affinity_key(&repository, &env.context.to_string_lossy());
     let placement = Placement::Replicas {
         replicas,
         service: "buildkitd".into(),
@@ -897,30 +936,39 @@ fn a_down_daemon_falls_over_to_the_next_replica_on_the_ring() {
         ("KILN_BUILDKIT_NAMESPACE", "ci"),
         ("KILN_BUILDKIT_PORT", "1234"),
     ];
-    let output = env.kiln(&args, &envs);
-    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    let argv = env.argv(1);
-    assert_eq!(
-        argv[..4],
-        [
-            "--addr".to_string(),
-            format!("tcp://{}", server.addr),
-            "--tlsservername".into(),
-            order[1].host.clone()
-        ]
-    );
-    let err = stderr(&output);
-    assert!(
-        err.contains(&format!(
-            "buildkitd {}:1234 refused the connection",
-            order[0].host
-        )),
-        "{err}"
-    );
-    assert!(
-        err.contains("falling over to the next daemon on the ring"),
-        "{err}"
-    );
+    // The load query finds the home down and chooses the next; with load-awareness off,
+    // the handshake does the same.
+    let mut unloaded = args.clone();
+    unloaded.push("--load-factor=0");
+    for (run, args) in [(1, &args), (2, &unloaded)] {
+        let output = env.kiln(args, &envs);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        let argv = env.argv(run);
+        assert_eq!(
+            argv[..4],
+            [
+                "--addr".to_string(),
+                format!("tcp://{}", server.addr),
+                "--tlsservername".into(),
+                order[1].host.clone()
+            ]
+        );
+        let err = stderr(&output);
+        let expected = if run == 1 {
+            format!(
+                "chose buildkitd {}:1234 (0 active builds, bound 1 for about 0 active on the farm); skipped {}:1234 (no answer: it refused the connection)",
+                order[1].host, order[0].host
+            )
+        } else {
+            format!("buildkitd {}:1234 refused the connection", order[0].host)
+        };
+        assert!(err.contains(&expected), "{err}");
+        assert_eq!(
+            run == 2,
+            err.contains("falling over to the next daemon in order"),
+            "{err}"
+        );
+    }
 
     // With everything up, the same repository lands on the ring owner every time.
     let env = Env::new(SecretFormat::Pem);
@@ -984,6 +1032,22 @@ fn bad_usage_exits_2_before_anything_runs() {
         ),
         (vec!["--image=app:1", "--platform=linux"], "invalid platform"),
         (
+            vec!["--image=app:1", "--load-factor=0.5"],
+            "invalid --load-factor 0.5: use 0 (off) or a factor from 1 to 100",
+        ),
+        (
+            vec!["--image=app:1", "--load-factor=NaN"],
+            "invalid --load-factor",
+        ),
+        (
+            vec!["--image=app:1", "--load-timeout=0ms"],
+            "invalid --load-timeout",
+        ),
+        (
+            vec!["--image=app:1", "--replicas=10001"],
+            "at most 10000 replicas, as kiln render allows",
+        ),
+        (
             vec!["--image=app:1", "--addr=unix:///run/buildkit.sock"],
             "tcp:// only",
         ),
@@ -996,8 +1060,10 @@ fn bad_usage_exits_2_before_anything_runs() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
         assert!(stderr(&output).contains(needle), "{args:?}: {}", stderr(&output));
     }
-    // clap itself rejects a non-boolean --push, also with 2.
+    // clap itself rejects a non-boolean --push, and -o without --dry-run, also with 2.
     let output = env.kiln(&["--image=app:1", "--push=maybe"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let output = env.kiln(&["--image=app:1", "-o", "json"], &[]);
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(env.runs(), 0);
 }
@@ -1251,7 +1317,7 @@ fn the_committed_example_tasks_parse_as_kiln_build() {
 fn affinity_key_overrides_the_repository_in_the_hash() {
     let env = Env::new(SecretFormat::Pem);
     let server = env.serve();
-    let key = kiln::build::ring::affinity_key("monorepo", &env.context.to_string_lossy());
+    let key = kiln::build::choose::affinity_key("monorepo", &env.context.to_string_lossy());
     let placement = Placement::Replicas {
         replicas: 5,
         service: "buildkitd".into(),
@@ -1278,4 +1344,445 @@ fn affinity_key_overrides_the_repository_in_the_hash() {
         "{}",
         stderr(&output)
     );
+}
+
+// ---------------------------------------------------------------------------
+// The load query and the bounded-load choice, against stand-in daemons answering
+// BuildKit's build-history call over real mTLS.
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client_config(ca: &Issued) -> Arc<rustls::ClientConfig> {
+    preflight::client_config(Path::new("/certs"), &material(&ca.cert_pem, &client_cert(ca))).unwrap()
+}
+
+#[test]
+fn the_history_call_counts_active_builds_over_mtls() {
+    use kiln::build::history::{self, LoadError};
+    let ca = issue_ca("kiln CA");
+    let cert = daemon_cert(&ca, "buildkitd", "ci");
+    let config = client_config(&ca);
+    let rt = runtime();
+    let ask = |addr: SocketAddr, timeout: Duration| {
+        rt.block_on(history::active_builds(
+            &daemon("buildkitd-0.buildkitd.ci.svc", addr),
+            config.clone(),
+            timeout,
+        ))
+    };
+    // Three active builds and two finished ones (a daemon that ignored ActiveOnly).
+    let busy = serve_loaded(
+        &ca.cert_pem,
+        &cert,
+        3,
+        daemon::Behavior {
+            finished: 2,
+            ..Default::default()
+        },
+    );
+    assert_eq!(ask(busy.addr, Duration::from_secs(5)), Ok(3));
+    busy.active.store(0, Ordering::SeqCst);
+    assert_eq!(ask(busy.addr, Duration::from_secs(5)), Ok(0));
+    assert_eq!(busy.history_calls.load(Ordering::SeqCst), 2);
+    assert!(
+        busy.bad_requests.lock().unwrap().is_empty(),
+        "{:?}",
+        busy.bad_requests
+    );
+
+    // A buildkitd before v0.11 has no such method.
+    let old = serve_loaded(
+        &ca.cert_pem,
+        &cert,
+        0,
+        daemon::Behavior {
+            status: Some(12),
+            ..Default::default()
+        },
+    );
+    let err = ask(old.addr, Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(err, LoadError::Status { code: 12, .. }), "{err:?}");
+    assert!(err.to_string().contains("before v0.11"), "{err}");
+
+    // Silence after TLS is a timeout; a daemon from another CA fails the handshake.
+    let mute = serve_tls_only(&ca.cert_pem, &cert);
+    assert_eq!(
+        ask(mute.addr, Duration::from_millis(300)),
+        Err(LoadError::Timeout(Duration::from_millis(300)))
+    );
+    let rogue = issue_ca("rogue CA");
+    let impostor = serve(&ca.cert_pem, &daemon_cert(&rogue, "buildkitd", "ci"));
+    assert_eq!(
+        ask(impostor.addr, Duration::from_secs(5)),
+        Err(LoadError::Connect(HandshakeFailure::UnknownCa))
+    );
+    assert_eq!(impostor.history_calls.load(Ordering::SeqCst), 0);
+}
+
+/// Stand-ins for `replicas` StatefulSet pods, `loads[i]` active builds for the i-th in
+/// the key's order of `env`'s context and `image`; with the args that point kiln at them.
+fn farm(
+    env: &Env,
+    image: &str,
+    loads: &[(u32, daemon::Behavior)],
+) -> (Vec<Daemon>, Vec<daemon::Daemon>, Vec<String>) {
+    let replicas = u32::try_from(loads.len()).unwrap();
+    let order = ring_order(env, image, replicas);
+    let servers: Vec<daemon::Daemon> = loads
+        .iter()
+        .map(|(active, behavior)| env.serve_loaded(*active, behavior.clone()))
+        .collect();
+    let mut args = vec![
+        format!("--image={image}"),
+        format!("--replicas={replicas}"),
+        "--service=buildkitd".into(),
+        "--namespace=ci".into(),
+    ];
+    for (candidate, server) in order.iter().zip(&servers) {
+        args.push(format!("--connect-to={}:1234={}", candidate.host, server.addr));
+    }
+    (order, servers, args)
+}
+
+fn idle(count: usize) -> Vec<(u32, daemon::Behavior)> {
+    vec![(0, daemon::Behavior::default()); count]
+}
+
+#[test]
+fn the_choice_asks_the_first_wave_at_once_and_skips_a_home_over_its_bound() {
+    use kiln::build::choose::{Policy, Verdict};
+    let env = Env::new(SecretFormat::Pem);
+    let mut loads = idle(8);
+    loads[0].0 = 6;
+    let delay = daemon::Behavior {
+        delay: Duration::from_millis(400),
+        ..Default::default()
+    };
+    for load in &mut loads[..3] {
+        load.1 = delay.clone();
+    }
+    let (order, servers, _) = farm(&env, "registry.example.com/team/app:1.0", &loads);
+    let candidates: Vec<Daemon> = order
+        .iter()
+        .zip(&servers)
+        .map(|(d, s)| daemon(&d.host, s.addr))
+        .collect();
+    let config = client_config(&env.ca);
+    let started = std::time::Instant::now();
+    let choice = runtime().block_on(kiln::build::run::choose_by_load(
+        &candidates,
+        config,
+        &Policy::with_load_factor(1.25),
+        Duration::from_secs(5),
+    ));
+    let elapsed = started.elapsed();
+    // 6 + 0 + 0 over 3 of 8 replicas: about 16 on the farm, bound ceil(1.25·17/8) = 3.
+    assert_eq!(choice.bound, Some(3));
+    assert_eq!(
+        choice.verdicts,
+        [Verdict::OverBound(6), Verdict::Eligible(0), Verdict::Eligible(0)]
+    );
+    assert_eq!(
+        choice.chosen(),
+        1,
+        "the first within the bound, in the key's order"
+    );
+    assert_eq!(choice.order, [1, 2, 3, 4, 5, 6, 7, 0]);
+    // Three 400 ms answers took one 400 ms, not three: asked at once.
+    assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+    let calls: Vec<usize> = servers
+        .iter()
+        .map(|s| s.history_calls.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(
+        calls,
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        "only the walk's first wave is asked"
+    );
+}
+
+#[test]
+fn a_slow_daemon_counts_as_full_after_the_timeout() {
+    let env = Env::new(SecretFormat::Pem);
+    let image = "registry.example.com/team/app:1.0";
+    let mut loads = idle(4);
+    loads[0].1 = daemon::Behavior {
+        delay: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let (order, servers, mut args) = farm(&env, image, &loads);
+    args.push("--load-timeout=300ms".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let output = env.kiln(&args, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(env.argv(1)[3], order[1].host, "built on the next daemon in order");
+    let err = stderr(&output);
+    assert!(
+        err.contains(&format!(
+            "; skipped {}:1234 (no answer: no answer within 300ms)",
+            order[0].host
+        )),
+        "{err}"
+    );
+    assert_eq!(servers[0].history_calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn kiln_build_skips_a_busy_home_and_logs_the_choice_in_one_line() {
+    let env = Env::new(SecretFormat::Pem);
+    let image = "registry.example.com/team/app:1.0";
+    let mut loads = idle(4);
+    loads[0].0 = 5;
+    loads[1].0 = 2;
+    let (order, _servers, args) = farm(&env, image, &loads);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = env.kiln(&argv, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // 5 + 2 + 0 over 3 of 4: about 9.3 on the farm, bound ceil(1.25·10.3/4) = 4.
+    assert_eq!(env.argv(1)[3], order[1].host);
+    let err = stderr(&output);
+    let line = err.lines().find(|l| l.contains("chose buildkitd")).unwrap();
+    assert!(
+        line.ends_with(&format!(
+            "chose buildkitd {}:1234 (2 active builds, bound 4 for about 9 active on the farm); skipped {}:1234 (5 active builds, over the bound)",
+            order[1].host, order[0].host
+        )),
+        "{line}"
+    );
+
+    // --load-factor 0: pure hashing, the home whatever its load, nobody asked.
+    let (order, servers, mut args) = farm(&env, image, &loads);
+    args.push("--load-factor=0".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = env.kiln(&argv, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(env.argv(2)[3], order[0].host);
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.history_calls.load(Ordering::SeqCst) == 0)
+    );
+    assert!(stderr(&output).contains("(the key's first daemon; load not asked)"));
+}
+
+#[test]
+fn dry_run_json_is_stable_and_runs_no_buildctl() {
+    let env = Env::new(SecretFormat::Pem);
+    let image = "registry.example.com/team/app:1.0";
+    let mut loads = idle(3);
+    loads[0].0 = 4;
+    let (order, _servers, mut args) = farm(&env, image, &loads);
+    args.push("--cache-ref=registry.example.com/team/app:cache".into());
+    let mut dry = args.clone();
+    dry.extend(["--dry-run".to_string(), "-o".into(), "json".into()]);
+    let dry: Vec<&str> = dry.iter().map(String::as_str).collect();
+    let first = env.kiln(&dry, &[]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let again = env.kiln(&dry, &[]);
+    assert_eq!(
+        first.stdout, again.stdout,
+        "the same farm state gives the same bytes"
+    );
+    assert_eq!(env.runs(), 0, "a dry run runs no buildctl");
+
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    // The fields, in a fixed order.
+    let text = String::from_utf8_lossy(&first.stdout);
+    let at: Vec<usize> = ["key", "loadFactor", "bound", "daemons", "order", "chosen", "argv"]
+        .iter()
+        .map(|k| {
+            text.find(&format!("\n  \"{k}\": "))
+                .unwrap_or_else(|| panic!("no {k}: {text}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+    assert_eq!(report.as_object().unwrap().len(), at.len());
+    let key =
+        kiln::build::choose::affinity_key("registry.example.com/team/app", &env.context.to_string_lossy());
+    assert_eq!(report["key"], key);
+    assert_eq!(report["loadFactor"], 1.25);
+    // 4 + 0 + 0 over all 3: total 4, bound ceil(1.25·5/3) = 3.
+    assert_eq!(report["bound"], 3);
+    let name = |i: usize| format!("{}:1234", order[i].host);
+    assert_eq!(report["chosen"], name(1));
+    assert_eq!(report["order"], serde_json::json!([name(1), name(2), name(0)]));
+    assert_eq!(
+        report["daemons"][0],
+        serde_json::json!({"daemon": name(0), "addr": format!("tcp://{}", _servers[0].addr),
+            "activeBuilds": 4, "verdict": "over-bound", "reason": null})
+    );
+    assert_eq!(report["daemons"][1]["verdict"], "chosen");
+    assert_eq!(report["daemons"][2]["verdict"], "eligible");
+
+    // The argv is exactly what the real run then gives buildctl.
+    let real: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = env.kiln(&real, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let argv: Vec<String> = report["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(argv[0], "buildctl");
+    assert_eq!(argv[1..], env.argv(1)[..]);
+
+    // The text form says the same for people.
+    let mut text = args.clone();
+    text.push("--dry-run".into());
+    let text: Vec<&str> = text.iter().map(String::as_str).collect();
+    let output = env.kiln(&text, &[]);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains(&format!("chosen: {}\n", name(1))), "{out}");
+    assert!(
+        out.contains(&format!("  {} [over-bound, 4 active]\n", name(0))),
+        "{out}"
+    );
+    assert!(out.contains("argv: buildctl --addr tcp://"), "{out}");
+    assert_eq!(env.runs(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// A daemon lost in the middle of a build (issue 9): rerun on the next daemon, once.
+
+#[test]
+fn a_build_whose_daemon_goes_away_is_rerun_once_on_the_next_daemon() {
+    let env = Env::new(SecretFormat::Pem);
+    let image = "registry.example.com/team/app:1.0";
+    let (order, _servers, mut args) = farm(&env, image, &idle(3));
+    args.push(format!("--results-dir={}", env.results.display()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = env.kiln(&argv, &[("STUB_LOST_ON", &order[0].host)]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(env.runs(), 2);
+    assert_eq!(env.argv(1)[3], order[0].host);
+    assert_eq!(
+        env.argv(2)[3],
+        order[1].host,
+        "the rerun is on the next daemon in order"
+    );
+    // The whole build again: the same command line but the daemon.
+    let strip = |argv: Vec<String>| argv[4..].to_vec();
+    assert_eq!(strip(env.argv(1)), strip(env.argv(2)));
+    let err = stderr(&output);
+    let line = err
+        .lines()
+        .find(|l| l.contains("went away while the build ran"))
+        .unwrap();
+    assert!(
+        line.contains(&format!(
+            "buildkitd {}:1234 went away while the build ran (failed to receive status: rpc error: code = unavailable",
+            order[0].host
+        )),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(&format!(
+            "rerunning the whole build on {}:1234, the next daemon in the key's order (rerun 1 of 1)",
+            order[1].host
+        )),
+        "{line}"
+    );
+    // Results once, from the run that succeeded.
+    assert_eq!(err.matches(" built ").count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(env.results.join("IMAGE_DIGEST")).unwrap(),
+        DIGEST
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.results.join("IMAGE_URL")).unwrap(),
+        image
+    );
+
+    // Lost twice: the default allows one rerun, so the second loss fails with buildctl's code.
+    let env = Env::new(SecretFormat::Pem);
+    let (order, _servers, mut args) = farm(&env, image, &idle(3));
+    args.push(format!("--results-dir={}", env.results.display()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lost = format!("{} {}", order[0].host, order[1].host);
+    let output = env.kiln(&argv, &[("STUB_LOST_ON", &lost)]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(env.runs(), 2);
+    assert!(
+        stderr(&output).contains("not rerun: --retries-after-interruption 1 used up"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!env.results.join("IMAGE_URL").exists());
+
+    // --retries-after-interruption 0: never rerun.
+    let env = Env::new(SecretFormat::Pem);
+    let (order, _servers, mut args) = farm(&env, image, &idle(3));
+    args.push("--retries-after-interruption=0".into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = env.kiln(&argv, &[("STUB_LOST_ON", &order[0].host)]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(env.runs(), 1);
+}
+
+#[test]
+fn a_plain_build_failure_on_a_farm_is_not_rerun() {
+    let env = Env::new(SecretFormat::Pem);
+    let (_order, _servers, mut args) = farm(&env, "registry.example.com/team/app:1.0", &idle(3));
+    args.push(format!("--results-dir={}", env.results.display()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = env.kiln(&argv, &[("STUB_EXIT", "7")]);
+    assert_eq!(output.status.code(), Some(7), "buildctl's own exit code");
+    assert_eq!(env.runs(), 1, "a failed build is never rerun");
+    assert!(!stderr(&output).contains("rerunning"));
+    assert!(!env.results.join("IMAGE_DIGEST").exists());
+}
+
+#[test]
+fn certificates_from_a_secret_volume_blame_rotation_and_local_ones_do_not() {
+    let env = Env::new(SecretFormat::Pem);
+    let expired = issue(
+        &env.ca,
+        LeafKind::Client,
+        Vec::new(),
+        now() - time::Duration::days(30),
+        now() - time::Duration::days(2),
+    );
+    // The kubelet's layout: the files are links into `..data`, a link to a dated directory.
+    std::fs::remove_dir_all(&env.certs).unwrap();
+    let dated = env.certs.join("..2027_01_01_00_00_00.123");
+    write_client_dir(&dated, &env.ca.cert_pem, &expired, SecretFormat::Tls);
+    std::os::unix::fs::symlink("..2027_01_01_00_00_00.123", env.certs.join("..data")).unwrap();
+    for name in ["ca.crt", "tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), env.certs.join(name)).unwrap();
+    }
+    let args = [
+        "--image=registry.example.com/team/app:1.0",
+        "--addr=tcp://buildkitd:1234",
+    ];
+    let output = env.kiln(&args, &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("expired 2 days ago"), "{err}");
+    assert!(
+        err.contains("the kiln-rotate CronJob has not run; check `kiln status`"),
+        "{err}"
+    );
+
+    // The same files copied out by hand.
+    std::fs::remove_dir_all(&env.certs).unwrap();
+    write_client_dir(&env.certs, &env.ca.cert_pem, &expired, SecretFormat::Tls);
+    let output = env.kiln(&args, &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("expired 2 days ago"), "{err}");
+    assert!(!err.contains("CronJob"), "{err}");
+    assert!(err.contains("kiln certs generate"), "{err}");
+    assert_eq!(env.runs(), 0);
 }

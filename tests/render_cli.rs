@@ -454,7 +454,7 @@ fn bad_too_many_replicas() {
     assert_rejected(
         &[("dev.yaml", "namespace: x\nbuildkit:\n  replicas: 3000000000\n")],
         &[],
-        "failed to load overlays/dev.yaml:3: buildkit.replicas: must be at most 2147483647, got 3000000000",
+        "failed to load overlays/dev.yaml:3: buildkit.replicas: must be at most 10000, got 3000000000: kiln build spreads builds over at most that many daemons",
     );
 }
 

@@ -90,19 +90,25 @@ fn prefixed(prefix: &str, path: &Path) -> OsString {
     out
 }
 
-/// Watches buildctl's stderr to tell a connection failure before the build
-/// started (safe to retry) from a build that failed.
+/// Watches buildctl's stderr to tell three failures apart: a connection failure before
+/// the build started (safe to retry on any daemon), the daemon lost while the build ran
+/// (rerun elsewhere: [`Outcome::Interrupted`]), and a build that failed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StderrWatch {
     line: Vec<u8>,
     started: bool,
     connection_error: bool,
+    /// The last `error: ` line buildctl printed (lower-cased, capped), once the build started.
+    last_error: Option<String>,
 }
 
 /// stderr fragments of gRPC connection failures (daemon down, restarting, unreachable).
+/// buildctl prints the gRPC code in two forms: `Unavailable: …` for unary calls and
+/// `rpc error: code = Unavailable desc = …` for streams.
 const CONNECTION_PATTERNS: &[&str] = &[
     "connection refused",
     "code = unavailable",
+    "unavailable: ",
     "failed to dial",
     "error while dialing",
     "connection reset by peer",
@@ -111,7 +117,30 @@ const CONNECTION_PATTERNS: &[&str] = &[
     "context deadline exceeded",
     "broken pipe",
     "connection closed before server preface",
+    "error reading server preface",
 ];
+
+/// How grpc-go words an established connection that went away (moby/buildkit v0.32.2
+/// vendors grpc-go 1.82; `transport is closing` is older grpc-go's wording).
+const LOST_PATTERNS: &[&str] = &[
+    "error reading from server",
+    "connection reset by peer",
+    "received prior goaway",
+    "graceful_stop",
+    "transport is closing",
+    "the connection is draining",
+    "broken pipe",
+];
+
+/// Certificate and TLS failures: also `Unavailable`, but a rerun cannot fix them.
+const PERMANENT_PATTERNS: &[&str] = &["authentication handshake failed", "x509:", "tls: ", "certificate"];
+
+/// A build step that failed: its own output may quote any text, connection words included.
+const STEP_FAILED: &str = "did not complete successfully";
+
+fn is_unavailable(line: &str) -> bool {
+    line.contains("code = unavailable desc =") || line.contains(": unavailable: ")
+}
 
 impl StderrWatch {
     /// Feed the next chunk of stderr.
@@ -132,10 +161,16 @@ impl StderrWatch {
         // mean the daemon accepted the session: the build has started.
         let progress = trimmed.starts_with("[+] building")
             || (trimmed.starts_with('#') && trimmed[1..].starts_with(|c: char| c.is_ascii_digit()));
+        let permanent = PERMANENT_PATTERNS.iter().any(|p| line.contains(p));
         if progress {
             self.started = true;
-        } else if !self.started && CONNECTION_PATTERNS.iter().any(|p| line.contains(p)) {
-            self.connection_error = true;
+        } else if !self.started {
+            if CONNECTION_PATTERNS.iter().any(|p| line.contains(p)) && !permanent {
+                self.connection_error = true;
+            }
+        } else if trimmed.starts_with("error: ") {
+            // buildctl prints its one fatal error as `error: …` (handleErr in its main.go).
+            self.last_error = Some(trimmed.chars().take(400).collect());
         }
         self.line.clear();
     }
@@ -145,15 +180,32 @@ impl StderrWatch {
         self.finish_line();
         self.connection_error && !self.started
     }
+
+    /// When the build had started and buildctl's error says the connection to the daemon
+    /// went away (gRPC Unavailable with a lost-connection description, not a certificate
+    /// problem, not a failed step), that error line.
+    pub fn interrupted(&mut self) -> Option<String> {
+        self.finish_line();
+        let line = self.last_error.as_deref()?;
+        let lost = self.started
+            && is_unavailable(line)
+            && LOST_PATTERNS.iter().any(|p| line.contains(p))
+            && !PERMANENT_PATTERNS.iter().any(|p| line.contains(p))
+            && !line.contains(STEP_FAILED);
+        lost.then(|| line.to_string())
+    }
 }
 
 /// How one buildctl run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// buildctl exited 0.
     Success,
     /// buildctl failed before the build started, on a connection error.
     ConnectionError(i32),
+    /// The build started, then the connection to the daemon went away: buildctl's exit
+    /// code and its error line.
+    Interrupted(i32, String),
     /// buildctl failed with this exit code (128+signal when killed by a signal).
     Failed(i32),
     /// The build ran longer than `--timeout` and was killed.
@@ -230,6 +282,8 @@ pub async fn run(program: &Path, args: &[OsString], timeout: Duration) -> Result
     let code = exit_code(&status);
     Ok(if watch.retryable() {
         Outcome::ConnectionError(code)
+    } else if let Some(line) = watch.interrupted() {
+        Outcome::Interrupted(code, line)
     } else {
         Outcome::Failed(code)
     })
@@ -344,5 +398,73 @@ mod tests {
         let mut tty = StderrWatch::default();
         tty.feed(b"[+] Building 0.3s (2/5)\r\nerror: connection refused\n");
         assert!(!tty.retryable());
+
+        let mut tls = StderrWatch::default();
+        tls.feed(b"error: listing workers for Build: failed to list workers: Unavailable: connection error: desc = \"transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority\"\n");
+        assert!(!tls.retryable(), "a certificate problem is not fixed by retrying");
+    }
+
+    /// buildctl's real wording when the daemon goes away mid-build (grpc-go via
+    /// moby/buildkit's client: unary `Unavailable: …`, streams `rpc error: code = …`).
+    const LOST: &[&str] = &[
+        "error: failed to solve: Unavailable: error reading from server: EOF",
+        "error: failed to receive status: rpc error: code = Unavailable desc = error reading from server: EOF",
+        "error: failed to receive status: rpc error: code = Unavailable desc = closing transport due to: connection error: desc = \"error reading from server: EOF\", received prior goaway: code: NO_ERROR, debug data: \"graceful_stop\"",
+        "error: failed to receive status: rpc error: code = Unavailable desc = transport is closing",
+        "error: failed to solve: Unavailable: error reading from server: read tcp 10.0.0.2:50412->10.0.0.7:1234: read: connection reset by peer",
+        "error: failed to get status: rpc error: code = Unavailable desc = the connection is draining",
+    ];
+
+    #[test]
+    fn a_daemon_lost_mid_build_is_an_interruption() {
+        for line in LOST {
+            let mut watch = StderrWatch::default();
+            watch.feed(
+                b"#1 [internal] load build definition from Dockerfile\n#1 DONE 0.0s\n#5 [2/3] RUN make\n",
+            );
+            watch.feed(line.as_bytes());
+            watch.feed(b"\n");
+            assert!(!watch.retryable(), "{line}");
+            assert_eq!(
+                watch.interrupted().as_deref(),
+                Some(line.to_ascii_lowercase().as_str()),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_failures_are_not_interruptions() {
+        for (progress, last) in [
+            // A failed step, even one whose command quotes connection words.
+            (
+                "#5 0.52 curl: (56) Recv failure: Connection reset by peer\n",
+                "error: failed to solve: process \"/bin/sh -c curl https://example.com\" did not complete successfully: exit code: 56",
+            ),
+            (
+                "#5 [2/3] RUN echo\n",
+                "error: failed to solve: process \"/bin/sh -c echo 'code = Unavailable desc = transport is closing'; exit 1\" did not complete successfully: exit code: 1",
+            ),
+            // A registry that hung up while pushing: not the daemon connection.
+            (
+                "#9 pushing layers\n",
+                "error: failed to solve: failed to push registry.example.com/app:1: failed to do request: Put \"https://registry.example.com/v2/\": read: connection reset by peer",
+            ),
+            // A certificate problem.
+            (
+                "#1 [internal] load\n",
+                "error: failed to solve: Unavailable: connection error: desc = \"transport: authentication handshake failed: x509: certificate has expired\"",
+            ),
+        ] {
+            let mut watch = StderrWatch::default();
+            watch.feed(progress.as_bytes());
+            watch.feed(last.as_bytes());
+            assert_eq!(watch.interrupted(), None, "{last}");
+        }
+        // The same lost-connection line before any progress is a connection error instead.
+        let mut early = StderrWatch::default();
+        early.feed(LOST[0].as_bytes());
+        assert!(early.retryable());
+        assert_eq!(early.interrupted(), None);
     }
 }

@@ -1,23 +1,27 @@
 //! `kiln build`: the Tekton step that drives buildkitd over mTLS.
 //!
-//! The pure parts live here and in [`ring`]: reading image references, build args,
-//! platforms and daemon addresses, choosing the daemon candidates, and turning
-//! buildctl's metadata file into Tekton results ([`resolve_dockerfile`] alone looks at
-//! the file system). [`preflight`] checks the client
-//! certificates (pure) and shakes hands with the daemon (network edge);
-//! [`buildctl`] builds the command line (pure) and runs it (process edge).
+//! The pure parts live here and in [`choose`]: reading image references, build args,
+//! platforms and daemon addresses, the daemon order for a key and the bounded-load
+//! choice, and turning buildctl's metadata file into Tekton results
+//! ([`resolve_dockerfile`] alone looks at the file system). [`preflight`] checks the
+//! client certificates (pure) and shakes hands with the daemon (network edge);
+//! [`history`] asks daemons how many builds they run (network edge, with a pure
+//! protobuf codec); [`buildctl`] builds the command line (pure) and runs it (process
+//! edge); [`run`] is the whole flow of one build, with its retries.
 
 pub mod buildctl;
+pub mod choose;
+pub mod history;
 pub mod preflight;
-pub mod ring;
+pub mod run;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 
-/// The most StatefulSet replicas `kiln build` hashes over: the ring holds
-/// [`ring::DEFAULT_VNODES`] points per replica, so an absurd count would exhaust memory.
-pub const MAX_REPLICAS: u32 = 1024;
+/// The most StatefulSet replicas `kiln build` hashes over: the same limit `kiln render`
+/// holds `buildkit.replicas` to.
+pub const MAX_REPLICAS: u32 = crate::overlay::MAX_REPLICAS;
 
 /// Why a build input or output could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +40,13 @@ pub enum BuildError {
     /// `--addr` is not `tcp://host:port`.
     #[error("invalid daemon address {value:?}: {reason}; write it as tcp://buildkitd.buildkit.svc:1234")]
     InvalidAddr { value: String, reason: &'static str },
+    /// `--replicas`, `--service`, `--namespace` or `--port` cannot name a StatefulSet's pods.
+    #[error("invalid --{flag} {value:?}: {reason}")]
+    InvalidReplicas {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     /// A `--connect-to` override is not `HOST:PORT=IP:PORT`.
     #[error(
         "invalid --connect-to {value:?}: write it as HOST:PORT=IP:PORT, such as buildkitd-0.buildkitd.buildkit.svc:1234=127.0.0.1:41234"
@@ -333,8 +344,57 @@ pub enum Placement {
     },
 }
 
-/// The daemons to try, in order: the ring owner of `affinity_key` first, then its
-/// ring successors. `overrides` maps `(host, port)` to the address to connect to.
+impl Placement {
+    /// The StatefulSet layout, checked: 1 to [`MAX_REPLICAS`] replicas, DNS-1123 label
+    /// names, a port other than 0.
+    pub fn replicas(
+        replicas: u32,
+        service: String,
+        namespace: String,
+        port: u16,
+    ) -> Result<Self, BuildError> {
+        let invalid =
+            |flag, value: String, reason: String| BuildError::InvalidReplicas { flag, value, reason };
+        if replicas == 0 {
+            return Err(invalid(
+                "replicas",
+                "0".into(),
+                "there must be at least one buildkitd".into(),
+            ));
+        }
+        if replicas > MAX_REPLICAS {
+            return Err(invalid(
+                "replicas",
+                replicas.to_string(),
+                format!(
+                    "kiln build spreads builds over at most {MAX_REPLICAS} replicas, as kiln render allows"
+                ),
+            ));
+        }
+        for (flag, value) in [("service", &service), ("namespace", &namespace)] {
+            if !crate::names::is_dns1123_label(value) {
+                return Err(invalid(flag, value.clone(), crate::names::LABEL_RULE.to_string()));
+            }
+        }
+        if port == 0 {
+            return Err(invalid(
+                "port",
+                "0".into(),
+                "use buildkitd's port, 1234 by default".into(),
+            ));
+        }
+        Ok(Self::Replicas {
+            replicas,
+            service,
+            namespace,
+            port,
+        })
+    }
+}
+
+/// The daemons to try, in order: the home of `affinity_key` first, then the rest in the
+/// key's order ([`choose::replica_order`]). `overrides` maps `(host, port)` to the
+/// address to connect to.
 pub fn daemon_candidates(
     placement: &Placement,
     affinity_key: &str,
@@ -357,17 +417,14 @@ pub fn daemon_candidates(
             service,
             namespace,
             port,
-        } => {
-            let ring = ring::Ring::for_replicas(service, *replicas);
-            ring.candidates(affinity_key)
-                .into_iter()
-                .map(|i| Daemon {
-                    host: format!("{}.{service}.{namespace}.svc", ring.nodes()[i]),
-                    port: *port,
-                    connect_to: None,
-                })
-                .collect()
-        }
+        } => choose::replica_order(service, *replicas, affinity_key)
+            .into_iter()
+            .map(|i| Daemon {
+                host: format!("{service}-{i}.{service}.{namespace}.svc"),
+                port: *port,
+                connect_to: None,
+            })
+            .collect(),
     };
     daemons
         .into_iter()
@@ -575,7 +632,7 @@ mod tests {
     }
 
     #[test]
-    fn candidates_for_replicas_follow_the_ring() {
+    fn candidates_for_replicas_follow_the_keys_order() {
         let placement = Placement::Replicas {
             replicas: 4,
             service: "buildkitd".into(),
@@ -586,9 +643,7 @@ mod tests {
         let overrides = vec![(("buildkitd-2.buildkitd.ci.svc".to_string(), 1234), override_addr)];
         let key = "registry.example.com/app:/workspace/source";
         let daemons = daemon_candidates(&placement, key, &overrides);
-        let ring = ring::Ring::for_replicas("buildkitd", 4);
-        let expected: Vec<String> = ring
-            .candidates(key)
+        let expected: Vec<String> = choose::replica_order("buildkitd", 4, key)
             .into_iter()
             .map(|i| format!("buildkitd-{i}.buildkitd.ci.svc"))
             .collect();

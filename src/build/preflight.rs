@@ -22,6 +22,49 @@ use crate::pki::{self, PkiError, SecretFormat};
 /// The fix printed for anything certificate-related that rotation should have handled.
 const FIX_ROTATE: &str = "the kiln-rotate CronJob has not run; check `kiln status`";
 
+/// Where the client certificates come from, which decides what fixes them: `kiln rotate`
+/// renews the cluster's Secrets, not a copy on someone's laptop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    /// A mounted Kubernetes Secret (the kubelet's `..data` layout): what the Task's step sees.
+    SecretMount,
+    /// Plain files, such as a `kiln certs generate` output or a Secret copied out by hand.
+    LocalFiles,
+}
+
+impl CertSource {
+    /// The fix for certificates that are out of date.
+    pub fn renew_fix(self, dir: &Path) -> String {
+        match self {
+            Self::SecretMount => FIX_ROTATE.to_string(),
+            Self::LocalFiles => format!(
+                "{} holds local files, which `kiln rotate` does not renew: copy the current client Secret there, or issue new files with `kiln certs generate`",
+                dir.display()
+            ),
+        }
+    }
+
+    /// The fix for files that are corrupt, mismatched or from another CA.
+    pub fn rewrite_fix(self, dir: &Path, mounted: &'static str) -> String {
+        match self {
+            Self::SecretMount => mounted.to_string(),
+            Self::LocalFiles => format!(
+                "copy the current client Secret into {} again, or issue new files with `kiln certs generate`",
+                dir.display()
+            ),
+        }
+    }
+}
+
+/// Where the files in `dir` come from: a Secret volume has the kubelet's `..data` link.
+pub fn cert_source(dir: &Path) -> CertSource {
+    if dir.join("..data").exists() {
+        CertSource::SecretMount
+    } else {
+        CertSource::LocalFiles
+    }
+}
+
 /// The three client TLS files, in whichever naming the Secret uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -66,31 +109,36 @@ pub enum PreflightError {
     #[error("failed to read {path}: {message}; check the Secret mount and its permissions")]
     Read { path: String, message: String },
     /// The CA bundle does not parse.
-    #[error(
-        "failed to parse the CA bundle {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it"
-    )]
-    ParseCa { path: String, message: String },
+    #[error("failed to parse the CA bundle {path}: {message}; {fix}")]
+    ParseCa {
+        path: String,
+        message: String,
+        fix: String,
+    },
     /// The client certificate does not parse.
-    #[error(
-        "failed to parse the client certificate {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it"
-    )]
-    ParseCert { path: String, message: String },
+    #[error("failed to parse the client certificate {path}: {message}; {fix}")]
+    ParseCert {
+        path: String,
+        message: String,
+        fix: String,
+    },
     /// The client key does not parse.
-    #[error(
-        "failed to parse the client key {path}: {message}; the Secret is corrupt, run `kiln rotate` to rewrite it"
-    )]
-    ParseKey { path: String, message: String },
+    #[error("failed to parse the client key {path}: {message}; {fix}")]
+    ParseKey {
+        path: String,
+        message: String,
+        fix: String,
+    },
     /// The key belongs to another certificate.
-    #[error(
-        "client key {key} does not match the certificate {cert}: the Secret was half-written; run `kiln rotate` to reissue it"
-    )]
-    KeyMismatch { cert: String, key: String },
+    #[error("client key {key} does not match the certificate {cert}: {fix}")]
+    KeyMismatch { cert: String, key: String, fix: String },
     /// The client certificate expired.
-    #[error("client certificate {path} expired {ago} ago (at {not_after}): {FIX_ROTATE}")]
+    #[error("client certificate {path} expired {ago} ago (at {not_after}): {fix}")]
     Expired {
         path: String,
         ago: String,
         not_after: String,
+        fix: String,
     },
     /// The client certificate is not valid yet.
     #[error(
@@ -102,22 +150,22 @@ pub enum PreflightError {
         not_before: String,
     },
     /// No CA in the bundle signed the client certificate.
-    #[error(
-        "client certificate {cert} (issuer {issuer}) is not signed by any CA in {ca}: the client Secret comes from another CA; run `kiln rotate`, then check `kiln status`"
-    )]
+    #[error("client certificate {cert} (issuer {issuer}) is not signed by any CA in {ca}: {fix}")]
     Untrusted {
         cert: String,
         ca: String,
         issuer: String,
+        fix: String,
     },
     /// The CA that signed the client certificate is not valid now.
     #[error(
-        "CA {subject} in {ca} that signed the client certificate is not valid now (until {not_after}): {FIX_ROTATE}"
+        "CA {subject} in {ca} that signed the client certificate is not valid now (until {not_after}): {fix}"
     )]
     CaNotValid {
         ca: String,
         subject: String,
         not_after: String,
+        fix: String,
     },
     /// The client certificate lacks the clientAuth extended key usage.
     #[error(
@@ -203,29 +251,36 @@ pub struct ClientCheck {
 }
 
 /// Check the client material at `now`: everything parses, the key matches, the
-/// certificate is in its validity window, chains to the bundle and has clientAuth.
+/// certificate is in its validity window, chains to the bundle and has clientAuth. The
+/// fixes the errors name suit `source`.
 pub fn check_client(
     files: &TlsFiles,
     material: &ClientMaterial,
     now: OffsetDateTime,
+    source: CertSource,
 ) -> Result<ClientCheck, PreflightError> {
+    let dir = files.cert.parent().unwrap_or(Path::new("."));
+    let corrupt = || source.rewrite_fix(dir, "the Secret is corrupt, run `kiln rotate` to rewrite it");
     let ca_path = files.ca.display().to_string();
     let cert_path = files.cert.display().to_string();
     let key_path = files.key.display().to_string();
     pki::parse_bundle(&material.ca_pem).map_err(|e| PreflightError::ParseCa {
         path: ca_path.clone(),
         message: e.to_string(),
+        fix: corrupt(),
     })?;
     let leaf = pki::parse_bundle(&material.cert_pem)
         .map_err(|e| PreflightError::ParseCert {
             path: cert_path.clone(),
             message: e.to_string(),
+            fix: corrupt(),
         })?
         .into_iter()
         .next()
         .ok_or_else(|| PreflightError::ParseCert {
             path: cert_path.clone(),
             message: "no certificate".into(),
+            fix: corrupt(),
         })?;
     match pki::key_matches(&material.cert_pem, &material.key_pem) {
         Ok(true) => {}
@@ -233,12 +288,17 @@ pub fn check_client(
             return Err(PreflightError::KeyMismatch {
                 cert: cert_path,
                 key: key_path,
+                fix: source.rewrite_fix(
+                    dir,
+                    "the Secret was half-written; run `kiln rotate` to reissue it",
+                ),
             });
         }
         Err(e) => {
             return Err(PreflightError::ParseKey {
                 path: key_path,
                 message: e.to_string(),
+                fix: corrupt(),
             });
         }
     }
@@ -247,6 +307,7 @@ pub fn check_client(
             path: cert_path,
             ago: human_span(now - leaf.not_after),
             not_after: pki::rfc3339(leaf.not_after),
+            fix: source.renew_fix(dir),
         });
     }
     if now < leaf.not_before {
@@ -263,15 +324,21 @@ pub fn check_client(
             ca: ca_path.clone(),
             subject,
             not_after: pki::rfc3339(not_after),
+            fix: source.renew_fix(dir),
         },
         PkiError::Untrusted { issuer, .. } => PreflightError::Untrusted {
             cert: cert_path.clone(),
             ca: ca_path.clone(),
             issuer,
+            fix: source.rewrite_fix(
+                dir,
+                "the client Secret comes from another CA; run `kiln rotate`, then check `kiln status`",
+            ),
         },
         other => PreflightError::ParseCert {
             path: cert_path.clone(),
             message: other.to_string(),
+            fix: corrupt(),
         },
     })?;
     // Like Go's crypto/x509 (and so buildkitd): no EKU extension means any usage.
@@ -445,13 +512,17 @@ pub async fn handshake(
     }
 }
 
-/// Connect, handshake and wait for the HTTP/2 SETTINGS frame; `tls_done` is set once
-/// the TLS handshake has completed, so a timeout can say which part hung.
-async fn handshake_inner(
+/// A TLS connection to a daemon, its certificate verified for the daemon's host name.
+pub type DaemonStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Connect to `daemon` (its `--connect-to` address, or its host name resolved) and complete
+/// an mTLS handshake verifying the daemon's name against the bundle. No timeout of its own:
+/// callers bound it. In TLS 1.3 the daemon judges our certificate only after this returns,
+/// so only its first answer proves that it accepted us.
+pub async fn connect_tls(
     daemon: &Daemon,
     config: Arc<rustls::ClientConfig>,
-    tls_done: &std::cell::Cell<bool>,
-) -> Result<(), HandshakeFailure> {
+) -> Result<DaemonStream, HandshakeFailure> {
     let server_name = ServerName::try_from(daemon.host.clone()).map_err(|e| {
         HandshakeFailure::Other(format!("{:?} is not a valid TLS server name: {e}", daemon.host))
     })?;
@@ -471,10 +542,20 @@ async fn handshake_inner(
     .map_err(|e| classify_io(&e))?;
     tcp.set_nodelay(true).ok();
     let connector = tokio_rustls::TlsConnector::from(config);
-    let mut tls = connector
+    connector
         .connect(server_name, tcp)
         .await
-        .map_err(|e| classify_io(&e))?;
+        .map_err(|e| classify_io(&e))
+}
+
+/// Connect, handshake and wait for the HTTP/2 SETTINGS frame; `tls_done` is set once
+/// the TLS handshake has completed, so a timeout can say which part hung.
+async fn handshake_inner(
+    daemon: &Daemon,
+    config: Arc<rustls::ClientConfig>,
+    tls_done: &std::cell::Cell<bool>,
+) -> Result<(), HandshakeFailure> {
+    let mut tls = connect_tls(daemon, config).await?;
     tls_done.set(true);
     tls.write_all(H2_PREFACE).await.map_err(|e| classify_io(&e))?;
     tls.flush().await.map_err(|e| classify_io(&e))?;
@@ -517,7 +598,7 @@ impl Retry {
     }
 }
 
-/// Try the candidates in ring order until one passes the handshake. A daemon that
+/// Try the candidates in order until one passes the handshake. A daemon that
 /// fails is logged and the next one tried; while any failure looks transient, the
 /// whole list is retried after a growing pause, for at most `retry.rounds` rounds.
 /// Returns the index of the chosen candidate.
@@ -541,7 +622,7 @@ pub async fn choose_daemon(
                     let message = failure.describe(daemon, ca);
                     any_transient |= failure.transient();
                     if index + 1 < candidates.len() {
-                        tracing::warn!(daemon = %daemon.name(), next = %candidates[index + 1].name(), "{message}; falling over to the next daemon on the ring");
+                        tracing::warn!(daemon = %daemon.name(), next = %candidates[index + 1].name(), "{message}; falling over to the next daemon in order");
                     } else {
                         tracing::warn!(daemon = %daemon.name(), "{message}");
                     }
@@ -595,6 +676,23 @@ mod tests {
         let err = find_tls_files(dir.path()).unwrap_err().to_string();
         assert!(err.contains("no key.pem/tls.key"), "{err}");
         assert!(!err.contains("ca.pem/ca.crt"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_volume_is_told_from_local_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(cert_source(dir.path()), CertSource::LocalFiles);
+        let local = CertSource::LocalFiles.renew_fix(dir.path());
+        assert!(
+            local.contains("does not renew") && local.contains("kiln certs generate"),
+            "{local}"
+        );
+        assert!(!local.contains("CronJob"), "{local}");
+        // The kubelet's atomic writer: files are links into `..data`, itself a link.
+        std::fs::create_dir(dir.path().join("..2026_01_01_00_00_00.1")).unwrap();
+        std::os::unix::fs::symlink("..2026_01_01_00_00_00.1", dir.path().join("..data")).unwrap();
+        assert_eq!(cert_source(dir.path()), CertSource::SecretMount);
+        assert_eq!(CertSource::SecretMount.renew_fix(dir.path()), FIX_ROTATE);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! `kiln build`: preflight the mTLS setup, pick a daemon, run buildctl, write results.
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,9 +9,21 @@ use anyhow::Context as _;
 use time::OffsetDateTime;
 
 use super::UsageError;
-use crate::build::buildctl::{self, BuildSpec, Outcome};
+use crate::build::buildctl::BuildSpec;
+use crate::build::choose::{self, Policy};
 use crate::build::preflight::{self, Retry};
+use crate::build::run::{self, DryRun, Finished, Plan};
 use crate::build::{self as core, Daemon, ImageRef, Placement};
+
+/// How `--dry-run` prints its report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON object (stable field order).
+    Json,
+}
 
 /// Arguments of `kiln build`.
 ///
@@ -23,7 +34,8 @@ use crate::build::{self as core, Daemon, ImageRef, Placement};
 #[command(after_help = "Examples:
   kiln build --image registry.example.com/app:1.0 --context . --addr tcp://buildkitd.buildkit.svc:1234
   kiln build --image registry.example.com/app:1.0 --replicas 4 --namespace buildkit -- VERSION=1.0
-  kiln build --image registry.example.com/app:dev --no-push --platform linux/amd64,linux/arm64")]
+  kiln build --image registry.example.com/app:dev --no-push --platform linux/amd64,linux/arm64
+  kiln build --image registry.example.com/app:1.0 --replicas 4 --dry-run -o json")]
 pub struct BuildArgs {
     /// The image to build, such as registry.example.com/team/app:1.0 (also the Tekton IMAGE_URL result).
     #[arg(long, env = "KILN_IMAGE", value_name = "REF")]
@@ -70,7 +82,7 @@ pub struct BuildArgs {
     pub cache_ref: Option<String>,
 
     /// The daemon address, tcp://host:port. Empty: choose among --replicas by
-    /// consistent hashing.
+    /// rendezvous hashing with bounded load.
     #[arg(long, env = "KILN_BUILDKIT_ADDR", value_name = "URL")]
     pub addr: Option<String>,
 
@@ -101,8 +113,8 @@ pub struct BuildArgs {
     #[arg(long, env = "KILN_BUILDKIT_PORT", value_name = "PORT", default_value_t = 1234)]
     pub port: u16,
 
-    /// The consistent-hashing key's repository part. Default: the image repository
-    /// (the reference without tag or digest). The key is <affinity-key>:<context>.
+    /// The hashing key's repository part. Default: the image repository (the reference
+    /// without tag or digest). The key is <affinity-key>:<context>.
     #[arg(long, env = "KILN_AFFINITY_KEY", value_name = "KEY")]
     pub affinity_key: Option<String>,
 
@@ -146,6 +158,40 @@ pub struct BuildArgs {
     #[arg(long, env = "KILN_BUILD_ATTEMPTS", value_name = "N", default_value_t = 3)]
     pub attempts: u32,
 
+    /// Bounded load: skip a replica running more than ceil(C × (active builds on the farm + 1)
+    /// / replicas) builds, for the next in the key's order. 0 turns it off (pure hashing).
+    #[arg(long, env = "KILN_LOAD_FACTOR", value_name = "C", default_value_t = choose::DEFAULT_LOAD_FACTOR)]
+    pub load_factor: f64,
+
+    /// The limit for asking one replica its active builds; one that does not answer in
+    /// time counts as full. Such as 500ms or 2s.
+    #[arg(
+        long,
+        env = "KILN_LOAD_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "500ms"
+    )]
+    pub load_timeout: String,
+
+    /// Rerun the whole build on the next daemon in the key's order when the daemon goes
+    /// away while the build runs (a restart, a lost connection), at most N times.
+    #[arg(
+        long,
+        env = "KILN_RETRIES_AFTER_INTERRUPTION",
+        value_name = "N",
+        default_value_t = 1
+    )]
+    pub retries_after_interruption: u32,
+
+    /// Print the daemon order, the chosen daemon and the buildctl command line, and stop:
+    /// no handshake, no buildctl. Loads are still asked (use --load-factor 0 to skip that).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// The --dry-run report's format.
+    #[arg(long, short = 'o', value_enum, default_value_t, requires = "dry_run")]
+    pub output: OutputFormat,
+
     /// Connect to ADDR instead of resolving HOST:PORT, still verifying the daemon's
     /// certificate for HOST (like curl's --connect-to). Repeatable.
     #[arg(long = "connect-to", value_name = "HOST:PORT=IP:PORT")]
@@ -174,6 +220,10 @@ struct Config {
     timeout: Duration,
     retry: Retry,
     now: Option<OffsetDateTime>,
+    policy: Policy,
+    load_timeout: Duration,
+    reruns: u32,
+    dry_run: Option<OutputFormat>,
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
@@ -201,6 +251,19 @@ fn parse_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(parsed.as_secs().unsigned_abs()))
 }
 
+/// A duration that may also be whole milliseconds, such as 500ms.
+fn parse_short_duration(flag: &str, value: &str) -> anyhow::Result<Duration> {
+    match value.trim().strip_suffix("ms") {
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(0) | Err(_) => Err(usage(format!(
+                "invalid --{flag} {value:?}: write a duration longer than zero, such as 500ms or 2s"
+            ))),
+            Ok(ms) => Ok(Duration::from_millis(ms)),
+        },
+        None => parse_duration(flag, value),
+    }
+}
+
 fn validate(args: BuildArgs) -> anyhow::Result<Config> {
     let image = ImageRef::parse(&args.image).map_err(flag_usage("image"))?;
     let mut build_args = Vec::new();
@@ -218,43 +281,22 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
     }
     let placement = match non_empty(args.addr) {
         Some(addr) => Placement::Addr(core::parse_addr(&addr).map_err(flag_usage("addr"))?),
-        None => {
-            if args.replicas == 0 {
-                return Err(usage(
-                    "invalid --replicas 0: there must be at least one buildkitd",
-                ));
-            }
-            if args.replicas > core::MAX_REPLICAS {
-                return Err(usage(format!(
-                    "invalid --replicas {}: kiln build hashes over at most {} replicas; pass --addr for a Service instead",
-                    args.replicas,
-                    core::MAX_REPLICAS
-                )));
-            }
-            for (flag, value) in [("service", &args.service), ("namespace", &args.namespace)] {
-                if !crate::names::is_dns1123_label(value) {
-                    return Err(usage(format!(
-                        "invalid --{flag} {value:?}: {}",
-                        crate::names::LABEL_RULE
-                    )));
-                }
-            }
-            if args.port == 0 {
-                return Err(usage("invalid --port 0: use buildkitd's port, 1234 by default"));
-            }
-            Placement::Replicas {
-                replicas: args.replicas,
-                service: args.service,
-                namespace: args.namespace,
-                port: args.port,
-            }
-        }
+        None => Placement::replicas(args.replicas, args.service, args.namespace, args.port).map_err(usage)?,
     };
     let timeout = parse_duration("timeout", &args.timeout)?;
     let connect_timeout = parse_duration("connect-timeout", &args.connect_timeout)?;
     if args.attempts == 0 {
         return Err(usage("invalid --attempts 0: use at least 1"));
     }
+    let c = args.load_factor;
+    if !(c == 0.0 || (1.0..=choose::MAX_LOAD_FACTOR).contains(&c)) {
+        return Err(usage(format!(
+            "invalid --load-factor {c}: use 0 (off) or a factor from 1 to {}, such as {}",
+            choose::MAX_LOAD_FACTOR,
+            choose::DEFAULT_LOAD_FACTOR
+        )));
+    }
+    let load_timeout = parse_short_duration("load-timeout", &args.load_timeout)?;
     let now = match args.now.as_deref() {
         Some(text) => {
             Some(super::parse_time(text).map_err(|e| usage(format!("invalid --now {text:?}: {e}")))?)
@@ -264,7 +306,7 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
     let context = core::normalize_path(&args.context);
     let dockerfile = non_empty(args.dockerfile).map(PathBuf::from);
     let repository = non_empty(args.affinity_key).unwrap_or_else(|| image.repository.clone());
-    let affinity_key = crate::build::ring::affinity_key(&repository, &context.to_string_lossy());
+    let affinity_key = choose::affinity_key(&repository, &context.to_string_lossy());
     let metadata_file = non_empty(args.metadata_file)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -298,6 +340,10 @@ fn validate(args: BuildArgs) -> anyhow::Result<Config> {
             connect_timeout,
         },
         now,
+        policy: Policy::with_load_factor(c),
+        load_timeout,
+        reruns: args.retries_after_interruption,
+        dry_run: args.dry_run.then_some(args.output),
     })
 }
 
@@ -324,7 +370,8 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let files = preflight::find_tls_files(&config.tls_dir)?;
     let material = preflight::read_material(&files)?;
     let now = config.now.unwrap_or_else(OffsetDateTime::now_utc);
-    let client = preflight::check_client(&files, &material, now)?;
+    let source = preflight::cert_source(&config.tls_dir);
+    let client = preflight::check_client(&files, &material, now, source)?;
     tracing::info!(
         subject = %client.subject,
         expires = %crate::pki::rfc3339(client.not_after),
@@ -342,90 +389,57 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("failed to start the async runtime")?;
     // A --timeout of billions of years parses, but would overflow the monotonic clock.
-    let deadline = Instant::now().checked_add(config.timeout).ok_or_else(|| {
-        usage(format!(
+    if Instant::now().checked_add(config.timeout).is_none() {
+        return Err(usage(format!(
             "invalid --timeout: {}s is too long; use a duration such as 30m",
             config.timeout.as_secs()
-        ))
-    })?;
-    let attempts = config.retry.rounds.max(1);
-    for attempt in 0..attempts {
-        let chosen = runtime.block_on(preflight::choose_daemon(
-            &candidates,
-            tls_config.clone(),
-            &files.ca,
-            config.retry,
-        ))?;
-        let daemon = &candidates[chosen];
-        if chosen > 0 {
-            tracing::warn!(daemon = %daemon.name(), "building on a fallover daemon; its cache for this repository may be cold");
-        }
-        let args: Vec<OsString> = buildctl::argv(&config.spec, daemon, &files, &config.metadata_file);
-        // A metadata file left from an earlier run must not be mistaken for this one's.
-        match std::fs::remove_file(&config.metadata_file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "failed to remove stale metadata file {}",
-                        config.metadata_file.display()
-                    )
-                });
+        )));
+    }
+    let choice = runtime.block_on(run::choose_by_load(
+        &candidates,
+        tls_config.clone(),
+        &config.policy,
+        config.load_timeout,
+    ));
+    let names: Vec<String> = candidates.iter().map(Daemon::name).collect();
+    tracing::info!("{}", choice.describe(&names));
+    let order = run::ordered(&candidates, &choice);
+    if let Some(format) = config.dry_run {
+        let argv = run::argv_line(
+            &config.buildctl,
+            &config.spec,
+            &candidates[choice.chosen()],
+            &files,
+            &config.metadata_file,
+        );
+        let report = DryRun::new(&config.affinity_key, &config.policy, &candidates, &choice, argv);
+        let text = match format {
+            OutputFormat::Text => report.text(),
+            OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(&report)?),
+        };
+        let mut stdout = std::io::stdout().lock();
+        match std::io::Write::write_all(&mut stdout, text.as_bytes())
+            .and_then(|()| std::io::Write::flush(&mut stdout))
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(e).context("failed to write to stdout");
             }
-        }
-        tracing::info!(daemon = %daemon.name(), image = %config.spec.image, attempt = attempt + 1, "running buildctl");
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let outcome = runtime.block_on(buildctl::run(&config.buildctl, &args, remaining))?;
-        match outcome {
-            Outcome::Success => return finish(&config),
-            Outcome::ConnectionError(code) if attempt + 1 < attempts => {
-                let pause = config.retry.pause(attempt);
-                tracing::warn!(
-                    code,
-                    daemon = %daemon.name(),
-                    "buildctl could not reach buildkitd before the build started; retrying in {pause:?}"
-                );
-                std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-            }
-            Outcome::ConnectionError(code) | Outcome::Failed(code) => {
-                tracing::error!(code, "buildctl failed");
-                return Ok(exit_code(code));
-            }
-            Outcome::TimedOut => anyhow::bail!(
-                "the build ran longer than --timeout {} and buildctl was killed: raise --timeout, or check the daemon's load",
-                humantime(config.timeout)
-            ),
+            _ => return Ok(ExitCode::SUCCESS),
         }
     }
-    anyhow::bail!("buildctl could not reach buildkitd after {attempts} attempts: see the errors above")
-}
-
-fn humantime(d: Duration) -> String {
-    crate::duration::Duration::from_secs(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)).to_string()
-}
-
-fn finish(config: &Config) -> anyhow::Result<ExitCode> {
-    let metadata_path = config.metadata_file.display().to_string();
-    let metadata = match std::fs::read_to_string(&config.metadata_file) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !config.spec.push => "{}".to_string(),
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!("failed to read buildctl metadata file {metadata_path}: buildctl succeeded but wrote no digest")
-            });
-        }
+    let plan = Plan {
+        spec: config.spec,
+        files,
+        order,
+        buildctl: config.buildctl,
+        metadata_file: config.metadata_file,
+        results_dir: config.results_dir,
+        timeout: config.timeout,
+        retry: config.retry,
+        reruns_after_interruption: config.reruns,
     };
-    let results =
-        core::results_from_metadata(&config.spec.image, config.spec.push, &metadata_path, &metadata)?;
-    match &results.image_digest {
-        Some(digest) => tracing::info!(image = %results.image_url, %digest, "built"),
-        None => {
-            tracing::warn!(image = %results.image_url, "built, but buildctl reported no digest; IMAGE_DIGEST is not written")
-        }
+    match run::execute(&plan, tls_config, &runtime)? {
+        Finished::Built(_) => Ok(ExitCode::SUCCESS),
+        Finished::Failed(code) => Ok(exit_code(code)),
     }
-    if let Some(dir) = &config.results_dir {
-        buildctl::write_results(dir, &results)?;
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -151,11 +151,14 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
             "a Service name must start with a letter",
         ));
     }
-    // Deployment and StatefulSet replicas are int32 in the Kubernetes API.
-    if i32::try_from(b.replicas).is_err() {
+    if b.replicas > super::MAX_REPLICAS {
         out.push(invalid(
             "buildkit.replicas",
-            format!("must be at most {}, got {}", i32::MAX, b.replicas),
+            format!(
+                "must be at most {}, got {}: kiln build spreads builds over at most that many daemons",
+                super::MAX_REPLICAS,
+                b.replicas
+            ),
         ));
     }
     if b.port == 0 {

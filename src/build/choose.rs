@@ -1,0 +1,649 @@
+//! Choosing the daemon for a build. Pure: keys and loads in, an order and a choice out.
+//!
+//! 1. **The order.** Every replica gets a score for the build's affinity key
+//!    (`<repository>:<context>`), the first 8 bytes of SHA-256 over the replica name and
+//!    the key; the replicas sorted by falling score are the key's order (rendezvous, or
+//!    highest-random-weight, hashing). The first is the key's home, where its cache is; the
+//!    rest are where it falls over to, in turn. Removing a replica moves only its own keys
+//!    (each to its next in order); adding one moves to it only the keys it now scores
+//!    highest for, 1/(N+1) of them. docs/build.md has the figures that chose this over a
+//!    512-point hash ring.
+//! 2. **The bounded-load walk** (consistent hashing with bounded loads, Mirrokni, Thorup and
+//!    Zadimoghaddam, 2018). A replica is eligible while its active builds are at most
+//!    `ceil(c × (total + 1) / N)`; the walk takes the first eligible replica in the key's
+//!    order. The loads come from the daemons ([`super::history`] asks them, an IO edge); the
+//!    walk says which to ask, [`PROBE_WIDTH`] at a time, so a build asks only as many as it
+//!    needs. The farm's total is estimated from the replicas that answered (exact once all
+//!    have); a replica that did not answer counts as full.
+//!
+//! `kiln build` and `scripts/bench-affinity` both run this code.
+
+use std::fmt;
+use std::ops::Range;
+
+/// The default `--load-factor` c: a replica may run up to 25% more than its fair share of
+/// the farm's active builds before builds for its keys go to the next replica in order.
+pub const DEFAULT_LOAD_FACTOR: f64 = 1.25;
+
+/// The largest `--load-factor`. Far above it the bound never binds; use 0 to turn it off.
+pub const MAX_LOAD_FACTOR: f64 = 100.0;
+
+/// How many replicas the walk asks at once: the key's first three in order. One answer
+/// alone says nothing about the farm's fair share; three give an estimate, and a replica
+/// over its bound is usually followed by one under it (docs/build.md has the figures).
+pub const PROBE_WIDTH: usize = 3;
+
+/// The most replicas one walk asks before it settles for the least loaded that answered.
+pub const MAX_PROBED: usize = 4 * PROBE_WIDTH;
+
+fn score(node: &str, key: &str) -> u64 {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(node.as_bytes());
+    // A separator no name contains, so ("a-1", "0:x") and ("a-10", ":x") differ.
+    context.update(&[0]);
+    context.update(key.as_bytes());
+    let digest = context.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// Every index of `nodes` once, best first for `key`: sorted by falling score, ties (which
+/// SHA-256 makes vanishingly rare) by index.
+pub fn order(nodes: &[String], key: &str) -> Vec<usize> {
+    let mut scored: Vec<(u64, usize)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(index, node)| (score(node, key), index))
+        .collect();
+    scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().map(|(_, index)| index).collect()
+}
+
+/// The order of the StatefulSet pods `<prefix>-0` … `<prefix>-<replicas-1>` for `key`, as
+/// pod ordinals.
+pub fn replica_order(prefix: &str, replicas: u32, key: &str) -> Vec<u32> {
+    let nodes: Vec<String> = (0..replicas).map(|i| format!("{prefix}-{i}")).collect();
+    order(&nodes, key)
+        .into_iter()
+        .map(|index| u32::try_from(index).unwrap_or(u32::MAX))
+        .collect()
+}
+
+/// The affinity key of a build: `<repository>:<context path>`.
+pub fn affinity_key(repository: &str, context: &str) -> String {
+    format!("{repository}:{context}")
+}
+
+/// What asking one daemon for its load gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// It is running this many builds.
+    Active(u32),
+    /// It did not answer (why, in words): it counts as full.
+    NoAnswer(String),
+}
+
+/// How the walk weighs load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// c in `ceil(c × (total + 1) / N)`; 0 turns load-awareness off (pure hashing).
+    pub load_factor: f64,
+    /// Replicas asked at once (at least 1).
+    pub probe_width: usize,
+    /// The most replicas one walk asks.
+    pub max_probed: usize,
+}
+
+impl Policy {
+    /// The defaults with load factor `c`.
+    pub fn with_load_factor(load_factor: f64) -> Self {
+        Self {
+            load_factor,
+            probe_width: PROBE_WIDTH,
+            max_probed: MAX_PROBED,
+        }
+    }
+
+    /// True when the walk asks daemons for their load at all.
+    pub fn load_aware(&self, candidates: usize) -> bool {
+        self.load_factor > 0.0 && candidates > 1
+    }
+}
+
+/// What one asked candidate was found to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the bound with this many active builds.
+    Eligible(u32),
+    /// Over the bound with this many active builds.
+    OverBound(u32),
+    /// No answer: counted as full.
+    NoAnswer(String),
+}
+
+/// Why the choice is not simply the first eligible replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Load-awareness is off (`--load-factor 0`) or there is one daemon.
+    Off,
+    /// No replica asked was within the bound: the least loaded that answered.
+    LeastLoaded,
+    /// No replica answered: the key's order as it is.
+    NoLoads,
+}
+
+/// The outcome of the walk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// Candidate positions (into the key's order), best first: the chosen one, then the
+    /// other eligible ones, then those not asked, then those over the bound, then those that
+    /// did not answer, each group in the key's order. Fallover and reruns follow it.
+    pub order: Vec<usize>,
+    /// One verdict per asked position, in the key's order (position i is `verdicts[i]`).
+    pub verdicts: Vec<Verdict>,
+    /// The bound the loads were held to, when there was one.
+    pub bound: Option<u32>,
+    /// The farm's active builds the bound was computed from, and whether every replica
+    /// answered (exact) or it was estimated from those that did.
+    pub total: Option<(f64, bool)>,
+    /// Set when the choice is not the first eligible replica.
+    pub fallback: Option<Fallback>,
+}
+
+impl Choice {
+    /// The chosen candidate position.
+    pub fn chosen(&self) -> usize {
+        self.order.first().copied().unwrap_or(0)
+    }
+
+    /// One line for the log: the chosen daemon, its load, and each skipped one with why.
+    /// `names[i]` names candidate position i.
+    pub fn describe(&self, names: &[String]) -> String {
+        let name = |position: usize| names.get(position).map_or("?", String::as_str);
+        let chosen = self.chosen();
+        let mut line = format!("chose buildkitd {}", name(chosen));
+        match (self.verdicts.get(chosen), self.fallback) {
+            (_, Some(Fallback::Off)) => line.push_str(" (the key's first daemon; load not asked)"),
+            (_, Some(Fallback::NoLoads)) => {
+                line.push_str(" (the key's first daemon: no daemon reported its load)")
+            }
+            (Some(Verdict::OverBound(load) | Verdict::Eligible(load)), Some(Fallback::LeastLoaded)) => line
+                .push_str(&format!(
+                    " ({}; every daemon asked is over the bound {}, this one is the least loaded)",
+                    builds(*load),
+                    self.bound.unwrap_or(0)
+                )),
+            (Some(Verdict::Eligible(load)), _) => line.push_str(&format!(
+                " ({}, bound {}{})",
+                builds(*load),
+                self.bound.unwrap_or(0),
+                self.total_text()
+            )),
+            _ => {}
+        }
+        let skipped: Vec<String> = self
+            .order
+            .iter()
+            .filter(|position| **position < chosen)
+            .chain(
+                self.order
+                    .iter()
+                    .filter(|p| **p > chosen && self.skipped_after(**p)),
+            )
+            .filter_map(|position| {
+                let why = match self.verdicts.get(*position)? {
+                    Verdict::OverBound(load) => format!("{}, over the bound", builds(*load)),
+                    Verdict::NoAnswer(reason) => format!("no answer: {reason}"),
+                    Verdict::Eligible(_) => return None,
+                };
+                Some((*position, why))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .map(|(position, why)| format!("{} ({why})", name(position)))
+            .collect();
+        if !skipped.is_empty() {
+            line.push_str("; skipped ");
+            line.push_str(&skipped.join(", "));
+        }
+        line
+    }
+
+    /// Asked positions after the chosen one are listed as skipped only when they were
+    /// full: with the least-loaded fallback, every asked daemon was passed over.
+    fn skipped_after(&self, position: usize) -> bool {
+        self.fallback == Some(Fallback::LeastLoaded)
+            && matches!(
+                self.verdicts.get(position),
+                Some(Verdict::OverBound(_) | Verdict::NoAnswer(_))
+            )
+    }
+
+    fn total_text(&self) -> String {
+        match self.total {
+            Some((total, true)) => format!(" for {total:.0} active on the farm"),
+            Some((total, false)) => format!(" for about {total:.0} active on the farm"),
+            None => String::new(),
+        }
+    }
+}
+
+fn builds(count: u32) -> String {
+    if count == 1 {
+        "1 active build".into()
+    } else {
+        format!("{count} active builds")
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Eligible(load) => write!(f, "{}, within the bound", builds(*load)),
+            Self::OverBound(load) => write!(f, "{}, over the bound", builds(*load)),
+            Self::NoAnswer(reason) => write!(f, "no answer: {reason}"),
+        }
+    }
+}
+
+/// The next thing the walk needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Ask these candidate positions (in the key's order) for their load, all at once, and
+    /// call [`step`] again with the answers appended.
+    Ask(Range<usize>),
+    /// The walk is done.
+    Chosen(Choice),
+}
+
+/// The bound `ceil(c × (total + 1) / n)` for an (estimated) farm total.
+pub fn bound(load_factor: f64, total: f64, replicas: usize) -> u32 {
+    let value = (load_factor * (total + 1.0) / replicas.max(1) as f64).ceil();
+    if value.is_finite() && value >= 0.0 {
+        // Saturates at u32::MAX; the bound is a count of builds.
+        value.min(f64::from(u32::MAX)) as u32
+    } else {
+        u32::MAX
+    }
+}
+
+/// One step of the walk over `candidates` replicas in the key's order, with `probes[i]`
+/// the answer of position i for the positions asked so far (always a prefix of the order).
+pub fn step(policy: &Policy, candidates: usize, probes: &[Probe]) -> Step {
+    if !policy.load_aware(candidates) {
+        return Step::Chosen(Choice {
+            order: (0..candidates).collect(),
+            verdicts: Vec::new(),
+            bound: None,
+            total: None,
+            fallback: Some(Fallback::Off),
+        });
+    }
+    let width = policy.probe_width.max(1);
+    let limit = policy.max_probed.max(width).min(candidates);
+    let asked = probes.len().min(candidates);
+    if asked == 0 {
+        return Step::Ask(0..width.min(limit));
+    }
+    let answered: Vec<u32> = probes[..asked]
+        .iter()
+        .filter_map(|probe| match probe {
+            Probe::Active(load) => Some(*load),
+            Probe::NoAnswer(_) => None,
+        })
+        .collect();
+    let estimate = (!answered.is_empty()).then(|| {
+        let sum: f64 = answered.iter().map(|load| f64::from(*load)).sum();
+        let exact = answered.len() == candidates;
+        (sum * candidates as f64 / answered.len() as f64, exact)
+    });
+    let bound = estimate.map(|(total, _)| bound(policy.load_factor, total, candidates));
+    let verdicts: Vec<Verdict> = probes[..asked]
+        .iter()
+        .map(|probe| match (probe, bound) {
+            (Probe::Active(load), Some(bound)) if *load <= bound => Verdict::Eligible(*load),
+            (Probe::Active(load), _) => Verdict::OverBound(*load),
+            (Probe::NoAnswer(reason), _) => Verdict::NoAnswer(reason.clone()),
+        })
+        .collect();
+    let first_eligible = verdicts.iter().position(|v| matches!(v, Verdict::Eligible(_)));
+    if first_eligible.is_none() && asked < limit {
+        return Step::Ask(asked..(asked + width).min(limit));
+    }
+    let (chosen, fallback) = match first_eligible {
+        Some(position) => (position, None),
+        None => match least_loaded(&verdicts) {
+            Some(position) => (position, Some(Fallback::LeastLoaded)),
+            None => (0, Some(Fallback::NoLoads)),
+        },
+    };
+    let class = |position: usize| match verdicts.get(position) {
+        Some(Verdict::Eligible(_)) => 0,
+        None => 1,
+        Some(Verdict::OverBound(_)) => 2,
+        Some(Verdict::NoAnswer(_)) => 3,
+    };
+    let mut order: Vec<usize> = (0..candidates).filter(|p| *p != chosen).collect();
+    if fallback != Some(Fallback::NoLoads) {
+        order.sort_by_key(|position| class(*position));
+    }
+    order.insert(0, chosen);
+    Step::Chosen(Choice {
+        order,
+        verdicts,
+        bound,
+        total: estimate,
+        fallback,
+    })
+}
+
+/// The least loaded answering position, the first in order among equals.
+fn least_loaded(verdicts: &[Verdict]) -> Option<usize> {
+    verdicts
+        .iter()
+        .enumerate()
+        .filter_map(|(position, verdict)| match verdict {
+            Verdict::Eligible(load) | Verdict::OverBound(load) => Some((*load, position)),
+            Verdict::NoAnswer(_) => None,
+        })
+        .min()
+        .map(|(_, position)| position)
+}
+
+/// Run the walk to the end with `ask` answering each wave; for callers that have the
+/// loads at hand (the simulation). `ask` gets the positions of one wave.
+pub fn walk(policy: &Policy, candidates: usize, mut ask: impl FnMut(Range<usize>) -> Vec<Probe>) -> Choice {
+    let mut probes = Vec::new();
+    loop {
+        match step(policy, candidates, &probes) {
+            Step::Chosen(choice) => return choice,
+            Step::Ask(range) => {
+                let wanted = range.len();
+                let mut answers = ask(range);
+                answers.resize(wanted, Probe::NoAnswer("no answer".into()));
+                probes.extend(answers);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(count: usize) -> Vec<String> {
+        (0..count)
+            .map(|i| {
+                affinity_key(
+                    &format!("registry.example.com/team-{}/app-{i}", i % 37),
+                    "/workspace/source",
+                )
+            })
+            .collect()
+    }
+
+    fn nodes(n: u32) -> Vec<String> {
+        (0..n).map(|i| format!("buildkitd-{i}")).collect()
+    }
+
+    #[test]
+    fn same_key_same_order_every_time() {
+        for key in keys(100) {
+            let first = replica_order("buildkitd", 5, &key);
+            assert_eq!(first, replica_order("buildkitd", 5, &key));
+            let mut sorted = first.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2, 3, 4], "each replica exactly once");
+        }
+        assert!(replica_order("buildkitd", 0, "x").is_empty());
+    }
+
+    #[test]
+    fn spread_within_ten_percent_over_eight_replicas() {
+        let mut counts = [0usize; 8];
+        for key in keys(10_000) {
+            counts[replica_order("buildkitd", 8, &key)[0] as usize] += 1;
+        }
+        let even = 10_000.0 / 8.0;
+        for (node, count) in counts.iter().enumerate() {
+            let deviation = (*count as f64 - even).abs() / even;
+            assert!(
+                deviation <= 0.10,
+                "buildkitd-{node} got {count} keys ({deviation:.3} off even)"
+            );
+        }
+    }
+
+    #[test]
+    fn growing_moves_only_keys_to_the_new_replica_about_one_in_n_plus_one() {
+        let keys = keys(10_000);
+        for n in 2..=9u32 {
+            let mut moved = 0usize;
+            for key in &keys {
+                let (old, new) = (
+                    replica_order("buildkitd", n, key),
+                    replica_order("buildkitd", n + 1, key),
+                );
+                if old[0] != new[0] {
+                    moved += 1;
+                    assert_eq!(new[0], n, "{key} moved between old replicas");
+                }
+                // The old replicas keep their relative order: fallover is stable too.
+                let without_new: Vec<u32> = new.iter().copied().filter(|i| *i != n).collect();
+                assert_eq!(without_new, old);
+            }
+            let share = moved as f64 / keys.len() as f64;
+            let ideal = 1.0 / f64::from(n + 1);
+            assert!(
+                (share - ideal).abs() <= ideal * 0.15,
+                "{n}->{}: moved {share:.3}, ideal {ideal:.3}",
+                n + 1
+            );
+        }
+    }
+
+    #[test]
+    fn removing_the_home_promotes_the_next_in_order() {
+        let all = nodes(6);
+        for key in keys(200) {
+            let order_all = order(&all, &key);
+            let home = order_all[0];
+            let rest: Vec<String> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != home)
+                .map(|(_, n)| n.clone())
+                .collect();
+            let order_rest = order(&rest, &key);
+            assert_eq!(rest[order_rest[0]], all[order_all[1]]);
+        }
+    }
+
+    #[test]
+    fn placement_is_pinned_across_releases() {
+        // Changing the hash would move every repository to a cold daemon on upgrade.
+        assert_eq!(
+            replica_order("buildkitd", 4, "registry.example.com/team/app:/workspace/source"),
+            [3, 2, 1, 0]
+        );
+        let homes: Vec<u32> = [
+            "ghcr.io/org/api:/workspace/source/services/api",
+            "localhost:5000/x:.",
+        ]
+        .iter()
+        .map(|key| replica_order("buildkitd", 4, key)[0])
+        .collect();
+        assert_eq!(homes, [1, 3]);
+    }
+
+    fn policy(c: f64) -> Policy {
+        Policy::with_load_factor(c)
+    }
+
+    fn chosen(step: Step) -> Choice {
+        match step {
+            Step::Chosen(choice) => choice,
+            Step::Ask(range) => panic!("still asking {range:?}"),
+        }
+    }
+
+    #[test]
+    fn off_or_one_daemon_asks_nobody() {
+        let choice = chosen(step(&policy(0.0), 4, &[]));
+        assert_eq!(choice.order, [0, 1, 2, 3]);
+        assert_eq!(choice.fallback, Some(Fallback::Off));
+        let choice = chosen(step(&policy(1.25), 1, &[]));
+        assert_eq!(choice.order, [0]);
+    }
+
+    #[test]
+    fn asks_in_waves_along_the_order_and_stops_at_the_first_eligible() {
+        let p = policy(1.25);
+        assert_eq!(step(&p, 8, &[]), Step::Ask(0..3));
+        // Home has 1 build, others idle: total ≈ 1·8/3, bound ceil(1.25·3.67/8) = 1: home eligible.
+        let choice = chosen(step(
+            &p,
+            8,
+            &[Probe::Active(1), Probe::Active(0), Probe::Active(0)],
+        ));
+        assert_eq!(choice.chosen(), 0);
+        assert_eq!(choice.bound, Some(1));
+        // With c ≥ 1 one of those that answered is always within the bound (the least
+        // loaded is at most the mean): the walk goes on only past silence.
+        let busy = [
+            Probe::Active(9),
+            Probe::Active(9),
+            Probe::NoAnswer("timeout".into()),
+        ];
+        assert_eq!(chosen(step(&p, 8, &busy)).chosen(), 0);
+        let silent: Vec<Probe> = (0..3).map(|_| Probe::NoAnswer("timeout".into())).collect();
+        assert_eq!(step(&p, 8, &silent), Step::Ask(3..6));
+        let mut later = silent.clone();
+        later.extend([Probe::Active(4), Probe::Active(0), Probe::Active(0)]);
+        let choice = chosen(step(&p, 8, &later));
+        // total ≈ 4·8/3 ≈ 10.7, bound ceil(1.25·11.7/8) = 2: position 3 is over, 4 within.
+        assert_eq!((choice.chosen(), choice.bound), (4, Some(2)));
+        assert_eq!(choice.order, [4, 5, 6, 7, 3, 0, 1, 2]);
+    }
+
+    #[test]
+    fn bounded_load_never_picks_a_replica_over_its_bound_while_one_within_exists() {
+        // Every load vector over 5 replicas with loads 0..=4, all asked at once: the choice
+        // is the first position within the bound, and everything before it is over it.
+        let p = Policy {
+            load_factor: 1.25,
+            probe_width: 5,
+            max_probed: 5,
+        };
+        let mut loads = [0u32; 5];
+        for code in 0..5u32.pow(5) {
+            let mut rest = code;
+            for slot in &mut loads {
+                *slot = rest % 5;
+                rest /= 5;
+            }
+            let probes: Vec<Probe> = loads.iter().map(|l| Probe::Active(*l)).collect();
+            let choice = chosen(step(&p, 5, &probes));
+            let total: u32 = loads.iter().sum();
+            let limit = bound(1.25, f64::from(total), 5);
+            assert_eq!(choice.bound, Some(limit));
+            assert_eq!(choice.total, Some((f64::from(total), true)));
+            let first = loads
+                .iter()
+                .position(|l| *l <= limit)
+                .expect("c > 1: someone is within");
+            assert_eq!(choice.chosen(), first, "loads {loads:?}, bound {limit}");
+            assert!(loads[..first].iter().all(|l| *l > limit));
+            assert_eq!(choice.fallback, None);
+            // The rest of the order: eligible ones in order, then the full ones in order.
+            let eligible: Vec<usize> = (0..5).filter(|i| *i != first && loads[*i] <= limit).collect();
+            let full: Vec<usize> = (0..5).filter(|i| loads[*i] > limit).collect();
+            assert_eq!(choice.order[1..], [eligible, full].concat()[..]);
+        }
+    }
+
+    #[test]
+    fn silent_daemons_count_as_full_and_the_walk_is_bounded() {
+        let p = policy(1.25);
+        let mut asked = Vec::new();
+        let choice = walk(&p, 20, |range| {
+            asked.push(range.clone());
+            range
+                .map(|_| Probe::NoAnswer("no answer within 500ms".into()))
+                .collect()
+        });
+        assert_eq!(asked, [0..3, 3..6, 6..9, 9..12]);
+        assert_eq!(choice.fallback, Some(Fallback::NoLoads));
+        assert_eq!(
+            choice.order,
+            (0..20).collect::<Vec<_>>(),
+            "nothing answered: the key's order"
+        );
+
+        // The bound comes from the answers: total ≈ 23·12/3 = 92, bound ceil(93/12) = 8.
+        let p = Policy {
+            load_factor: 1.0,
+            probe_width: 3,
+            max_probed: 3,
+        };
+        let probes: Vec<Probe> = [9, 5, 9].iter().map(|l| Probe::Active(*l)).collect();
+        let choice = chosen(step(&p, 12, &probes));
+        assert_eq!((choice.chosen(), choice.bound), (1, Some(8)));
+        let over = [Probe::Active(20), Probe::NoAnswer("x".into()), Probe::Active(10)];
+        let choice = chosen(step(&p, 12, &over));
+        // total ≈ 30·12/2 = 180, bound 16: position 2 is within.
+        assert_eq!(choice.chosen(), 2);
+        assert_eq!(choice.order[..3], [2, 3, 4], "then the positions not asked");
+        assert_eq!(*choice.order.last().unwrap(), 1, "the silent one last");
+
+        // With c ≥ 1 the least loaded answer is always within the bound (it is at most the
+        // mean); below 1 everyone can be over it, and the least loaded one is taken.
+        let p = Policy {
+            load_factor: 0.5,
+            probe_width: 3,
+            max_probed: 3,
+        };
+        let probes: Vec<Probe> = [6, 4, 4].iter().map(|l| Probe::Active(*l)).collect();
+        let choice = chosen(step(&p, 3, &probes));
+        assert_eq!(
+            (choice.chosen(), choice.fallback),
+            (1, Some(Fallback::LeastLoaded))
+        );
+        assert_eq!(choice.order, [1, 0, 2]);
+    }
+
+    #[test]
+    fn the_log_line_names_the_choice_its_load_and_every_skip() {
+        let p = policy(1.25);
+        let names: Vec<String> = (0..8).map(|i| format!("buildkitd-{i}:1234")).collect();
+        let probes = [
+            Probe::Active(6),
+            Probe::NoAnswer("no answer within 500ms".into()),
+            Probe::Active(1),
+        ];
+        let choice = chosen(step(&p, 8, &probes));
+        assert_eq!(choice.chosen(), 2);
+        let line = choice.describe(&names);
+        assert_eq!(
+            line,
+            "chose buildkitd buildkitd-2:1234 (1 active build, bound 5 for about 28 active on the farm); \
+             skipped buildkitd-0:1234 (6 active builds, over the bound), \
+             buildkitd-1:1234 (no answer: no answer within 500ms)"
+        );
+        assert!(!line.contains('\n'));
+        let off = chosen(step(&policy(0.0), 8, &[]));
+        assert_eq!(
+            off.describe(&names),
+            "chose buildkitd buildkitd-0:1234 (the key's first daemon; load not asked)"
+        );
+    }
+
+    #[test]
+    fn bound_is_the_papers() {
+        assert_eq!(bound(1.25, 0.0, 8), 1);
+        assert_eq!(bound(1.25, 31.0, 8), 5);
+        assert_eq!(bound(1.0, 7.0, 8), 1);
+        assert_eq!(bound(100.0, f64::MAX, 1), u32::MAX);
+    }
+}

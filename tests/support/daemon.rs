@@ -1,0 +1,235 @@
+//! A stand-in buildkitd for `kiln build`'s tests and benchmark: a rustls server that
+//! requires a client certificate from the trusted CA, speaking HTTP/2 (the `h2` crate's
+//! server) and answering BuildKit's `/moby.buildkit.v1.Control/ListenBuildHistory` the way
+//! buildkitd does: one `BuildHistoryEvent` per active build (STARTED, `type` omitted as
+//! Go's protobuf encoder omits a zero enum), then `grpc-status: 0` in the trailers.
+//!
+//! Shared by tests/build.rs and examples/bench_build.rs through `#[path]`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// What the stand-in answers.
+#[derive(Debug, Clone, Default)]
+pub struct Behavior {
+    /// Finished builds sent as COMPLETE events after the active ones (as a daemon that
+    /// ignored ActiveOnly would).
+    pub finished: u32,
+    /// Wait this long before answering the history call.
+    pub delay: Duration,
+    /// Answer with this gRPC status (trailers-only) instead of the events.
+    pub status: Option<u32>,
+}
+
+/// A running stand-in. It serves until the process ends.
+pub struct Daemon {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Completed TLS handshakes (preflight handshakes and history calls alike).
+    pub handshakes: Arc<AtomicUsize>,
+    /// History calls answered (or started, when delayed).
+    pub history_calls: Arc<AtomicUsize>,
+    /// The active builds it reports; change it at any time.
+    pub active: Arc<AtomicU32>,
+    /// Requests that were not a well-formed history call, described.
+    pub bad_requests: Arc<Mutex<Vec<String>>>,
+}
+
+/// A protobuf `BuildHistoryEvent`: `kind` (0 STARTED, 1 COMPLETE) and a record whose `Ref`
+/// (field 1) is `reference` and whose `FrontendAttrs` (field 3) holds a build arg.
+pub fn event(kind: u8, reference: &str) -> Vec<u8> {
+    let mut record = vec![0x0a, reference.len() as u8];
+    record.extend_from_slice(reference.as_bytes());
+    let entry = [&[0x0a, 13][..], b"build-arg:GIT", &[0x12, 3], b"abc"].concat();
+    record.push(0x1a);
+    record.push(entry.len() as u8);
+    record.extend_from_slice(&entry);
+    let mut out = Vec::new();
+    if kind != 0 {
+        out.extend_from_slice(&[0x08, kind]);
+    }
+    out.push(0x12);
+    out.push(record.len() as u8);
+    out.extend_from_slice(&record);
+    out
+}
+
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Start a stand-in presenting `cert_pem`/`key_pem` and trusting client certificates
+/// from `trusted_ca`, reporting `active` builds.
+pub fn serve(trusted_ca: &str, cert_pem: &str, key_pem: &str, active: u32, behavior: Behavior) -> Daemon {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(trusted_ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let daemon = Daemon {
+        addr,
+        handshakes: Arc::new(AtomicUsize::new(0)),
+        history_calls: Arc::new(AtomicUsize::new(0)),
+        active: Arc::new(AtomicU32::new(active)),
+        bad_requests: Arc::new(Mutex::new(Vec::new())),
+    };
+    let (handshakes, calls, active, bad) = (
+        daemon.handshakes.clone(),
+        daemon.history_calls.clone(),
+        daemon.active.clone(),
+        daemon.bad_requests.clone(),
+    );
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                tcp.set_nodelay(true).ok();
+                let (acceptor, handshakes, calls, active, bad, behavior) = (
+                    acceptor.clone(),
+                    handshakes.clone(),
+                    calls.clone(),
+                    active.clone(),
+                    bad.clone(),
+                    behavior.clone(),
+                );
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    handshakes.fetch_add(1, Ordering::SeqCst);
+                    let Ok(mut connection) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, respond))) = connection.accept().await {
+                        let (calls, active, bad, behavior) =
+                            (calls.clone(), active.clone(), bad.clone(), behavior.clone());
+                        tokio::spawn(async move {
+                            answer(request, respond, &calls, &active, &bad, &behavior).await;
+                        });
+                    }
+                });
+            }
+        });
+    });
+    daemon
+}
+
+async fn answer(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    calls: &AtomicUsize,
+    active: &AtomicU32,
+    bad: &Mutex<Vec<String>>,
+    behavior: &Behavior,
+) {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut problems = Vec::new();
+    if request.method() != http::Method::POST {
+        problems.push(format!("method {}", request.method()));
+    }
+    if request.uri().path() != "/moby.buildkit.v1.Control/ListenBuildHistory" {
+        problems.push(format!("path {}", request.uri().path()));
+    }
+    if header("content-type") != "application/grpc" {
+        problems.push(format!("content-type {:?}", header("content-type")));
+    }
+    if header("te") != "trailers" {
+        problems.push(format!("te {:?}", header("te")));
+    }
+    let mut body = request.into_body();
+    let mut bytes = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    // BuildHistoryRequest{ActiveOnly: true, EarlyExit: true}; EarlyExit matters most:
+    // without it buildkitd streams forever.
+    if bytes != grpc_frame(&[0x08, 1, 0x18, 1]) {
+        problems.push(format!("body {bytes:02x?}"));
+    }
+    calls.fetch_add(1, Ordering::SeqCst);
+    if !problems.is_empty() {
+        bad.lock().unwrap().push(problems.join(", "));
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "3")
+            .header("grpc-message", "bad%20request")
+            .body(())
+            .unwrap();
+        let _ = respond.send_response(response, true);
+        return;
+    }
+    tokio::time::sleep(behavior.delay).await;
+    if let Some(code) = behavior.status {
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code.to_string())
+            .header("grpc-message", "unknown%20service%20moby.buildkit.v1.Control")
+            .body(())
+            .unwrap();
+        let _ = respond.send_response(response, true);
+        return;
+    }
+    let response = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let Ok(mut send) = respond.send_response(response, false) else {
+        return;
+    };
+    let mut stream = Vec::new();
+    for i in 0..active.load(Ordering::SeqCst) {
+        stream.extend(grpc_frame(&event(0, &format!("active{i}"))));
+    }
+    for i in 0..behavior.finished {
+        stream.extend(grpc_frame(&event(1, &format!("done{i}"))));
+    }
+    if !stream.is_empty() && send.send_data(bytes::Bytes::from(stream), false).is_err() {
+        return;
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let _ = send.send_trailers(trailers);
+}

@@ -119,6 +119,13 @@ pub enum PreflightError {
         subject: String,
         not_after: String,
     },
+    /// The chain fails for another reason (a CA that may not sign, a wrong signature, …).
+    #[error("client certificate {cert} does not verify against {ca}: {message}")]
+    Chain {
+        cert: String,
+        ca: String,
+        message: String,
+    },
     /// The client certificate lacks the clientAuth extended key usage.
     #[error(
         "client certificate {path} lacks the clientAuth extended key usage, so buildkitd will reject it: mount the client Secret, not the daemon's, or reissue it with `kiln rotate`"
@@ -269,8 +276,9 @@ pub fn check_client(
             ca: ca_path.clone(),
             issuer,
         },
-        other => PreflightError::ParseCert {
-            path: cert_path.clone(),
+        other => PreflightError::Chain {
+            cert: cert_path.clone(),
+            ca: ca_path.clone(),
             message: other.to_string(),
         },
     })?;

@@ -148,18 +148,10 @@ fn key_algorithm(cert: &X509Certificate<'_>) -> String {
     }
 }
 
-fn summarize(cert: &X509Certificate<'_>, der: &[u8], issuer_fingerprint: Option<String>) -> CertSummary {
-    let mut sans = Vec::new();
-    if let Ok(Some(ext)) = cert.subject_alternative_name() {
-        for name in &ext.value.general_names {
-            match name {
-                GeneralName::DNSName(dns) => sans.push((*dns).to_string()),
-                GeneralName::IPAddress(bytes) => sans.push(ip_string(bytes)),
-                other => sans.push(other.to_string()),
-            }
-        }
-    }
-    let mut extended_key_usage = Vec::new();
+/// The extended key usages of `cert`: `serverAuth`, `clientAuth`, … (`any` for
+/// anyExtendedKeyUsage, other OIDs in dotted form); empty without the extension.
+pub(super) fn extended_key_usages(cert: &X509Certificate<'_>) -> Vec<String> {
+    let mut names = Vec::new();
     if let Ok(Some(eku)) = cert.extended_key_usage() {
         let eku = eku.value;
         for (set, name) in [
@@ -172,11 +164,26 @@ fn summarize(cert: &X509Certificate<'_>, der: &[u8], issuer_fingerprint: Option<
             (eku.ocsp_signing, "OCSPSigning"),
         ] {
             if set {
-                extended_key_usage.push(name.to_string());
+                names.push(name.to_string());
             }
         }
-        extended_key_usage.extend(eku.other.iter().map(|oid| oid.to_id_string()));
+        names.extend(eku.other.iter().map(|oid| oid.to_id_string()));
     }
+    names
+}
+
+fn summarize(cert: &X509Certificate<'_>, der: &[u8], issuer_fingerprint: Option<String>) -> CertSummary {
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => sans.push((*dns).to_string()),
+                GeneralName::IPAddress(bytes) => sans.push(ip_string(bytes)),
+                other => sans.push(other.to_string()),
+            }
+        }
+    }
+    let extended_key_usage = extended_key_usages(cert);
     let authority_key_id = cert
         .iter_extensions()
         .find_map(|ext| match ext.parsed_extension() {

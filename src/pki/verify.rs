@@ -24,7 +24,7 @@ use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeId, KeyPurposeI
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 
-use super::parse::{certificate_ders, fingerprint_der, parse_ders};
+use super::parse::{certificate_ders, extended_key_usages, fingerprint_der, parse_ders};
 use super::{LeafKind, PkiError};
 
 /// The outcome of a successful [`verify_chain`].
@@ -140,24 +140,6 @@ impl CertFacts {
             Ok(Some(ku)) => ku.value.key_cert_sign(),
             _ => true,
         };
-        let mut eku = Vec::new();
-        if let Ok(Some(ext)) = cert.extended_key_usage() {
-            let ext = ext.value;
-            for (set, name) in [
-                (ext.any, "anyExtendedKeyUsage"),
-                (ext.server_auth, "serverAuth"),
-                (ext.client_auth, "clientAuth"),
-                (ext.code_signing, "codeSigning"),
-                (ext.email_protection, "emailProtection"),
-                (ext.time_stamping, "timeStamping"),
-                (ext.ocsp_signing, "OCSPSigning"),
-            ] {
-                if set {
-                    eku.push(name.to_string());
-                }
-            }
-            eku.extend(ext.other.iter().map(|oid| oid.to_id_string()));
-        }
         Self {
             subject: cert.subject().to_string(),
             subject_raw: cert.subject().as_raw().to_vec(),
@@ -169,7 +151,7 @@ impl CertFacts {
             is_ca: bc.as_ref().is_some_and(|bc| bc.ca),
             may_sign_certs,
             path_len: bc.and_then(|bc| bc.path_len_constraint),
-            eku,
+            eku: extended_key_usages(cert),
         }
     }
 

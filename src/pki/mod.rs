@@ -7,9 +7,12 @@
 //! - [`issue_ca`] makes a self-signed CA; [`issue_leaf`] signs a daemon
 //!   (serverAuth) or client (clientAuth) certificate with it.
 //! - [`daemon_sans`] lists the names the buildkitd Service answers to.
-//! - [`parse_bundle`], [`verify_chain`], [`key_matches`] and [`fingerprint`]
-//!   read certificates back (for `kiln certs inspect`, rotation and preflight);
-//!   PEM is read with x509-parser's reader, never split by hand.
+//! - [`parse_bundle`], [`key_matches`] and [`fingerprint`] read certificates back (for
+//!   `kiln certs inspect`, rotation and preflight); PEM is read with x509-parser's reader,
+//!   never split by hand.
+//! - [`verify_chain`], [`verify_chain_for`], [`issuer_of`], [`check_ca`] and
+//!   [`TrustBundle`] verify chains with rustls-webpki, plus the CA checks Go makes and
+//!   webpki does not (`verify.rs`).
 //! - [`generate`] lays a fresh CA and both leaves out as the files and Secret manifests
 //!   of `kiln certs generate`; [`inspect`] finds and checks certificates for `kiln certs inspect`.
 

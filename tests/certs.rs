@@ -1334,3 +1334,499 @@ fn inspect_reads_a_pem_file_holding_certificate_and_key() {
     );
     assert!(!stdout(&out).contains("PRIVATE KEY"));
 }
+
+// ------------------------------------------------ RSA and ECDSA across stacks
+
+/// `openssl <args>`: (success, stdout + stderr).
+fn openssl_run(openssl: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(openssl).args(args).output().unwrap();
+    (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
+}
+
+/// OpenSSL reads the key back, and the key and the certificate have `bits` (RSA) or are
+/// on the named curve.
+fn assert_openssl_reads(openssl: &Path, dir: &Path, algorithm: &str) {
+    let key = dir.join("key.pem");
+    let cert = dir.join("cert.pem");
+    let (ok, text) = openssl_run(
+        openssl,
+        &[
+            "pkey".as_ref(),
+            "-in".as_ref(),
+            key.as_os_str(),
+            "-noout".as_ref(),
+            "-text".as_ref(),
+        ],
+    );
+    assert!(ok, "openssl pkey {algorithm}: {text}");
+    let (ok, cert_text) = openssl_run(
+        openssl,
+        &[
+            "x509".as_ref(),
+            "-in".as_ref(),
+            cert.as_os_str(),
+            "-noout".as_ref(),
+            "-text".as_ref(),
+        ],
+    );
+    assert!(ok, "{cert_text}");
+    match algorithm.strip_prefix("rsa-") {
+        Some(bits) => {
+            assert!(
+                text.contains(&format!("Private-Key: ({bits} bit, 2 primes)")),
+                "{text}"
+            );
+            assert!(
+                cert_text.contains(&format!("Public-Key: ({bits} bit)")),
+                "{cert_text}"
+            );
+            assert!(
+                cert_text.contains("Signature Algorithm: sha256WithRSAEncryption"),
+                "{cert_text}"
+            );
+        }
+        None => {
+            assert!(text.contains("Private-Key: (256 bit)"), "{text}");
+            assert!(cert_text.contains("NIST CURVE: P-256"), "{cert_text}");
+        }
+    }
+    // Unencrypted PKCS#8, the form every consumer reads.
+    assert!(read(&key).starts_with("-----BEGIN PRIVATE KEY-----\n"));
+}
+
+/// A daemon and a client side from PEM texts, written as cert.pem/key.pem/ca.pem in `dir`
+/// for openssl.
+fn write_side(dir: &Path, side: &Side) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("cert.pem"), &side.cert).unwrap();
+    fs::write(dir.join("key.pem"), &side.key).unwrap();
+    fs::write(dir.join("ca.pem"), &side.trust).unwrap();
+}
+
+/// Mutual TLS both ways: rustls server and client, then openssl s_server and s_client.
+async fn assert_mtls_everywhere(daemon: &Side, client: &Side, server_name: &str, context: &str) {
+    rustls_handshake(daemon, client, server_name)
+        .await
+        .unwrap_or_else(|e| panic!("{context}: rustls: {e}"));
+    let Some(openssl) = openssl() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    write_side(&tmp.path().join("daemon"), daemon);
+    write_side(&tmp.path().join("client"), client);
+    let shake = openssl_handshake(
+        &openssl,
+        &tmp.path().join("daemon"),
+        &tmp.path().join("client"),
+        server_name,
+    );
+    assert!(
+        shake.accepted,
+        "{context}: openssl: {}\n{}",
+        shake.server_log, shake.client_log
+    );
+    assert!(
+        shake.client_log.contains("Verify return code: 0 (ok)"),
+        "{context}: {}",
+        shake.client_log
+    );
+}
+
+#[tokio::test]
+async fn rsa_and_ecdsa_from_generate_complete_mtls_with_openssl_and_rustls() {
+    for algorithm in ["ecdsa-p256", "rsa-2048", "rsa-3072"] {
+        let (_tmp, certs) = generated(&["--namespace", "ci", "--algorithm", algorithm]);
+        let daemon = Side::from_dir(&certs.join("daemon"));
+        let client = Side::from_dir(&certs.join("client"));
+        assert_mtls_everywhere(&daemon, &client, "buildkitd.ci.svc", algorithm).await;
+        for dir in ["daemon", "client"] {
+            let summary = &pki::parse_bundle(&read(&certs.join(dir).join("cert.pem"))).unwrap()[0];
+            assert_eq!(summary.key_algorithm, algorithm);
+            if let Some(openssl) = openssl() {
+                assert_openssl_reads(&openssl, &certs.join(dir), algorithm);
+            }
+        }
+        // The CA too.
+        let ca = &pki::parse_bundle(&read(&certs.join("daemon/ca.pem"))).unwrap()[0];
+        assert_eq!(ca.key_algorithm, algorithm);
+    }
+}
+
+#[test]
+fn ed25519_keys_are_standard_pkcs8_v1() {
+    let Some(openssl) = openssl() else { return };
+    let (_tmp, certs) = generated(&["--algorithm", "ed25519"]);
+    for dir in ["daemon", "client"] {
+        let key = certs.join(dir).join("key.pem");
+        let (ok, text) = openssl_run(
+            &openssl,
+            &[
+                "pkey".as_ref(),
+                "-in".as_ref(),
+                key.as_os_str(),
+                "-noout".as_ref(),
+                "-text".as_ref(),
+            ],
+        );
+        assert!(ok, "{text}");
+        assert!(text.contains("ED25519 Private-Key:"), "{text}");
+        // RFC 8410 v1 (RFC 5208): SEQUENCE { INTEGER 0, AlgorithmIdentifier, OCTET STRING },
+        // 48 bytes, with no [1] public key (the v2 form of RFC 5958 that OpenSSL 3.0 refuses).
+        let (ok, asn1) = openssl_run(&openssl, &["asn1parse".as_ref(), "-in".as_ref(), key.as_os_str()]);
+        assert!(ok, "{asn1}");
+        let lines: Vec<&str> = asn1.lines().collect();
+        assert!(
+            lines[0].contains("d=0") && lines[0].contains("l=  46 cons: SEQUENCE"),
+            "{asn1}"
+        );
+        assert!(
+            lines[1].contains("d=1") && lines[1].ends_with("INTEGER           :00"),
+            "{asn1}"
+        );
+        assert!(asn1.contains(":ED25519"), "{asn1}");
+        assert!(!asn1.contains("cont [ 1 ]"), "{asn1}");
+        assert_eq!(lines.len(), 5, "{asn1}");
+    }
+}
+
+// ------------------------------------------------------ certificates from rotation
+
+const ROTATE_NS: &str = "buildkit";
+const SECRETS: [&str; 3] = ["buildkit-ca", "buildkit-daemon-certs", "buildkit-client-certs"];
+
+/// An in-process API server holding the rendered Secret shells (empty) and the
+/// buildkitd Deployment, and an overlays directory with `overlay` in it.
+struct Cluster {
+    server: support::apiserver::ApiServer,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn new(overlay: &str) -> Self {
+        let server = support::apiserver::ApiServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = server.kubeconfig(dir.path(), ROTATE_NS);
+        for name in SECRETS {
+            server.insert(
+                "secrets",
+                ROTATE_NS,
+                serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "kiln"}},
+                    "type": "Opaque",
+                }),
+            );
+        }
+        server.insert(
+            "deployments",
+            ROTATE_NS,
+            serde_json::json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "buildkitd"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "buildkitd"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "buildkitd"}},
+                        "spec": {"containers": [{"name": "buildkitd", "image": "moby/buildkit"}]},
+                    },
+                },
+            }),
+        );
+        fs::create_dir(dir.path().join("overlays")).unwrap();
+        fs::write(dir.path().join("overlays/test.yaml"), overlay).unwrap();
+        Self {
+            server,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// `kiln rotate` for the `test` overlay on the real clock, plus `extra`; must succeed.
+    /// Its stdout and stderr.
+    fn rotate(&self, extra: &[&str]) -> String {
+        let overlays = self.dir.path().join("overlays");
+        let out = kiln()
+            .args(["rotate", "--namespace", ROTATE_NS, "--overlay", "test"])
+            .arg("--overlays")
+            .arg(&overlays)
+            .args(extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", self.dir.path())
+            .output()
+            .unwrap();
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(out.status.success(), "kiln rotate failed: {all}");
+        assert!(!all.contains("PRIVATE KEY"), "{all}");
+        all
+    }
+
+    /// What a daemon or a client loads from its Secret (pem key names).
+    fn side(&self, secret: &str) -> Side {
+        let data = self.server.secret_data(ROTATE_NS, secret);
+        Side {
+            cert: data["cert.pem"].clone(),
+            key: data["key.pem"].clone(),
+            trust: data["ca.pem"].clone(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn rsa_certificates_from_rotation_complete_mtls_with_openssl_and_rustls() {
+    for algorithm in ["rsa-2048", "rsa-3072"] {
+        let cluster = Cluster::new(&format!(
+            "namespace: {ROTATE_NS}\ncerts:\n  algorithm: {algorithm}\n"
+        ));
+        // Bootstrap: a CA and both leaves; then a renewal of the leaves by the same CA.
+        cluster.rotate(&[]);
+        let (daemon, client) = (cluster.side(SECRETS[1]), cluster.side(SECRETS[2]));
+        for side in [&daemon, &client] {
+            assert_eq!(pki::parse_bundle(&side.cert).unwrap()[0].key_algorithm, algorithm);
+            assert_eq!(
+                pki::parse_bundle(&side.trust).unwrap()[0].key_algorithm,
+                algorithm
+            );
+        }
+        let name = format!("buildkitd.{ROTATE_NS}.svc");
+        assert_mtls_everywhere(&daemon, &client, &name, &format!("{algorithm} bootstrap")).await;
+        if let Some(openssl) = openssl() {
+            let tmp = tempfile::tempdir().unwrap();
+            write_side(tmp.path(), &daemon);
+            assert_openssl_reads(&openssl, tmp.path(), algorithm);
+        }
+
+        cluster.rotate(&["--force-renew", "leaf"]);
+        let (renewed_daemon, renewed_client) = (cluster.side(SECRETS[1]), cluster.side(SECRETS[2]));
+        assert_ne!(
+            renewed_daemon.cert, daemon.cert,
+            "the daemon certificate was renewed"
+        );
+        assert_ne!(
+            renewed_client.cert, client.cert,
+            "the client certificate was renewed"
+        );
+        assert_mtls_everywhere(
+            &renewed_daemon,
+            &renewed_client,
+            &name,
+            &format!("{algorithm} renewal"),
+        )
+        .await;
+        // A client that loaded its certificate before the renewal still trusts, and is
+        // trusted by, the renewed daemon.
+        assert_mtls_everywhere(
+            &renewed_daemon,
+            &client,
+            &name,
+            &format!("{algorithm} old client"),
+        )
+        .await;
+    }
+}
+
+#[test]
+fn rotate_reissues_a_daemon_secret_that_holds_a_client_certificate() {
+    let cluster = Cluster::new(&format!("namespace: {ROTATE_NS}\n"));
+    let _ = cluster.rotate(&[]);
+    // Someone copies the client Secret's data into the daemon Secret.
+    let mut daemon = cluster.server.get("secrets", ROTATE_NS, SECRETS[1]).unwrap();
+    let client = cluster.server.get("secrets", ROTATE_NS, SECRETS[2]).unwrap();
+    daemon["data"] = client["data"].clone();
+    cluster.server.insert("secrets", ROTATE_NS, daemon);
+    let cert = cluster.side(SECRETS[1]).cert;
+    assert_eq!(
+        pki::parse_bundle(&cert).unwrap()[0].extended_key_usage,
+        ["clientAuth"]
+    );
+    let bundle = cluster.side(SECRETS[1]).trust;
+    let err = pki::verify_chain_for(&cert, &bundle, OffsetDateTime::now_utc(), LeafKind::Daemon).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot be used as a daemon (TLS server) certificate"),
+        "{err}"
+    );
+
+    // The next run reads the daemon Secret as broken, says why, and reissues it.
+    let log = cluster.rotate(&[]);
+    assert!(
+        log.contains("the daemon Secret is broken (key cert.pem: certificate \"O=kiln, CN=buildkit-client\" cannot be used as a daemon (TLS server) certificate: its extended key usage is clientAuth; it needs serverAuth); reissuing it"),
+        "{log}"
+    );
+    let side = cluster.side(SECRETS[1]);
+    assert_eq!(
+        pki::parse_bundle(&side.cert).unwrap()[0].extended_key_usage,
+        ["serverAuth"]
+    );
+    pki::verify_chain_for(
+        &side.cert,
+        &side.trust,
+        OffsetDateTime::now_utc(),
+        LeafKind::Daemon,
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------- verification cases (webpki)
+
+/// `kiln certs inspect <path> -o json` and the plain table, as of `now`: (exit code,
+/// JSON rows, table, stderr).
+fn inspect_both(cwd: &Path, path: &str, now: &str) -> (Option<i32>, serde_json::Value, String, String) {
+    let json = kiln()
+        .current_dir(cwd)
+        .args(["certs", "inspect", path, "-o", "json", "--now", now])
+        .output()
+        .unwrap();
+    let table = kiln()
+        .current_dir(cwd)
+        .args(["certs", "inspect", path, "--now", now])
+        .output()
+        .unwrap();
+    assert_eq!(json.status.code(), table.status.code());
+    (
+        table.status.code(),
+        serde_json::from_str(&stdout(&json)).unwrap(),
+        stdout(&table),
+        stderr(&table),
+    )
+}
+
+/// `openssl verify -CAfile <dir>/ca.pem [-purpose p] <dir>/cert.pem`: (ok, output).
+fn openssl_verify(openssl: &Path, dir: &Path, purpose: Option<&str>) -> (bool, String) {
+    let mut command = Command::new(openssl);
+    command.arg("verify").arg("-CAfile").arg(dir.join("ca.pem"));
+    if let Some(purpose) = purpose {
+        command.args(["-purpose", purpose]);
+    }
+    let out = command.arg(dir.join("cert.pem")).output().unwrap();
+    (out.status.success(), format!("{}{}", stdout(&out), stderr(&out)))
+}
+
+#[test]
+fn inspect_rejects_a_client_certificate_in_the_daemon_directory() {
+    // On the real clock, which openssl verify uses too.
+    let (tmp, certs) = generated(&[]);
+    let now = rfc3339(OffsetDateTime::now_utc());
+    // The client's certificate and key where the daemon's belong (the key matches it).
+    for file in ["cert.pem", "key.pem"] {
+        fs::copy(certs.join("client").join(file), certs.join("daemon").join(file)).unwrap();
+    }
+    let (code, rows, table, err) = inspect_both(tmp.path(), ".certs/daemon", &now);
+    assert_eq!(code, Some(1), "{table}{err}");
+    assert_eq!(rows[0]["status"], "chain-fail");
+    assert_eq!(rows[0]["chainOk"], false);
+    assert_eq!(rows[0]["keyMatches"], true);
+    assert_eq!(
+        err,
+        "problem: .certs/daemon/cert.pem (O=kiln, CN=buildkit-client) does not chain: certificate \"O=kiln, CN=buildkit-client\" cannot be used as a daemon (TLS server) certificate: its extended key usage is clientAuth; it needs serverAuth\n\
+         error: 1 problem(s) found in .certs/daemon\n"
+    );
+    assert!(table.lines().nth(1).unwrap().contains(" FAIL "), "{table}");
+    // The same files in the client directory are fine.
+    let (code, rows, _, err) = inspect_both(tmp.path(), ".certs/client", &now);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(rows[0]["status"], "ok");
+    // OpenSSL agrees: not a TLS server certificate, but a client one.
+    if let Some(openssl) = openssl() {
+        let (ok, text) = openssl_verify(&openssl, &certs.join("daemon"), Some("sslserver"));
+        assert!(!ok, "{text}");
+        assert!(text.contains("unsuitable certificate purpose"), "{text}");
+        assert!(openssl_verify(&openssl, &certs.join("daemon"), Some("sslclient")).0);
+    }
+}
+
+#[test]
+fn inspect_rejects_a_ca_without_key_cert_sign() {
+    // A CA whose key usage lacks keyCertSign, made by hand (kiln never makes one), and a
+    // daemon certificate it signed. rustls-webpki alone accepts this chain; Go does not.
+    let now = OffsetDateTime::now_utc();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::default();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "signless CA");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    ca.not_before = now - time::Duration::days(1);
+    ca.not_after = now + time::Duration::days(365);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["buildkitd.ci.svc".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "buildkitd");
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.not_before = now - time::Duration::hours(1);
+    leaf.not_after = now + time::Duration::days(30);
+    let leaf_pem = leaf.signed_by(&key, &issuer).unwrap().pem();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("daemon");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
+    fs::write(dir.join("cert.pem"), &leaf_pem).unwrap();
+    fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let at = rfc3339(now);
+    let (code, rows, _, err) = inspect_both(tmp.path(), "daemon", &at);
+    assert_eq!(code, Some(1), "{err}");
+    let why = "CA \"CN=signless CA\" may not sign certificates: its key usage lacks keyCertSign, so buildkitd and buildctl reject every certificate it signed; issue a new CA (kiln's CAs have keyCertSign)";
+    assert_eq!(rows[0]["status"], "chain-fail");
+    assert_eq!(rows[0]["chainError"], why);
+    assert_eq!(rows[1]["status"], "chain-fail", "the CA row says so too");
+    assert_eq!(
+        err,
+        format!(
+            "problem: daemon/cert.pem (CN=buildkitd) does not chain: {why}\n\
+             problem: daemon/ca.pem (CN=signless CA) does not chain: {why}\n\
+             error: 2 problem(s) found in daemon\n"
+        )
+    );
+    // OpenSSL refuses the chain for the same reason.
+    if let Some(openssl) = openssl() {
+        let (ok, text) = openssl_verify(&openssl, &dir, None);
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("key usage does not include certificate signing"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn inspect_reports_an_expired_leaf_as_expired_not_as_a_chain_failure() {
+    // Leaves issued in 2020 for 30 days under a 10-year CA.
+    let (tmp, certs) = generated(&[
+        "--now",
+        "2020-01-01T00:00:00Z",
+        "--ca-validity",
+        "10y",
+        "--validity",
+        "30d",
+    ]);
+    let (code, rows, table, err) = inspect_both(tmp.path(), ".certs/daemon", NOW);
+    assert_eq!(code, Some(1), "{err}");
+    let leaf = &rows[0];
+    assert_eq!(leaf["status"], "expired");
+    assert_eq!(leaf["valid"], false);
+    assert_eq!(leaf["chainOk"], true, "the chain itself is sound");
+    assert!(leaf.get("chainError").is_none(), "{leaf}");
+    assert_eq!(rows[1]["status"], "ok", "the CA is fine");
+    assert_eq!(
+        err,
+        "problem: .certs/daemon/cert.pem (O=kiln, CN=buildkitd) expired at 2020-01-31T00:00:00Z\n\
+         error: 1 problem(s) found in .certs/daemon\n"
+    );
+    let leaf_line = table.lines().nth(1).unwrap();
+    assert!(leaf_line.contains(" expired "), "{table}");
+    assert!(!table.contains("FAIL"), "{table}");
+    // OpenSSL: the same verdict, for the same reason.
+    if let Some(openssl) = openssl() {
+        let (ok, text) = openssl_verify(&openssl, &certs.join("daemon"), None);
+        assert!(!ok, "{text}");
+        assert!(text.contains("certificate has expired"), "{text}");
+    }
+}

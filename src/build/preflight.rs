@@ -167,6 +167,14 @@ pub enum PreflightError {
         not_after: String,
         fix: String,
     },
+    /// The chain fails for another reason (a CA that may not sign, a wrong signature, …).
+    #[error("client certificate {cert} does not verify against {ca}: {message}; {fix}")]
+    Chain {
+        cert: String,
+        ca: String,
+        message: String,
+        fix: String,
+    },
     /// The client certificate lacks the clientAuth extended key usage.
     #[error(
         "client certificate {path} lacks the clientAuth extended key usage, so buildkitd will reject it: mount the client Secret, not the daemon's, or reissue it with `kiln rotate`"
@@ -335,8 +343,9 @@ pub fn check_client(
                 "the client Secret comes from another CA; run `kiln rotate`, then check `kiln status`",
             ),
         },
-        other => PreflightError::ParseCert {
-            path: cert_path.clone(),
+        other => PreflightError::Chain {
+            cert: cert_path.clone(),
+            ca: ca_path.clone(),
             message: other.to_string(),
             fix: corrupt(),
         },

@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::parse::{certificate_pems, private_key_block};
-use super::{CertSummary, NAME_SETS, PkiError, bundle, key_matches, parse_bundle, rfc3339, verify_chain};
+use super::parse::{certificate_ders, certificate_pems, private_key_block};
+use super::{CertSummary, NAME_SETS, PkiError, Purpose, TrustBundle, key_matches, parse_bundle, rfc3339};
 use crate::yaml::{self, YamlError};
 
 /// Why certificates could not be found or read.
@@ -76,7 +76,11 @@ pub struct Row {
     pub days_left: i64,
     /// Valid at the time of the check (between not-before and not-after).
     pub valid: bool,
-    /// Signed by a CA in the bundle, both valid; None when there is no CA to check against.
+    /// The verdict: the certificate's own dates first, then its chain.
+    pub status: Status,
+    /// The chain verifies (rustls-webpki, plus the CA's dates, keyCertSign and path
+    /// length), the certificate's own dates apart: an expired certificate with a sound
+    /// chain has `true` here and status `expired`. None when there is no CA to check against.
     pub chain_ok: Option<bool>,
     /// Why the chain check failed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +88,38 @@ pub struct Row {
     /// Whether the key next to the certificate belongs to it (None: no key there).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_matches: Option<bool>,
+}
+
+/// What [`inspect`] concludes about one certificate, most pressing first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Valid now, and the chain verifies.
+    Ok,
+    /// Past its not-after.
+    Expired,
+    /// Before its not-before.
+    NotYetValid,
+    /// Valid itself, but the CA that signed it is not valid now.
+    CaExpired,
+    /// The chain does not verify (see `chainError`).
+    ChainFail,
+    /// Valid, with no CA next to it to check the chain against.
+    Unchecked,
+}
+
+impl Status {
+    /// How the table shows it.
+    pub fn text(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Expired => "expired",
+            Status::NotYetValid => "not yet valid",
+            Status::CaExpired => "CA expired",
+            Status::ChainFail => "FAIL",
+            Status::Unchecked => "-",
+        }
+    }
 }
 
 /// Certificates read from one place: a trust bundle, certificates, maybe their key.
@@ -97,6 +133,18 @@ struct Source {
     cert: Option<(String, String)>,
     /// The private key (key.pem / tls.key).
     key: Option<String>,
+    /// What the certificate is for, when the place says so (a `daemon` or `client`
+    /// directory or Secret): its extended key usage is checked for that side.
+    purpose: Purpose,
+}
+
+/// The side a directory or Secret name (or a `certs generate` component label) points at.
+fn purpose_of(name: &str) -> Purpose {
+    match (name.contains("daemon"), name.contains("client")) {
+        (true, false) => Purpose::Daemon,
+        (false, true) => Purpose::Client,
+        _ => Purpose::Tls,
+    }
 }
 
 /// Find the certificates at `path` and check each as of `now`, one [`Row`] per certificate;
@@ -134,11 +182,13 @@ fn source_from_dir(dir: &Path) -> Result<Option<Source>, InspectError> {
                 Ok(None)
             }
         };
+        let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         return Ok(Some(Source {
             name: dir.display().to_string(),
             bundle: read(ca)?,
             cert: read(cert)?,
             key: read(key)?.map(|(_, text)| text),
+            purpose: purpose_of(dir_name),
         }));
     }
     Ok(None)
@@ -151,6 +201,13 @@ fn sources_from_yaml(path: &Path, text: &str) -> Result<Vec<Source>, InspectErro
     let several = secrets.len() > 1;
     for secret in secrets {
         let secret_name = secret.metadata.name.clone().unwrap_or_default();
+        let component = secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get("app.kubernetes.io/component"))
+            .cloned();
+        let purpose = purpose_of(component.as_deref().unwrap_or(&secret_name));
         // The Secret name is only needed to tell several Secrets of one file apart.
         let label = if several {
             format!("{}:{secret_name}", path.display())
@@ -178,6 +235,7 @@ fn sources_from_yaml(path: &Path, text: &str) -> Result<Vec<Source>, InspectErro
             cert: data.get(cert).map(|t| (format!("{label}:{cert}"), t.clone())),
             key: data.get(key).cloned(),
             name: label,
+            purpose,
         });
     }
     Ok(sources)
@@ -207,6 +265,7 @@ fn sources_from_file(path: &Path) -> Result<Vec<Source>, InspectError> {
             bundle: None,
             key: private_key_block(&text),
             cert: Some((path.display().to_string(), text)),
+            purpose: Purpose::Tls,
         }])
     } else {
         sources_from_yaml(path, &text).map_err(|why| InspectError::NeitherPemNorSecret {
@@ -255,15 +314,36 @@ fn collect_sources(path: &Path) -> Result<Vec<Source>, InspectError> {
     Ok(sources)
 }
 
-/// The summaries of every certificate in `text`, each with its own PEM.
-fn certificates(name: &str, text: &str) -> Result<Vec<(CertSummary, String)>, InspectError> {
+/// One certificate of a text: its summary, its PEM and its DER.
+struct Parsed {
+    summary: CertSummary,
+    pem: String,
+    der: Vec<u8>,
+}
+
+/// Every certificate in `text`, parsed once.
+fn certificates(name: &str, text: &str) -> Result<Vec<Parsed>, InspectError> {
     let read = |error| InspectError::Certificate {
         name: name.to_string(),
         error: Box::new(error),
     };
     let summaries = parse_bundle(text).map_err(read)?;
     let pems = certificate_pems(text).map_err(read)?;
-    Ok(summaries.into_iter().zip(pems).collect())
+    let ders = certificate_ders(text).map_err(read)?;
+    Ok(summaries
+        .into_iter()
+        .zip(pems)
+        .zip(ders)
+        .map(|((summary, pem), der)| Parsed { summary, pem, der })
+        .collect())
+}
+
+/// The trust bundle of a source, read and indexed once for all its certificates.
+fn trust_bundle(name: &str, text: &str) -> Result<TrustBundle, InspectError> {
+    TrustBundle::from_pem(text).map_err(|error| InspectError::Certificate {
+        name: name.to_string(),
+        error: Box::new(error),
+    })
 }
 
 fn rows_for(
@@ -273,61 +353,88 @@ fn rows_for(
 ) -> Result<Vec<Row>, InspectError> {
     let mut rows = Vec::new();
     let row = |name: &str,
-               mut summary: CertSummary,
-               pem: &str,
-               trust: &str,
+               cert: Parsed,
+               trust: &TrustBundle,
+               chain: &[Vec<u8>],
+               purpose: Purpose,
                key: Option<&str>|
      -> Result<Row, InspectError> {
-        let read = |error| InspectError::Certificate {
-            name: name.to_string(),
-            error: Box::new(error),
-        };
-        let has_ca = parse_bundle(trust).map_err(read)?.iter().any(|c| c.is_ca);
+        let mut summary = cert.summary;
         if summary.issuer_fingerprint.is_none() {
             // The signer among the trusted CAs, found by signature whatever the dates say.
-            let with_trust = parse_bundle(&bundle(&[pem, trust])).map_err(read)?;
-            summary.issuer_fingerprint = with_trust.first().and_then(|c| c.issuer_fingerprint.clone());
+            summary.issuer_fingerprint = trust.signer_of(&cert.der);
         }
-        let chain = if has_ca {
-            Some(verify_chain(pem, trust, now))
-        } else {
-            None
-        };
+        let assessment = trust
+            .has_ca()
+            .then(|| trust.assess(&cert.der, chain, now, purpose));
         let key_matches = match key {
-            Some(key) => Some(key_matches(pem, key).map_err(|error| InspectError::Key {
+            Some(key) => Some(key_matches(&cert.pem, key).map_err(|error| InspectError::Key {
                 name: name.to_string(),
                 place: source.name.clone(),
                 error: Box::new(error),
             })?),
             None => None,
         };
+        let valid = summary.not_before <= now && now <= summary.not_after;
+        let chain_error = assessment
+            .as_ref()
+            .and_then(|a| a.as_ref().err())
+            .map(|e| e.to_string());
+        let status = match &assessment {
+            _ if now > summary.not_after => Status::Expired,
+            _ if now < summary.not_before => Status::NotYetValid,
+            None => Status::Unchecked,
+            Some(a) => match a {
+                Ok(_) => Status::Ok,
+                Err(PkiError::CaNotValidAt { .. }) => Status::CaExpired,
+                Err(_) => Status::ChainFail,
+            },
+        };
         Ok(Row {
             name: name.to_string(),
             days_left: (summary.not_after - now).whole_days(),
-            valid: summary.not_before <= now && now <= summary.not_after,
+            valid,
+            status,
             summary,
-            chain_ok: chain.as_ref().map(Result::is_ok),
-            chain_error: chain.and_then(Result::err).map(|e| e.to_string()),
+            chain_ok: assessment.as_ref().map(Result::is_ok),
+            chain_error,
             key_matches,
         })
     };
     if let Some((name, text)) = &source.cert {
         let trust = match &source.bundle {
-            Some((_, bundle)) => bundle.clone(),
-            None => text.clone(),
+            Some((bundle_name, bundle)) => trust_bundle(bundle_name, bundle)?,
+            None => trust_bundle(name, text)?,
         };
-        for (i, (summary, pem)) in certificates(name, text)?.into_iter().enumerate() {
-            // The key belongs to the first certificate of the file.
-            let key = if i == 0 { source.key.as_deref() } else { None };
-            seen.insert(summary.fingerprint.clone());
-            rows.push(row(name, summary, &pem, &trust, key)?);
+        let certs = certificates(name, text)?;
+        // CA certificates sent along in cert.pem are intermediates; in a PEM file without a
+        // bundle they are in the trust already.
+        let chain: Vec<Vec<u8>> = if source.bundle.is_some() {
+            certs
+                .iter()
+                .filter(|c| c.summary.is_ca)
+                .map(|c| c.der.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for (i, cert) in certs.into_iter().enumerate() {
+            // The key and the source's purpose belong to the first certificate of the file.
+            let (key, purpose) = if i == 0 {
+                (source.key.as_deref(), source.purpose)
+            } else {
+                (None, Purpose::Tls)
+            };
+            seen.insert(cert.summary.fingerprint.clone());
+            rows.push(row(name, cert, &trust, &chain, purpose, key)?);
         }
     }
     // Each CA of a bundle is shown once, however many sources carry it.
     if let Some((name, text)) = &source.bundle {
-        for (summary, pem) in certificates(name, text)? {
-            if seen.insert(summary.fingerprint.clone()) {
-                rows.push(row(name, summary, &pem, &pem, None)?);
+        let trust = trust_bundle(name, text)?;
+        for cert in certificates(name, text)? {
+            if seen.insert(cert.summary.fingerprint.clone()) {
+                rows.push(row(name, cert, &trust, &[], Purpose::Tls, None)?);
             }
         }
     }
@@ -374,11 +481,7 @@ pub fn table(rows: &[Row]) -> String {
                 rfc3339(r.summary.not_after),
                 r.days_left.to_string(),
                 r.summary.issuer.clone(),
-                match r.chain_ok {
-                    Some(true) => "ok".into(),
-                    Some(false) => "FAIL".into(),
-                    None => "-".into(),
-                },
+                r.status.text().into(),
                 match r.key_matches {
                     Some(true) => "ok".into(),
                     Some(false) => "MISMATCH".into(),
@@ -417,7 +520,8 @@ pub fn problems(rows: &[Row], now: OffsetDateTime) -> Vec<String> {
                 "{what} is not valid before {}",
                 rfc3339(r.summary.not_before)
             ));
-        } else if let Some(err) = &r.chain_error {
+        }
+        if let Some(err) = &r.chain_error {
             out.push(format!("{what} does not chain: {err}"));
         }
         if r.key_matches == Some(false) {

@@ -7,9 +7,12 @@
 //! - [`issue_ca`] makes a self-signed CA; [`issue_leaf`] signs a daemon
 //!   (serverAuth) or client (clientAuth) certificate with it.
 //! - [`daemon_sans`] lists the names the buildkitd Service answers to.
-//! - [`parse_bundle`], [`verify_chain`], [`key_matches`] and [`fingerprint`]
-//!   read certificates back (for `kiln certs inspect`, rotation and preflight);
-//!   PEM is read with x509-parser's reader, never split by hand.
+//! - [`parse_bundle`], [`key_matches`] and [`fingerprint`] read certificates back (for
+//!   `kiln certs inspect`, rotation and preflight); PEM is read with x509-parser's reader,
+//!   never split by hand.
+//! - [`verify_chain`], [`verify_chain_for`], [`issuer_of`], [`check_ca`] and
+//!   [`TrustBundle`] verify chains with rustls-webpki, plus the CA checks Go makes and
+//!   webpki does not (`verify.rs`).
 //! - [`generate`] lays a fresh CA and both leaves out as the files and Secret manifests
 //!   of `kiln certs generate`; [`inspect`] finds and checks certificates for `kiln certs inspect`.
 
@@ -23,10 +26,10 @@ use time::OffsetDateTime;
 pub mod generate;
 pub mod inspect;
 mod parse;
+mod verify;
 
-pub use parse::{
-    CertSummary, Verified, fingerprint, fingerprint_der, key_matches, parse_bundle, verify_chain,
-};
+pub use parse::{CertSummary, fingerprint, fingerprint_der, key_matches, parse_bundle};
+pub use verify::{Purpose, TrustBundle, Verified, check_ca, issuer_of, verify_chain, verify_chain_for};
 
 /// The key algorithm for the CA and leaf certificates.
 #[derive(
@@ -198,17 +201,67 @@ pub enum PkiError {
     /// The PEM text holds no certificate at all.
     #[error("failed to find a certificate: no \"BEGIN CERTIFICATE\" block")]
     NoCertificate,
-    /// The certificate is outside its validity window.
-    #[error("certificate {subject:?} is not valid at {}: valid from {} to {}", rfc3339(*.at), rfc3339(*.not_before), rfc3339(*.not_after))]
-    NotValidAt {
+    /// The certificate expired.
+    #[error("certificate {subject:?} expired at {} (checked at {})", rfc3339(*.not_after), rfc3339(*.at))]
+    Expired {
+        subject: String,
+        at: OffsetDateTime,
+        not_after: OffsetDateTime,
+    },
+    /// The certificate is not valid yet.
+    #[error("certificate {subject:?} is not valid until {} (checked at {}); check the clock", rfc3339(*.not_before), rfc3339(*.at))]
+    NotYetValid {
         subject: String,
         at: OffsetDateTime,
         not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
     },
     /// No CA in the bundle signed the certificate.
     #[error("certificate {subject:?} does not chain to the trust bundle (issuer {issuer:?})")]
     Untrusted { subject: String, issuer: String },
+    /// The issuer named by the certificate is in the bundle, but its key did not sign it.
+    #[error(
+        "certificate {subject:?} names {issuer:?} as its issuer, but its signature does not verify with the key of the CA of that name in the bundle (a CA of another installation with the same name?)"
+    )]
+    BadSignature { subject: String, issuer: String },
+    /// The certificate that signed it is not a CA.
+    #[error(
+        "certificate {subject:?} is signed by {issuer:?}, which is not a CA certificate (basicConstraints CA:true)"
+    )]
+    IssuerNotCa { subject: String, issuer: String },
+    /// A CA certificate where a daemon or client certificate belongs.
+    #[error(
+        "certificate {subject:?} is a CA certificate (basicConstraints CA:true) and cannot be used as {what}"
+    )]
+    CaAsLeaf { subject: String, what: &'static str },
+    /// The extended key usage does not allow the use.
+    #[error("certificate {subject:?} cannot be used as {what}: {has}; it needs {needs}")]
+    WrongUsage {
+        subject: String,
+        what: &'static str,
+        needs: &'static str,
+        has: String,
+    },
+    /// A CA whose key usage does not allow signing certificates.
+    #[error(
+        "CA {ca:?} may not sign certificates: its key usage lacks keyCertSign, so buildkitd and buildctl reject every certificate it signed; issue a new CA (kiln's CAs have keyCertSign)"
+    )]
+    CaCannotSign { ca: String },
+    /// A certificate where a CA certificate belongs.
+    #[error("certificate {subject:?} is not a CA certificate (basicConstraints CA:true)")]
+    NotACaCert { subject: String },
+    /// More intermediate CAs than the CA's pathLenConstraint allows.
+    #[error(
+        "certificate {subject:?} is {found} intermediate CA(s) below CA {ca:?}, which allows {limit} (pathLenConstraint)"
+    )]
+    PathTooLong {
+        subject: String,
+        ca: String,
+        limit: u32,
+        found: usize,
+    },
+    /// The chain fails for a reason that has no variant of its own.
+    #[error("certificate {subject:?} does not verify: {reason}")]
+    ChainInvalid { subject: String, reason: &'static str },
     /// The CA that signed the certificate is outside its validity window.
     #[error("CA {subject:?} that signed {leaf:?} is not valid at {}: valid from {} to {}", rfc3339(*.at), rfc3339(*.not_before), rfc3339(*.not_after))]
     CaNotValidAt {
@@ -877,20 +930,20 @@ mod tests {
         let ca = ca(Algorithm::EcdsaP256, 100, 1);
         let leaf = issue_leaf(&ca, &leaf_request(LeafKind::Daemon, Algorithm::EcdsaP256, 30)).unwrap();
         let late = NOW + time::Duration::days(31);
-        assert!(matches!(
-            verify_chain(&leaf.cert_pem, &ca.cert_pem, late),
-            Err(PkiError::NotValidAt { .. })
-        ));
+        let err = verify_chain(&leaf.cert_pem, &ca.cert_pem, late).unwrap_err();
+        assert!(matches!(err, PkiError::Expired { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "certificate \"O=kiln, CN=buildkitd\" expired at 2026-01-31T00:00:00Z (checked at 2026-02-01T00:00:00Z)"
+        );
         let early = NOW - time::Duration::days(1);
-        assert!(matches!(
-            verify_chain(&leaf.cert_pem, &ca.cert_pem, early),
-            Err(PkiError::NotValidAt { .. })
-        ));
+        let err = verify_chain(&leaf.cert_pem, &ca.cert_pem, early).unwrap_err();
+        assert!(matches!(err, PkiError::NotYetValid { .. }), "{err}");
         // The CA itself, checked against itself after it expired.
         let after_ca = NOW + time::Duration::days(101);
         assert!(matches!(
             verify_chain(&ca.cert_pem, &ca.cert_pem, after_ca),
-            Err(PkiError::NotValidAt { .. })
+            Err(PkiError::Expired { .. })
         ));
     }
 

@@ -9,6 +9,7 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::pem::Pem;
 
+use super::verify::{IssuerIndex, signature_ok};
 use super::{PkiError, hex, pem_encode};
 
 /// What `kiln certs inspect` shows about one certificate.
@@ -48,7 +49,7 @@ pub struct CertSummary {
 
 /// The DER bodies of every `CERTIFICATE` block in `pem`, in order. Other blocks
 /// (such as a private key kept in the same file) are skipped.
-fn certificate_ders(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+pub(super) fn certificate_ders(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
     let mut ders = Vec::new();
     for (index, block) in Pem::iter_from_buffer(pem.as_bytes()).enumerate() {
         let block = block.map_err(|e| PkiError::ParsePem {
@@ -86,7 +87,7 @@ pub(super) fn private_key_block(pem: &str) -> Option<String> {
     None
 }
 
-fn parse_ders(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, PkiError> {
+pub(super) fn parse_ders(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, PkiError> {
     ders.iter()
         .enumerate()
         .map(|(index, der)| match x509_parser::parse_x509_certificate(der) {
@@ -147,9 +148,28 @@ fn key_algorithm(cert: &X509Certificate<'_>) -> String {
     }
 }
 
-fn signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> bool {
-    cert.issuer().as_raw() == issuer.subject().as_raw()
-        && cert.verify_signature(Some(issuer.public_key())).is_ok()
+/// The extended key usages of `cert`: `serverAuth`, `clientAuth`, … (`any` for
+/// anyExtendedKeyUsage, other OIDs in dotted form); empty without the extension.
+pub(super) fn extended_key_usages(cert: &X509Certificate<'_>) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        let eku = eku.value;
+        for (set, name) in [
+            (eku.any, "any"),
+            (eku.server_auth, "serverAuth"),
+            (eku.client_auth, "clientAuth"),
+            (eku.code_signing, "codeSigning"),
+            (eku.email_protection, "emailProtection"),
+            (eku.time_stamping, "timeStamping"),
+            (eku.ocsp_signing, "OCSPSigning"),
+        ] {
+            if set {
+                names.push(name.to_string());
+            }
+        }
+        names.extend(eku.other.iter().map(|oid| oid.to_id_string()));
+    }
+    names
 }
 
 fn summarize(cert: &X509Certificate<'_>, der: &[u8], issuer_fingerprint: Option<String>) -> CertSummary {
@@ -163,24 +183,7 @@ fn summarize(cert: &X509Certificate<'_>, der: &[u8], issuer_fingerprint: Option<
             }
         }
     }
-    let mut extended_key_usage = Vec::new();
-    if let Ok(Some(eku)) = cert.extended_key_usage() {
-        let eku = eku.value;
-        for (set, name) in [
-            (eku.any, "any"),
-            (eku.server_auth, "serverAuth"),
-            (eku.client_auth, "clientAuth"),
-            (eku.code_signing, "codeSigning"),
-            (eku.email_protection, "emailProtection"),
-            (eku.time_stamping, "timeStamping"),
-            (eku.ocsp_signing, "OCSPSigning"),
-        ] {
-            if set {
-                extended_key_usage.push(name.to_string());
-            }
-        }
-        extended_key_usage.extend(eku.other.iter().map(|oid| oid.to_id_string()));
-    }
+    let extended_key_usage = extended_key_usages(cert);
     let authority_key_id = cert
         .iter_extensions()
         .find_map(|ext| match ext.parsed_extension() {
@@ -231,86 +234,21 @@ fn ip_string(bytes: &[u8]) -> String {
 pub fn parse_bundle(pem: &str) -> Result<Vec<CertSummary>, PkiError> {
     let ders = certificate_ders(pem)?;
     let certs = parse_ders(&ders)?;
+    // Each certificate is checked only against those named as its issuer.
+    let index = IssuerIndex::new(&certs);
     Ok(certs
         .iter()
         .zip(&ders)
-        .map(|(cert, der)| {
-            let issuer_fingerprint = certs
-                .iter()
-                .zip(&ders)
-                .find(|(candidate, _)| signed_by(cert, candidate))
-                .map(|(_, issuer_der)| fingerprint_der(issuer_der));
+        .enumerate()
+        .map(|(own, (cert, der))| {
+            let issuer_fingerprint = index
+                .candidates(Some(own), cert)
+                .into_iter()
+                .find(|i| signature_ok(cert, &certs[*i]))
+                .map(|i| fingerprint_der(&ders[i]));
             summarize(cert, der, issuer_fingerprint)
         })
         .collect())
-}
-
-/// The outcome of a successful [`verify_chain`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    /// The SHA-256 fingerprint of the CA in the bundle that signed the leaf.
-    pub ca_fingerprint: String,
-    /// The subject of that CA.
-    pub ca_subject: String,
-}
-
-fn check_time(
-    cert: &X509Certificate<'_>,
-    at: OffsetDateTime,
-) -> Result<(), (OffsetDateTime, OffsetDateTime)> {
-    let not_before = cert.validity().not_before.to_datetime();
-    let not_after = cert.validity().not_after.to_datetime();
-    if at < not_before || at > not_after {
-        Err((not_before, not_after))
-    } else {
-        Ok(())
-    }
-}
-
-/// Check that the first certificate in `leaf_pem` is signed by a CA certificate in
-/// `bundle_pem` and that both are valid at `at`.
-///
-/// With several CAs in the bundle (a CA rollover), any one of them may have signed it.
-pub fn verify_chain(leaf_pem: &str, bundle_pem: &str, at: OffsetDateTime) -> Result<Verified, PkiError> {
-    let leaf_ders = certificate_ders(leaf_pem)?;
-    let (_, leaf_cert) = parse_first(&leaf_ders)?;
-    let leaf = &leaf_cert;
-    let subject = leaf.subject().to_string();
-    check_time(leaf, at).map_err(|(not_before, not_after)| PkiError::NotValidAt {
-        subject: subject.clone(),
-        at,
-        not_before,
-        not_after,
-    })?;
-    let ca_ders = certificate_ders(bundle_pem)?;
-    let cas = parse_ders(&ca_ders)?;
-    let mut expired_ca = None;
-    for (ca, der) in cas.iter().zip(&ca_ders) {
-        if !ca.is_ca() || !signed_by(leaf, ca) {
-            continue;
-        }
-        match check_time(ca, at) {
-            Ok(()) => {
-                return Ok(Verified {
-                    ca_fingerprint: fingerprint_der(der),
-                    ca_subject: ca.subject().to_string(),
-                });
-            }
-            Err((not_before, not_after)) => {
-                expired_ca.get_or_insert(PkiError::CaNotValidAt {
-                    leaf: subject.clone(),
-                    subject: ca.subject().to_string(),
-                    at,
-                    not_before,
-                    not_after,
-                });
-            }
-        }
-    }
-    Err(expired_ca.unwrap_or(PkiError::Untrusted {
-        subject,
-        issuer: leaf.issuer().to_string(),
-    }))
 }
 
 /// True when the private key in `key_pem` (unencrypted PKCS#8) belongs to the first

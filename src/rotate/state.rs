@@ -11,7 +11,7 @@ use std::fmt;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::pki::{self, SecretFormat};
+use crate::pki::{self, LeafKind, SecretFormat};
 
 /// Annotation: when kiln last wrote this Secret (RFC 3339).
 pub const ANN_UPDATED_AT: &str = "kiln.dev/updated-at";
@@ -360,6 +360,7 @@ fn read_ca(secret: &RawSecret, cert_key: &str, key_key: Option<&str>) -> Result<
         return Ok(None);
     };
     let info = cert_info(cert_pem, cert_key)?;
+    pki::check_ca(cert_pem).map_err(|e| format!("key {cert_key}: {e}"))?;
     let key_pem = match key_key {
         None => None,
         Some(key_key) => {
@@ -419,20 +420,25 @@ fn read_ca_secret(secret: &RawSecret, warnings: &mut Vec<String>) -> Slot<CaSecr
     })
 }
 
-fn read_leaf(secret: &RawSecret, format: SecretFormat, cas: &[&Ca]) -> Slot<Leaf> {
+fn read_leaf(secret: &RawSecret, format: SecretFormat, cas: &[&Ca], kind: LeafKind) -> Slot<Leaf> {
     if !secret.exists {
         return Slot::Missing;
     }
     if secret.data.is_empty() {
         return Slot::Empty;
     }
-    match read_leaf_data(secret, format, cas) {
+    match read_leaf_data(secret, format, cas, kind) {
         Ok(leaf) => Slot::Ok(leaf),
         Err(reason) => Slot::Broken(reason),
     }
 }
 
-fn read_leaf_data(secret: &RawSecret, format: SecretFormat, cas: &[&Ca]) -> Result<Leaf, String> {
+fn read_leaf_data(
+    secret: &RawSecret,
+    format: SecretFormat,
+    cas: &[&Ca],
+    kind: LeafKind,
+) -> Result<Leaf, String> {
     let (bundle_key, cert_key, key_key) = format.key_names();
     let missing = |key: &str| format!("key {key} is missing");
     let bundle_pem = text(secret, bundle_key)?.ok_or_else(|| missing(bundle_key))?;
@@ -455,19 +461,19 @@ fn read_leaf_data(secret: &RawSecret, format: SecretFormat, cas: &[&Ca]) -> Resu
         Ok(false) => return Err(format!("key {key_key} does not match {cert_key}")),
         Err(e) => return Err(format!("key {key_key}: {e}")),
     }
-    // Which CA signed the leaf: look among the CA Secret's CAs and the bundle.
+    // Which CA signed the leaf (rustls-webpki, dates apart): look among the CA Secret's CAs
+    // and the bundle. A certificate unfit for its side (a client certificate in the daemon
+    // Secret) makes the Secret broken, so it is reissued.
     let mut issuer = None;
     let candidates = cas
         .iter()
         .map(|ca| ca.cert_pem.as_str())
         .chain(std::iter::once(bundle_pem));
     for candidate in candidates {
-        let joined = format!("{cert_pem}\n{candidate}");
-        if let Ok(parsed) = pki::parse_bundle(&joined)
-            && let Some(fp) = parsed.first().and_then(|c| c.issuer_fingerprint.clone())
-            && fp != summary.fingerprint
+        if let Some(verified) =
+            pki::issuer_of(cert_pem, candidate, kind).map_err(|e| format!("key {cert_key}: {e}"))?
         {
-            issuer = Some(fp);
+            issuer = Some(verified.ca_fingerprint);
             break;
         }
     }
@@ -505,8 +511,8 @@ pub fn read_state(snapshot: &Snapshot, format: SecretFormat) -> State {
     let mut warnings = Vec::new();
     let ca = read_ca_secret(&snapshot.ca, &mut warnings);
     let cas: Vec<&Ca> = ca.ok().map(|c| c.all()).unwrap_or_default();
-    let daemon = read_leaf(&snapshot.daemon, format, &cas);
-    let client = read_leaf(&snapshot.client, format, &cas);
+    let daemon = read_leaf(&snapshot.daemon, format, &cas, LeafKind::Daemon);
+    let client = read_leaf(&snapshot.client, format, &cas, LeafKind::Client);
     State {
         ca,
         daemon,

@@ -334,9 +334,11 @@ impl Default for Tekton {
             dockerfile: "./Dockerfile".into(),
             context: ".".into(),
             timeout: Duration::from_secs(3600),
+            // The step drives buildctl, which mostly waits on the daemon: one CPU is plenty
+            // for the context upload, and a limit lets namespaces with a CPU quota run it.
             step_resources: Resources {
                 requests: BTreeMap::from([("cpu".into(), "100m".into()), ("memory".into(), "128Mi".into())]),
-                limits: BTreeMap::from([("memory".into(), "512Mi".into())]),
+                limits: BTreeMap::from([("cpu".into(), "1".into()), ("memory".into(), "512Mi".into())]),
             },
         }
     }
@@ -449,9 +451,11 @@ impl Default for Rotation {
             time_zone: "Etc/UTC".into(),
             restart_strategy: RestartStrategy::default(),
             propagation_delay: Duration::from_days(2),
+            // kiln rotate's work (key generation, TLS checks) runs on one thread at a time, so
+            // a one-CPU limit costs it nothing and bounds a runaway.
             resources: Resources {
                 requests: BTreeMap::from([("cpu".into(), "10m".into()), ("memory".into(), "32Mi".into())]),
-                limits: BTreeMap::from([("memory".into(), "64Mi".into())]),
+                limits: BTreeMap::from([("cpu".into(), "1".into()), ("memory".into(), "64Mi".into())]),
             },
         }
     }

@@ -168,8 +168,19 @@ pub struct Buildkit {
     /// The BuildKit version, such as `v0.32.2`; also the `app.kubernetes.io/version` label of
     /// the daemon's objects (kiln's own objects carry kiln's version).
     pub version: String,
-    /// The image repository; the tag is the version, with `-rootless` in rootless mode.
+    /// The image repository, without tag or digest; the tag is the version, with `-rootless`
+    /// in rootless mode.
     pub image: String,
+    /// Pin the daemon's image by digest (`sha256:` and 64 hex digits): the digest of the tag
+    /// the mode runs (`<version>-rootless` in rootless mode, `<version>` otherwise), rendered as
+    /// `<image>:<tag>@<digest>`. The digest wins over the tag: change it together with
+    /// `version` and `mode`. Empty: the tag alone. kiln ships no default (see docs/objects.md).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// Secrets (of type kubernetes.io/dockerconfigjson) the daemon's pods pull the image with,
+    /// such as a private mirror of moby/buildkit. They must exist in the farm's namespace.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
     /// rootless, privileged or userns.
     pub mode: Mode,
     /// deployment or statefulset.
@@ -232,6 +243,8 @@ impl Default for Buildkit {
         Self {
             version: DEFAULT_BUILDKIT_VERSION.into(),
             image: "docker.io/moby/buildkit".into(),
+            digest: String::new(),
+            image_pull_secrets: Vec::new(),
             mode: Mode::default(),
             workload: Workload::default(),
             replicas: 1,
@@ -297,6 +310,10 @@ pub struct Tekton {
     pub name: String,
     /// Also render the daemonless variant as a second Task.
     pub daemonless: bool,
+    /// Pin the daemonless Task's image (`<buildkit.image>:<version>-rootless`) by digest.
+    /// Empty: `buildkit.digest` in rootless mode (the daemon runs the same image), else the tag alone.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub daemonless_digest: String,
     /// Default for the PUSH param.
     pub push: bool,
     /// Default for the PLATFORMS param (empty: the daemon's platform).
@@ -317,14 +334,17 @@ impl Default for Tekton {
             enabled: true,
             name: "buildkit".into(),
             daemonless: false,
+            daemonless_digest: String::new(),
             push: true,
             platforms: Vec::new(),
             dockerfile: "./Dockerfile".into(),
             context: ".".into(),
             timeout: Duration::from_secs(3600),
+            // The step drives buildctl, which mostly waits on the daemon: one CPU is plenty
+            // for the context upload, and a limit lets namespaces with a CPU quota run it.
             step_resources: Resources {
                 requests: BTreeMap::from([("cpu".into(), "100m".into()), ("memory".into(), "128Mi".into())]),
-                limits: BTreeMap::from([("memory".into(), "512Mi".into())]),
+                limits: BTreeMap::from([("cpu".into(), "1".into()), ("memory".into(), "512Mi".into())]),
             },
         }
     }
@@ -437,9 +457,11 @@ impl Default for Rotation {
             time_zone: "Etc/UTC".into(),
             restart_strategy: RestartStrategy::default(),
             propagation_delay: Duration::from_days(2),
+            // kiln rotate's work (key generation, TLS checks) runs on one thread at a time, so
+            // a one-CPU limit costs it nothing and bounds a runaway.
             resources: Resources {
                 requests: BTreeMap::from([("cpu".into(), "10m".into()), ("memory".into(), "32Mi".into())]),
-                limits: BTreeMap::from([("memory".into(), "64Mi".into())]),
+                limits: BTreeMap::from([("cpu".into(), "1".into()), ("memory".into(), "64Mi".into())]),
             },
         }
     }
@@ -449,15 +471,43 @@ impl Default for Rotation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Kiln {
-    /// The kiln image (binary plus buildctl), such as `ghcr.io/kiln-dev/kiln:0.1.0`.
+    /// The kiln image (binary plus buildctl), such as `ghcr.io/kiln-dev/kiln:0.1.0`: build it
+    /// from the Dockerfile, or use a release image (docs/build.md).
     pub image: String,
+    /// Pin the kiln image by digest (`sha256:` and 64 hex digits), rendered as
+    /// `<image>@<digest>`. The digest wins over the tag: change it together with `image`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// Secrets (of type kubernetes.io/dockerconfigjson) the CronJob and the bootstrap Job pull
+    /// the kiln image with. They must exist in the farm's namespace; TaskRuns of the Task (and
+    /// of its tenant copies) need them too, in their own namespace (docs/objects.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl Default for Kiln {
     fn default() -> Self {
         Self {
             image: format!("ghcr.io/kiln-dev/kiln:{}", crate::VERSION),
+            digest: String::new(),
+            image_pull_secrets: Vec::new(),
         }
+    }
+}
+
+impl Kiln {
+    /// The reference pods run: `image`, or `image@digest` when a digest is set.
+    pub fn reference(&self) -> String {
+        pinned(&self.image, &self.digest)
+    }
+}
+
+/// `reference@digest`, or the reference alone when `digest` is empty.
+pub fn pinned(reference: &str, digest: &str) -> String {
+    if digest.is_empty() {
+        reference.to_string()
+    } else {
+        format!("{reference}@{digest}")
     }
 }
 

@@ -1,18 +1,27 @@
-//! checkov over the rendered objects: kiln's own pods (rotation CronJob, bootstrap Job,
-//! the kiln build Task's step, in the farm's namespace and a tenant's) and its RBAC pass the
-//! checks that matter, and the daemon fails only the documented BuildKit exemptions.
+//! checkov over everything kiln renders: every mode (rootless, privileged, userns) in a
+//! Deployment and a StatefulSet, with tenants and the daemonless Task; digest-pinned images;
+//! the shipped overlays; and the top-level CronJob.yaml's overlay (namespace default).
+//!
+//! The scan must report no failed check. Every check an object fails on purpose carries a
+//! `checkov.io/skip<NN>` annotation on the object itself, with a reason, and every such
+//! annotation is needed: the same objects with their skip annotations removed fail exactly
+//! the checks they name. A tampered copy (one skip without its reason, one skip removed)
+//! proves the harness catches both.
 
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
-use kiln::overlay::{Mode, Overlay, Tenant, Workload};
-use kiln::render::{Context, Object, render};
+use kiln::overlay::{CacheVolume, Mode, Overlay, Tenant, Workload};
+use kiln::render::checkov::PREFIX;
+use kiln::render::{Context, Object, render, render_resolved};
 use serde_json::{Value, json};
 
-/// Checks every kiln-run pod must pass: no privilege, no root, no escalation, no host
-/// namespaces, no added capabilities, RuntimeDefault seccomp, read-only root, high uid.
+/// Checks every kiln-run pod (the rotate CronJob and Job, the `kiln build` step) must pass
+/// outright, never by a skip: no privilege, no root, no escalation, no host namespaces, no
+/// added capabilities, RuntimeDefault seccomp, read-only root, high uid.
 const MUST_PASS: &[&str] = &[
     "CKV_K8S_16", // privileged containers
     "CKV_K8S_17", // hostPID
@@ -23,101 +32,28 @@ const MUST_PASS: &[&str] = &[
     "CKV_K8S_23", // root containers
     "CKV_K8S_25", // added capabilities
     "CKV_K8S_28", // NET_RAW
-    "CKV_K8S_37", // capabilities dropped
     "CKV_K8S_31", // seccomp RuntimeDefault
+    "CKV_K8S_37", // capabilities dropped
     "CKV_K8S_40", // high uid
 ];
 
-/// Failures accepted on every workload, with why: choices left to the overlay, not holes.
-const EVERYWHERE: &[(&str, &str)] = &[
-    (
-        "CKV_K8S_43",
-        "images are pinned by version tag; pin a digest in the overlay's image to go further",
-    ),
-    (
-        "CKV_K8S_15",
-        "imagePullPolicy keeps the default for versioned tags",
-    ),
-    (
-        "CKV_K8S_11",
-        "no CPU limit by default (limits throttle builds); the overlay's resources may set one",
-    ),
-];
-
-/// kiln rotate needs its ServiceAccount token: it reads and writes Secrets through the API.
-const ROTATE: &[(&str, &str)] = &[(
+/// What the daemon passes outright in every mode: probes, memory requests and limits, no host
+/// namespaces, no token.
+const DAEMON_MUST_PASS: &[&str] = &[
+    "CKV_K8S_8",
+    "CKV_K8S_9",
+    "CKV_K8S_12",
+    "CKV_K8S_13",
+    "CKV_K8S_17",
+    "CKV_K8S_18",
+    "CKV_K8S_19",
+    "CKV_K8S_29",
     "CKV_K8S_38",
-    "kiln rotate calls the API server with its ServiceAccount token",
-)];
-
-/// A Task's pod ServiceAccount and token mount come from the TaskRun, not the Task.
-const TASK: &[(&str, &str)] = &[
-    ("CKV_K8S_38", "the TaskRun's podTemplate decides the token mount"),
-    (
-        "CKV_K8S_29",
-        "a Task has no pod-level securityContext (the TaskRun's podTemplate has); the step sets it",
-    ),
-    (
-        "CKV_K8S_8",
-        "a build step runs to completion: liveness probes do not apply",
-    ),
-    (
-        "CKV_K8S_9",
-        "a build step runs to completion: readiness probes do not apply",
-    ),
-];
-
-/// The rootless daemon: documented in its kiln.dev/pod-security annotation.
-const ROOTLESS: &[(&str, &str)] = &[
-    (
-        "CKV_K8S_20",
-        "rootlesskit's setuid newuidmap/newgidmap need privilege escalation",
-    ),
-    (
-        "CKV_K8S_22",
-        "rootlesskit copies /etc and /run up and buildkitd writes runtime state",
-    ),
-    (
-        "CKV_K8S_28",
-        "capabilities are not dropped: user namespace setup needs setuid helpers",
-    ),
-    (
-        "CKV_K8S_37",
-        "capabilities are not dropped: user namespace setup needs setuid helpers",
-    ),
-    (
-        "CKV_K8S_31",
-        "seccomp Unconfined: RuntimeDefault blocks the unshare/mount calls rootless needs",
-    ),
-    (
-        "CKV_K8S_40",
-        "uid 1000 is fixed by the moby/buildkit rootless image",
-    ),
-];
-
-/// The privileged and userns daemons: `privileged: true` (userns: inside hostUsers: false).
-const PRIVILEGED: &[(&str, &str)] = &[
-    (
-        "CKV_K8S_16",
-        "BuildKit's OCI worker needs privileged: true outside rootless mode",
-    ),
-    ("CKV_K8S_20", "privileged implies privilege escalation"),
-    (
-        "CKV_K8S_22",
-        "buildkitd writes runtime state outside its state volume",
-    ),
-    (
-        "CKV_K8S_23",
-        "buildkitd runs as root (userns: root inside the pod's user namespace only)",
-    ),
-    ("CKV_K8S_28", "privileged implies every capability"),
-    ("CKV_K8S_37", "privileged implies every capability"),
-    ("CKV_K8S_31", "a privileged container is not confined by seccomp"),
-    ("CKV_K8S_40", "buildkitd runs as root"),
 ];
 
 /// A Pod equivalent to what Tekton creates for a Task's steps, so checkov can judge them
-/// (checkov does not know the Task kind).
+/// (checkov does not know the Task kind). It carries the Task's labels and annotations, which
+/// Tekton copies to the TaskRun's pod: the Task's skips are the pod's.
 fn task_pod(task: &Object) -> Value {
     let steps = task.value["spec"]["steps"].as_array().unwrap();
     let containers: Vec<Value> = steps
@@ -128,7 +64,7 @@ fn task_pod(task: &Object) -> Value {
             if let Some(resources) = object.remove("computeResources") {
                 object.insert("resources".into(), resources);
             }
-            // Tekton substitutes a param's default into the image; checkov needs the real tag.
+            // Tekton substitutes a param's default into the image; checkov needs the real one.
             let image = object["image"].as_str().unwrap().to_string();
             if let Some(param) = image.strip_prefix("$(params.").and_then(|p| p.strip_suffix(')')) {
                 let params = task.value["spec"]["params"].as_array().unwrap();
@@ -148,6 +84,7 @@ fn task_pod(task: &Object) -> Value {
             "name": task.name,
             "namespace": task.namespace,
             "labels": task.value["metadata"]["labels"],
+            "annotations": task.value["metadata"]["annotations"],
         },
         "spec": {
             "containers": containers,
@@ -156,31 +93,100 @@ fn task_pod(task: &Object) -> Value {
     })
 }
 
-/// Run checkov once over every rendered object; returns resource → (passed, failed) check ids.
-/// The check ids a resource passed and failed.
-#[derive(Default)]
-struct Verdict {
-    passed: BTreeSet<String>,
-    failed: BTreeSet<String>,
+/// What checkov scans for one rendered object: the object, or for a Task its pod.
+fn scanned(object: Object) -> Value {
+    match object.kind.as_str() {
+        "Task" => task_pod(&object),
+        _ => object.value,
+    }
 }
 
-fn checkov(objects: &[Value]) -> Option<BTreeMap<String, Verdict>> {
-    let checkov = support::tool("checkov")?;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("rendered.yaml");
-    let text = objects
+/// checkov's resource id of an object: `Kind.namespace.name`.
+fn resource_id(object: &Value) -> String {
+    format!(
+        "{}.{}.{}",
+        object["kind"].as_str().unwrap(),
+        object["metadata"]["namespace"].as_str().unwrap_or("default"),
+        object["metadata"]["name"].as_str().unwrap()
+    )
+}
+
+/// The checks an object's skip annotations name, with their reasons (None: no reason).
+fn skips(object: &Value) -> BTreeMap<String, Option<String>> {
+    let Some(annotations) = object["metadata"]["annotations"].as_object() else {
+        return BTreeMap::new();
+    };
+    annotations
         .iter()
-        .map(|o| kiln::yaml::to_string(o).unwrap())
-        .collect::<Vec<_>>()
-        .join("---\n");
-    std::fs::write(&file, text).unwrap();
-    let output = Command::new(checkov)
-        .arg("-f")
-        .arg(&file)
+        .filter(|(key, _)| key.starts_with(PREFIX))
+        .map(|(_, value)| {
+            let value = value.as_str().unwrap();
+            match value.split_once('=') {
+                Some((check, reason)) => (check.to_string(), Some(reason.to_string())),
+                None => (value.to_string(), None),
+            }
+        })
+        .collect()
+}
+
+/// The same object without its skip annotations.
+fn stripped(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(annotations) = object["metadata"]["annotations"].as_object_mut() {
+        annotations.retain(|key, _| !key.starts_with(PREFIX));
+    }
+    object
+}
+
+/// One checkov finding.
+#[derive(Debug)]
+struct Finding {
+    file: String,
+    resource: String,
+    check: String,
+    /// `suppress_comment` of a skipped check.
+    comment: Option<String>,
+}
+
+/// A checkov report: passed, failed and skipped checks.
+struct Report {
+    passed: Vec<Finding>,
+    failed: Vec<Finding>,
+    skipped: Vec<Finding>,
+}
+
+impl Report {
+    fn ids<'a>(list: &'a [Finding], file: &str, resource: &str) -> BTreeSet<&'a str> {
+        list.iter()
+            .filter(|f| f.file == file && f.resource == resource)
+            .map(|f| f.check.as_str())
+            .collect()
+    }
+}
+
+/// Write `files` (name → objects) into `dir` and start checkov over it.
+fn start_checkov(checkov: &Path, dir: &Path, files: &BTreeMap<String, Vec<Value>>) -> Child {
+    for (name, objects) in files {
+        let text = objects
+            .iter()
+            .map(|o| kiln::yaml::to_string(o).unwrap())
+            .collect::<Vec<_>>()
+            .join("---\n");
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    Command::new(checkov)
+        .arg("-d")
+        .arg(dir)
         .args(["--framework", "kubernetes", "--output", "json", "--skip-download"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish_checkov(child: Child) -> Report {
+    let output = child.wait_with_output().unwrap();
     let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "checkov printed no JSON ({e}): {}",
@@ -194,25 +200,78 @@ fn checkov(objects: &[Value]) -> Option<BTreeMap<String, Verdict>> {
     };
     assert!(
         report["results"]["parsing_errors"].as_array().unwrap().is_empty(),
-        "{report}"
+        "checkov could not parse: {}",
+        report["results"]["parsing_errors"]
     );
-    let mut by_resource: BTreeMap<String, Verdict> = BTreeMap::new();
-    for (key, failed) in [("passed_checks", false), ("failed_checks", true)] {
-        for check in report["results"][key].as_array().unwrap() {
-            let resource = check["resource"].as_str().unwrap().to_string();
-            let id = check["check_id"].as_str().unwrap().to_string();
-            let entry = by_resource.entry(resource).or_default();
-            if failed {
-                entry.failed.insert(id);
-            } else {
-                entry.passed.insert(id);
+    let list = |key: &str| -> Vec<Finding> {
+        report["results"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| Finding {
+                file: c["file_path"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches('/')
+                    .to_string(),
+                resource: c["resource"].as_str().unwrap().to_string(),
+                check: c["check_id"].as_str().unwrap().to_string(),
+                comment: c["check_result"]["suppress_comment"].as_str().map(str::to_string),
+            })
+            .collect()
+    };
+    Report {
+        passed: list("passed_checks"),
+        failed: list("failed_checks"),
+        skipped: list("skipped_checks"),
+    }
+}
+
+/// Everything wrong with the scan of `files`: failed checks, skips without a reason, and
+/// skip annotations that name a check the object does not fail (`bare` is the scan of the
+/// same objects with their skips removed).
+fn problems(files: &BTreeMap<String, Vec<Value>>, scan: &Report, bare: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in &scan.failed {
+        out.push(format!(
+            "{}: {} fails {} with no skip annotation",
+            f.file, f.resource, f.check
+        ));
+    }
+    for f in &scan.skipped {
+        match f.comment.as_deref() {
+            None | Some("") | Some("No comment provided") => out.push(format!(
+                "{}: {} skips {} without a reason",
+                f.file, f.resource, f.check
+            )),
+            Some(_) => {}
+        }
+    }
+    for (file, objects) in files {
+        for object in objects {
+            let resource = resource_id(object);
+            let named: BTreeSet<String> = skips(object).into_keys().collect();
+            let failed: BTreeSet<String> = Report::ids(&bare.failed, file, &resource)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            for check in named.difference(&failed) {
+                out.push(format!(
+                    "{file}: {resource} skips {check}, which it passes without the skip"
+                ));
+            }
+            for check in failed.difference(&named) {
+                // Reported by the first loop too, unless checkov dropped a skip.
+                if !Report::ids(&scan.failed, file, &resource).contains(check.as_str()) {
+                    out.push(format!("{file}: {resource} fails {check} only without its skips"));
+                }
             }
         }
     }
-    Some(by_resource)
+    out
 }
 
-fn overlay(name: &str, mode: Mode, workload: Workload, replicas: u32) -> Overlay {
+fn case(name: &str, mode: Mode, workload: Workload, replicas: u32) -> Overlay {
     let mut overlay = Overlay {
         namespace: format!("buildkit-{name}"),
         ..Default::default()
@@ -221,118 +280,236 @@ fn overlay(name: &str, mode: Mode, workload: Workload, replicas: u32) -> Overlay
     overlay.buildkit.workload = workload;
     overlay.buildkit.replicas = replicas;
     overlay.tekton.daemonless = true;
-    overlay.tenants = vec![Tenant {
-        namespace: format!("team-{name}"),
-        task: true,
-    }];
+    overlay.tenants = vec![
+        Tenant {
+            namespace: format!("team-{name}"),
+            task: true,
+        },
+        Tenant {
+            namespace: format!("secret-only-{name}"),
+            task: false,
+        },
+    ];
     overlay
 }
 
-fn ids(list: &[&[(&str, &str)]]) -> BTreeSet<String> {
-    list.iter()
-        .flat_map(|l| l.iter().map(|(id, _)| id.to_string()))
-        .collect()
+const DIGEST_A: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const DIGEST_B: &str = "sha256:fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+
+/// Every scanned file: file name → the objects checkov reads.
+fn inputs() -> BTreeMap<String, Vec<Value>> {
+    let mut overlays: Vec<(String, Overlay)> = Vec::new();
+    for mode in [Mode::Rootless, Mode::Privileged, Mode::Userns] {
+        for (workload, replicas) in [(Workload::Deployment, 1), (Workload::Statefulset, 3)] {
+            let name = format!("{mode:?}-{workload:?}").to_lowercase();
+            overlays.push((name.clone(), case(&name, mode, workload, replicas)));
+        }
+    }
+    // Pinned images, pull Secrets, a CPU limit on the daemon and a persistent cache: no
+    // CKV_K8S_43, _15 or _11 skip is left to render.
+    let mut pinned = case("pinned", Mode::Privileged, Workload::Statefulset, 2);
+    pinned.buildkit.digest = DIGEST_A.into();
+    pinned.tekton.daemonless_digest = DIGEST_B.into();
+    pinned.kiln.digest = DIGEST_B.into();
+    pinned.kiln.image_pull_secrets = vec!["ghcr-pull".into()];
+    pinned.buildkit.image_pull_secrets = vec!["mirror-pull".into()];
+    pinned.buildkit.resources.limits.insert("cpu".into(), "8".into());
+    pinned.buildkit.cache.volume = CacheVolume::Persistent;
+    pinned.buildkit.cache.size = "100Gi".into();
+    overlays.push(("pinned".into(), pinned));
+    // Rootless: buildkit.digest pins the daemonless Task's image too.
+    let mut rootless_pinned = case("rootless-pinned", Mode::Rootless, Workload::Deployment, 1);
+    rootless_pinned.buildkit.digest = DIGEST_A.into();
+    rootless_pinned.kiln.image = format!("registry.example.com/kiln:1.0@{DIGEST_B}");
+    overlays.push(("rootless-pinned".into(), rootless_pinned));
+    // The overlay of the top-level CronJob.yaml.
+    overlays.push((
+        "default".into(),
+        Overlay {
+            namespace: "default".into(),
+            create_namespace: false,
+            ..Default::default()
+        },
+    ));
+
+    let mut files = BTreeMap::new();
+    for (name, overlay) in overlays {
+        let objects = render(&overlay, &Context::new(name.clone())).unwrap();
+        files.insert(format!("{name}.yaml"), objects.into_iter().map(scanned).collect());
+    }
+    for resolved in kiln::overlay::load_all(&support::repo_root().join("overlays")).unwrap() {
+        let objects = render_resolved(&resolved).unwrap();
+        files.insert(
+            format!("shipped-{}.yaml", resolved.name),
+            objects.into_iter().map(scanned).collect(),
+        );
+    }
+    files
+}
+
+/// A copy of one CronJob in its own namespace with its first skip's reason cut off and its
+/// last skip removed: the harness must report both.
+fn tampered(files: &BTreeMap<String, Vec<Value>>) -> (String, Vec<Value>) {
+    let mut cron = files["rootless-deployment.yaml"]
+        .iter()
+        .find(|o| o["kind"] == "CronJob")
+        .unwrap()
+        .clone();
+    cron["metadata"]["namespace"] = json!("tampered");
+    let annotations = cron["metadata"]["annotations"].as_object_mut().unwrap();
+    let first = format!("{PREFIX}01");
+    let check = annotations[&first]
+        .as_str()
+        .unwrap()
+        .split('=')
+        .next()
+        .unwrap()
+        .to_string();
+    annotations.insert(first, json!(check));
+    let last = annotations
+        .keys()
+        .filter(|k| k.starts_with(PREFIX))
+        .max()
+        .unwrap()
+        .clone();
+    annotations.remove(&last);
+    ("tampered.yaml".into(), vec![cron])
 }
 
 #[test]
-fn checkov_passes_kiln_pods_and_only_documented_daemon_exemptions() {
-    let cases = [
-        ("rootless", Mode::Rootless, Workload::Deployment, 1),
-        ("privileged", Mode::Privileged, Workload::Statefulset, 2),
-        ("userns", Mode::Userns, Workload::Statefulset, 3),
-    ];
-    let mut values = Vec::new();
-    for (name, mode, workload, replicas) in cases {
-        for object in render(&overlay(name, mode, workload, replicas), &Context::new(name)).unwrap() {
-            if object.kind == "Task" {
-                values.push(task_pod(&object));
-            }
-            values.push(object.value);
-        }
-    }
-    let Some(results) = checkov(&values) else { return };
-    let result = |resource: &str| {
-        results
-            .get(resource)
-            .unwrap_or_else(|| panic!("checkov did not check {resource}; it saw {:?}", results.keys()))
+fn checkov_finds_nothing_unannotated_and_every_skip_is_needed() {
+    let Some(checkov) = support::tool("checkov") else {
+        return;
     };
+    let mut files = inputs();
+    let (name, objects) = tampered(&files);
+    files.insert(name, objects);
+    let bare_files: BTreeMap<String, Vec<Value>> = files
+        .iter()
+        .map(|(name, objects)| (name.clone(), objects.iter().map(stripped).collect()))
+        .collect();
 
-    for (name, mode, workload, _) in cases {
-        let ns = format!("buildkit-{name}");
-        // kiln's own pods.
-        for (resource, allowed) in [
-            (format!("CronJob.{ns}.kiln-rotate"), ids(&[EVERYWHERE, ROTATE])),
-            (format!("Job.{ns}.kiln-bootstrap"), ids(&[EVERYWHERE, ROTATE])),
-            (format!("Pod.{ns}.buildkit"), ids(&[EVERYWHERE, TASK])),
-            // The tenant's copy of the Task.
-            (format!("Pod.team-{name}.buildkit"), ids(&[EVERYWHERE, TASK])),
-        ] {
-            let Verdict { passed, failed } = result(&resource);
-            for check in MUST_PASS {
+    // Both scans at once: each takes a while. checkov skips hidden directories, so the
+    // temporary ones get a name without the default leading dot.
+    let dir = || {
+        tempfile::Builder::new()
+            .prefix("kiln-checkov-")
+            .tempdir()
+            .unwrap()
+    };
+    let (scan_dir, bare_dir) = (dir(), dir());
+    let scan = start_checkov(&checkov, scan_dir.path(), &files);
+    let bare = start_checkov(&checkov, bare_dir.path(), &bare_files);
+    let (scan, bare) = (finish_checkov(scan), finish_checkov(bare));
+
+    // The tampered copy: both faults are caught, and nothing else in it is.
+    let all = problems(&files, &scan, &bare);
+    let (tampered, real): (Vec<_>, Vec<_>) = all.into_iter().partition(|p| p.starts_with("tampered.yaml"));
+    assert_eq!(tampered.len(), 2, "{tampered:#?}");
+    assert!(
+        tampered[0].contains("fails") && tampered[0].contains("with no skip annotation"),
+        "{tampered:#?}"
+    );
+    assert!(tampered[1].contains("without a reason"), "{tampered:#?}");
+    assert!(real.is_empty(), "checkov findings:\n{}", real.join("\n"));
+
+    // Every case and shipped overlay was scanned, with its workloads and Task pods.
+    let scanned: BTreeSet<&str> = scan.passed.iter().map(|f| f.file.as_str()).collect();
+    for name in files.keys() {
+        assert!(scanned.contains(name.as_str()), "checkov did not scan {name}");
+    }
+    let passed = |file: &str, resource: &str| Report::ids(&scan.passed, file, resource);
+    let skipped = |file: &str, resource: &str| Report::ids(&scan.skipped, file, resource);
+
+    for (file, objects) in &files {
+        if file == "tampered.yaml" {
+            continue;
+        }
+        for object in objects {
+            let resource = resource_id(object);
+            let kind = object["kind"].as_str().unwrap();
+            let component = object["metadata"]["labels"]["app.kubernetes.io/component"].as_str();
+            let kiln_pod =
+                matches!(kind, "CronJob" | "Job") || (kind == "Pod" && !resource.ends_with("-daemonless"));
+            if kiln_pod {
+                let passed = passed(file, &resource);
+                for check in MUST_PASS {
+                    assert!(
+                        passed.contains(check),
+                        "{file}: {resource} must pass {check} outright; skipped: {:?}",
+                        skipped(file, &resource)
+                    );
+                }
+                // A CPU limit is set where it costs nothing.
                 assert!(
-                    passed.contains(*check),
-                    "{resource} must pass {check}; failed: {failed:?}"
+                    passed.contains("CKV_K8S_11"),
+                    "{file}: {resource} has no CPU limit"
                 );
             }
-            let unexpected: Vec<_> = failed.difference(&allowed).collect();
-            assert!(
-                unexpected.is_empty(),
-                "{resource} fails undocumented checks {unexpected:?}"
-            );
-        }
-        // RBAC, the farm's and the tenant's, passes every check checkov has for it: no
-        // wildcards, bind or escalate (Role); no reading all Secrets, no impersonation
-        // (RoleBinding).
-        for (resource, must) in [
-            (format!("Role.{ns}.kiln-rotate"), "CKV_K8S_49"),
-            (format!("RoleBinding.{ns}.kiln-rotate"), "CKV2_K8S_5"),
-            (format!("Role.team-{name}.kiln-rotate-{ns}"), "CKV_K8S_49"),
-            (format!("RoleBinding.team-{name}.kiln-rotate-{ns}"), "CKV2_K8S_5"),
-        ] {
-            let Verdict { passed, failed } = result(&resource);
-            assert!(failed.is_empty(), "{resource} fails {failed:?}");
-            assert!(passed.contains(must), "{resource} must pass {must}");
-        }
-        // The daemon and the daemonless Task: only the documented BuildKit exemptions.
-        let kind = match workload {
-            Workload::Deployment => "Deployment",
-            Workload::Statefulset => "StatefulSet",
-        };
-        let exempt = match mode {
-            Mode::Rootless => ROOTLESS,
-            Mode::Privileged | Mode::Userns => PRIVILEGED,
-        };
-        let daemon = format!("{kind}.{ns}.buildkitd");
-        let Verdict { passed, failed } = result(&daemon);
-        let allowed = ids(&[EVERYWHERE, exempt]);
-        let unexpected: Vec<_> = failed.difference(&allowed).collect();
-        assert!(
-            unexpected.is_empty(),
-            "{daemon} fails undocumented checks {unexpected:?}"
-        );
-        for check in [
-            "CKV_K8S_8",
-            "CKV_K8S_9",
-            "CKV_K8S_12",
-            "CKV_K8S_13",
-            "CKV_K8S_17",
-            "CKV_K8S_19",
-            "CKV_K8S_38",
-        ] {
-            assert!(passed.contains(check), "{daemon} must pass {check}");
-        }
-        if mode == Mode::Rootless {
-            for check in ["CKV_K8S_16", "CKV_K8S_23"] {
-                assert!(passed.contains(check), "rootless {daemon} must pass {check}");
+            if matches!(kind, "Deployment" | "StatefulSet") && component == Some("daemon") {
+                let passed = passed(file, &resource);
+                for check in DAEMON_MUST_PASS {
+                    assert!(passed.contains(check), "{file}: {resource} must pass {check}");
+                }
+                let rootless = object["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap()
+                    .contains("-rootless");
+                if rootless {
+                    for check in ["CKV_K8S_16", "CKV_K8S_23"] {
+                        assert!(
+                            passed.contains(check),
+                            "{file}: rootless {resource} must pass {check}"
+                        );
+                    }
+                }
+            }
+            // RBAC, ServiceAccounts and Secrets need no skip (outside the namespace default).
+            if matches!(kind, "Role" | "RoleBinding" | "ServiceAccount" | "Secret")
+                && object["metadata"]["namespace"] != "default"
+            {
+                assert!(skips(object).is_empty(), "{file}: {resource} carries skips");
             }
         }
-        let daemonless = format!("Pod.{ns}.buildkit-daemonless");
-        let Verdict { failed, .. } = result(&daemonless);
-        let allowed = ids(&[EVERYWHERE, TASK, ROOTLESS]);
-        let unexpected: Vec<_> = failed.difference(&allowed).collect();
-        assert!(
-            unexpected.is_empty(),
-            "{daemonless} fails undocumented checks {unexpected:?}"
-        );
+        // RBAC passes what checkov has for it: no wildcards, bind or escalate (Role); no
+        // reading all Secrets, no impersonation (RoleBinding).
+        for object in objects.iter().filter(|o| o["kind"] == "Role") {
+            assert!(passed(file, &resource_id(object)).contains("CKV_K8S_49"));
+        }
+        for object in objects.iter().filter(|o| o["kind"] == "RoleBinding") {
+            assert!(passed(file, &resource_id(object)).contains("CKV2_K8S_5"));
+        }
     }
+
+    // Pinned images pass CKV_K8S_43 and _15 outright, and a CPU limit CKV_K8S_11: none of the
+    // pinned cases' objects skips them.
+    for file in ["pinned.yaml", "rootless-pinned.yaml"] {
+        for object in &files[file] {
+            let named = skips(object);
+            for check in ["CKV_K8S_43", "CKV_K8S_15"] {
+                assert!(
+                    !named.contains_key(check),
+                    "{file}: {} skips {check}",
+                    resource_id(object)
+                );
+            }
+            if file == "pinned.yaml" {
+                assert!(!named.contains_key("CKV_K8S_11"), "{}", resource_id(object));
+            }
+        }
+    }
+    // The namespace default is skipped only there (that it is skipped wherever checkov
+    // judges it is checked above), and it was scanned.
+    for (file, objects) in &files {
+        for object in objects {
+            if object["metadata"]["namespace"] != "default" {
+                assert!(
+                    !skips(object).contains_key("CKV_K8S_21"),
+                    "{file}: {}",
+                    resource_id(object)
+                );
+            }
+        }
+    }
+    assert!(skipped("default.yaml", "CronJob.default.kiln-rotate").contains("CKV_K8S_21"));
 }

@@ -70,6 +70,55 @@ fn is_image(s: &str) -> bool {
     !s.is_empty() && !s.contains(char::is_whitespace)
 }
 
+/// True when the last path component of an image reference carries a `:tag` (a `:` before
+/// the last `/` is a registry port).
+fn has_tag(image: &str) -> bool {
+    image.rsplit('/').next().is_some_and(|last| last.contains(':'))
+}
+
+/// True for an image digest as registries print it: `sha256:` and 64 lowercase hex digits.
+fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// An optional digest field: empty, or a valid digest.
+fn digest(out: &mut Vec<Invalid>, field: &str, value: &str) {
+    if !value.is_empty() && !is_digest(value) {
+        out.push(invalid(
+            field,
+            format!(
+                "{:?} is not an image digest: write sha256: and 64 lowercase hex digits, the Digest line of \
+                 docker buildx imagetools inspect <image>:<tag>",
+                clip(value)
+            ),
+        ));
+    }
+}
+
+/// A list of imagePullSecrets: Secret names, each once.
+fn pull_secrets(out: &mut Vec<Invalid>, field: &str, names: &[String]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        if !is_dns1123_subdomain(name) {
+            out.push(invalid(
+                field,
+                format!(
+                    "{:?} is not a Secret name: use lowercase letters, digits, '-' and '.', starting and ending \
+                     with a letter or digit",
+                    clip(name)
+                ),
+            ));
+        } else if !seen.insert(name.as_str()) {
+            out.push(invalid(
+                field,
+                format!("{name:?} is listed twice; list each Secret once"),
+            ));
+        }
+    }
+}
+
 /// Check every value of a resolved overlay. Returns all problems, in field order.
 pub fn validate(o: &Overlay) -> Vec<Invalid> {
     let mut out = Vec::new();
@@ -132,7 +181,9 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
     }
 
     let b = &o.buildkit;
-    if b.version.is_empty() || b.version.contains(char::is_whitespace) || b.version.len() > 63 {
+    // The version is an image tag and the daemon's app.kubernetes.io/version label: a label
+    // value is the stricter of the two.
+    if b.version.is_empty() || !is_label_value(&b.version) {
         out.push(invalid(
             "buildkit.version",
             "must be a BuildKit release tag, such as v0.32.2",
@@ -143,7 +194,26 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
             "buildkit.image",
             "must be an image repository, such as docker.io/moby/buildkit",
         ));
+    } else if b.image.contains('@') {
+        out.push(invalid(
+            "buildkit.image",
+            format!(
+                "{:?} carries a digest: write the repository only, and the digest in buildkit.digest",
+                clip(&b.image)
+            ),
+        ));
+    } else if has_tag(&b.image) {
+        out.push(invalid(
+            "buildkit.image",
+            format!(
+                "{:?} carries a tag: write the repository only (such as docker.io/moby/buildkit); the tag comes \
+                 from buildkit.version",
+                clip(&b.image)
+            ),
+        ));
     }
+    digest(&mut out, "buildkit.digest", &b.digest);
+    pull_secrets(&mut out, "buildkit.imagePullSecrets", &b.image_pull_secrets);
     label(&mut out, "buildkit.serviceName", &b.service_name);
     if b.service_name.starts_with(|c: char| c.is_ascii_digit()) {
         out.push(invalid(
@@ -198,6 +268,25 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
 
     let t = &o.tekton;
     subdomain(&mut out, "tekton.name", &t.name);
+    digest(&mut out, "tekton.daemonlessDigest", &t.daemonless_digest);
+    // In rootless mode the daemon and the daemonless Task run one image, so two different
+    // digests mean one of them belongs to another tag (a mode changed under an `extends:`).
+    if b.mode == super::Mode::Rootless
+        && is_digest(&b.digest)
+        && is_digest(&t.daemonless_digest)
+        && b.digest != t.daemonless_digest
+    {
+        out.push(invalid(
+            "tekton.daemonlessDigest",
+            format!(
+                "differs from buildkit.digest, but in rootless mode the daemon and the daemonless Task both run \
+                 {}:{}-rootless: one of them is the digest of another tag; keep the one of that tag (or remove \
+                 tekton.daemonlessDigest)",
+                clip(&b.image),
+                b.version
+            ),
+        ));
+    }
     if t.timeout.is_zero() {
         out.push(invalid("tekton.timeout", "must be longer than 0s, such as 1h"));
     }
@@ -272,12 +361,23 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
     }
     resources(&mut out, "rotation.resources", &r.resources);
 
-    if !is_image(&o.kiln.image) {
+    let k = &o.kiln;
+    if !is_image(&k.image) {
         out.push(invalid(
             "kiln.image",
             "must be an image reference, such as ghcr.io/kiln-dev/kiln:0.1.0",
         ));
+    } else if k.image.contains('@') && !k.digest.is_empty() {
+        out.push(invalid(
+            "kiln.digest",
+            format!(
+                "kiln.image {:?} carries a digest already; keep one of the two",
+                clip(&k.image)
+            ),
+        ));
     }
+    digest(&mut out, "kiln.digest", &k.digest);
+    pull_secrets(&mut out, "kiln.imagePullSecrets", &k.image_pull_secrets);
 
     let g = &o.gitops;
     if g.repo_url.is_empty() || g.repo_url.contains(char::is_whitespace) {
@@ -474,6 +574,129 @@ mod tests {
     #[test]
     fn default_overlay_is_valid() {
         assert_eq!(validate(&Overlay::default()), vec![]);
+    }
+
+    fn fields(o: &Overlay) -> Vec<String> {
+        validate(o).into_iter().map(|i| i.field).collect()
+    }
+
+    const DIGEST: &str = "sha256:28a898719c18a33f4e8000685287fa36fd0dd9560c6440227d3a732d79bb41d8";
+
+    #[test]
+    fn digests_are_sha256_and_64_lowercase_hex_digits() {
+        assert!(is_digest(DIGEST));
+        for bad in [
+            "28a898719c18a33f4e8000685287fa36fd0dd9560c6440227d3a732d79bb41d8",
+            "sha256:28A898719C18A33F4E8000685287FA36FD0DD9560C6440227D3A732D79BB41D8",
+            "sha256:28a898719c18a33f",
+            "sha512:28a898719c18a33f4e8000685287fa36fd0dd9560c6440227d3a732d79bb41d8",
+            "sha256:28a898719c18a33f4e8000685287fa36fd0dd9560c6440227d3a732d79bb41d8 ",
+            "@sha256:28a898719c18a33f4e8000685287fa36fd0dd9560c6440227d3a732d79bb41d8",
+        ] {
+            assert!(!is_digest(bad), "{bad}");
+        }
+        let mut o = Overlay::default();
+        o.buildkit.digest = "sha256:abc".into();
+        o.tekton.daemonless_digest = "latest".into();
+        o.kiln.digest = DIGEST.to_uppercase();
+        assert_eq!(
+            fields(&o),
+            ["buildkit.digest", "tekton.daemonlessDigest", "kiln.digest"]
+        );
+        let message = &validate(&o)[0].message;
+        assert!(
+            message.contains("sha256: and 64 lowercase hex digits"),
+            "{message}"
+        );
+        assert!(message.contains("docker buildx imagetools inspect"), "{message}");
+
+        o.buildkit.digest = DIGEST.into();
+        o.tekton.daemonless_digest = String::new();
+        o.kiln.digest = DIGEST.into();
+        assert_eq!(fields(&o), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_buildkit_image_is_a_repository_and_the_version_a_tag() {
+        let mut o = Overlay::default();
+        for good in ["registry.example.com:5000/mirror/moby/buildkit", "moby/buildkit"] {
+            o.buildkit.image = good.into();
+            assert_eq!(fields(&o), Vec::<String>::new(), "{good}");
+        }
+        o.buildkit.image = "moby/buildkit:v0.32.2".into();
+        let invalid = validate(&o);
+        assert_eq!(invalid[0].field, "buildkit.image");
+        assert!(
+            invalid[0].message.contains("the tag comes from buildkit.version"),
+            "{invalid:?}"
+        );
+        o.buildkit.image = format!("moby/buildkit@{DIGEST}");
+        let invalid = validate(&o);
+        assert!(
+            invalid[0].message.contains("the digest in buildkit.digest"),
+            "{invalid:?}"
+        );
+
+        let mut o = Overlay::default();
+        for bad in ["v0.32.2+build", "-v1", "v1@sha256"] {
+            o.buildkit.version = bad.into();
+            assert_eq!(fields(&o), ["buildkit.version"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_kiln_image_with_a_digest_takes_no_second_one() {
+        let mut o = Overlay::default();
+        o.kiln.image = format!("ghcr.io/kiln-dev/kiln:0.1.0@{DIGEST}");
+        assert_eq!(fields(&o), Vec::<String>::new());
+        o.kiln.digest = DIGEST.into();
+        assert_eq!(fields(&o), ["kiln.digest"]);
+    }
+
+    #[test]
+    fn in_rootless_mode_one_image_has_one_digest() {
+        let other = "sha256:504731e577c20559c00f968f33219f30115e70be29ab96728d1d06e963fc494b";
+        let mut o = Overlay::default();
+        o.buildkit.digest = DIGEST.into();
+        o.tekton.daemonless_digest = DIGEST.into();
+        assert_eq!(fields(&o), Vec::<String>::new());
+        // A base overlay that pinned a privileged daemon, extended by a rootless one.
+        o.tekton.daemonless_digest = other.into();
+        let invalid = validate(&o);
+        assert_eq!(invalid.len(), 1);
+        assert_eq!(invalid[0].field, "tekton.daemonlessDigest");
+        assert!(
+            invalid[0]
+                .message
+                .contains("docker.io/moby/buildkit:v0.32.2-rootless"),
+            "{}",
+            invalid[0].message
+        );
+        // Privileged: the daemon runs v0.32.2, the daemonless Task v0.32.2-rootless.
+        o.buildkit.mode = crate::overlay::Mode::Privileged;
+        assert_eq!(fields(&o), Vec::<String>::new());
+    }
+
+    #[test]
+    fn pull_secrets_are_secret_names_listed_once() {
+        let mut o = Overlay::default();
+        o.kiln.image_pull_secrets = vec!["ghcr".into(), "Bad_Name".into(), "ghcr".into()];
+        o.buildkit.image_pull_secrets = vec!["mirror.pull".into(), String::new()];
+        let invalid = validate(&o);
+        let fields: Vec<_> = invalid.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "buildkit.imagePullSecrets[1]",
+                "kiln.imagePullSecrets[1]",
+                "kiln.imagePullSecrets[2]"
+            ]
+        );
+        assert!(
+            invalid[1].message.contains("\"Bad_Name\" is not a Secret name"),
+            "{invalid:?}"
+        );
+        assert!(invalid[2].message.contains("listed twice"), "{invalid:?}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use crate::overlay::{Overlay, Workload};
 
 /// buildkitd.toml: GC sized from the cache volume, plus `buildkit.config`.
 pub mod buildkitd;
+/// checkov skip annotations: the checks an object fails on purpose, and why.
+pub mod checkov;
 pub mod config;
 /// The buildkitd preStop drain hook.
 pub mod drain;
@@ -154,6 +156,7 @@ pub fn render(overlay: &Overlay, ctx: &Context) -> Result<Vec<Object>, RenderErr
     if rotation {
         push(Object::from_typed(&rotation::cron_job(&meta)))?;
     }
+    checkov::default_namespace(&mut objects);
     Ok(objects)
 }
 

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::checkov::{self, Skip};
 use super::config::{CONFIG_KEY, CONFIG_MAP};
 use super::meta::{self, Component, Meta, Wave};
 use crate::overlay::Workload;
@@ -220,11 +221,12 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
             service_account_name: Some(ROTATE.into()),
             // kiln rotate talks to the API server with this ServiceAccount's token.
             automount_service_account_token: Some(true),
+            image_pull_secrets: super::workload::pull_secrets(&overlay.kiln.image_pull_secrets),
             restart_policy: Some("Never".into()),
             security_context: Some(restricted_pod_security()),
             containers: vec![Container {
                 name: "rotate".into(),
-                image: Some(overlay.kiln.image.clone()),
+                image: Some(overlay.kiln.reference()),
                 command: Some(vec!["kiln".into()]),
                 args: Some(rotate_args(meta)),
                 env: Some(vec![EnvVar {
@@ -255,6 +257,21 @@ fn pod_template(meta: &Meta) -> PodTemplateSpec {
     }
 }
 
+/// The checkov checks the rotate pods (CronJob and bootstrap Job) fail on purpose.
+fn skips(meta: &Meta) -> Vec<Skip> {
+    let mut skips = vec![Skip::new(
+        "CKV_K8S_38",
+        "kiln rotate reads and renews the Secrets and restarts buildkitd through the API server, with this \
+         ServiceAccount's token (Role kiln-rotate, limited by resourceNames)",
+    )];
+    skips.extend(checkov::unpinned(
+        "the kiln image",
+        &meta.overlay.kiln.reference(),
+        "kiln.digest",
+    ));
+    skips
+}
+
 fn job_spec(meta: &Meta) -> JobSpec {
     JobSpec {
         backoff_limit: Some(2),
@@ -267,8 +284,10 @@ fn job_spec(meta: &Meta) -> JobSpec {
 /// The CronJob that runs `kiln rotate` on the overlay's schedule.
 pub fn cron_job(meta: &Meta) -> CronJob {
     let rotation = &meta.overlay.rotation;
+    let mut metadata = meta.object(ROTATE, Component::Rotation, Wave::App);
+    checkov::annotate(&mut metadata, &skips(meta));
     CronJob {
-        metadata: meta.object(ROTATE, Component::Rotation, Wave::App),
+        metadata,
         spec: Some(CronJobSpec {
             schedule: rotation.schedule.clone(),
             time_zone: (!rotation.time_zone.is_empty()).then(|| rotation.time_zone.clone()),
@@ -302,6 +321,7 @@ pub fn bootstrap_job(meta: &Meta) -> Job {
             ("kustomize.toolkit.fluxcd.io/force", "Enabled"),
         ],
     );
+    checkov::annotate(&mut metadata, &skips(meta));
     Job {
         metadata,
         spec: Some(job_spec(meta)),
@@ -470,6 +490,35 @@ mod tests {
             ["ALL"]
         );
         assert_eq!(pod.service_account_name.as_deref(), Some(ROTATE));
+    }
+
+    #[test]
+    fn rotate_pods_pull_the_pinned_kiln_image_with_the_overlays_secrets() {
+        let digest = "sha256:28a898719c18a33f4e8000685287fa36fd0dd9560c6440227d3a732d79bb41d8";
+        let mut overlay = Overlay::default();
+        overlay.kiln.image = "registry.example.com/platform/kiln:1.2.3".into();
+        overlay.kiln.digest = digest.into();
+        overlay.kiln.image_pull_secrets = vec!["registry-pull".into()];
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "dev",
+        };
+        let cron = cron_job(&meta);
+        let job = bootstrap_job(&meta);
+        let pods = [cron.spec.and_then(|s| s.job_template.spec), job.spec];
+        for pod in pods.map(|spec| spec.and_then(|s| s.template.spec).unwrap()) {
+            assert_eq!(
+                pod.containers[0].image.as_deref(),
+                Some(format!("registry.example.com/platform/kiln:1.2.3@{digest}").as_str())
+            );
+            assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry-pull");
+            let limits = pod.containers[0].resources.clone().unwrap().limits.unwrap();
+            assert!(limits.contains_key("cpu"));
+        }
+        // Pinned: the only skip left is the token, which kiln rotate needs.
+        for annotations in [cron.metadata.annotations, job.metadata.annotations] {
+            assert_eq!(checkov::skipped(annotations.as_ref()), ["CKV_K8S_38"]);
+        }
     }
 
     #[test]

@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
+use super::checkov::{self, Skip};
 use super::meta::{self, Component, Meta, Wave};
-use crate::overlay::{Mode, Workload};
+use crate::overlay::{Mode, Workload, pinned};
 
 /// `tekton.dev/v1`.
 pub const API_VERSION: &str = "tekton.dev/v1";
@@ -273,6 +274,51 @@ fn task_metadata(meta: &Meta, namespace: &str, name: &str, display_name: &str) -
     metadata
 }
 
+/// The annotation that tells TaskRun authors which pod settings a Task cannot carry itself.
+pub const POD_TEMPLATE_NOTE: &str = "kiln.dev/pod-template";
+
+/// What the TaskRuns of a Task in `namespace` must set in their pod template: a Task has no
+/// pod fields, so the token mount and the image pull Secrets are the TaskRun's to set.
+fn pod_template_note(namespace: &str, pull_secrets: &[String], field: &str) -> String {
+    let mut note = String::from(
+        "a Task cannot set pod fields; TaskRuns of this Task should set podTemplate.automountServiceAccountToken: \
+         false (the step never calls the API server)",
+    );
+    if !pull_secrets.is_empty() {
+        note.push_str(&format!(
+            ", and pull the image with the Secrets {field} names ({}): list them in podTemplate.imagePullSecrets \
+             or in the imagePullSecrets of the TaskRun's ServiceAccount; each must exist in namespace {namespace}",
+            pull_secrets.join(", ")
+        ));
+    }
+    note
+}
+
+/// The checkov checks every Task's pod fails on purpose: what a Task cannot set, or what
+/// does not apply to a step that runs to completion.
+fn task_skips() -> Vec<Skip> {
+    vec![
+        Skip::new(
+            "CKV_K8S_8",
+            "a Tekton step runs to completion and takes no probes",
+        ),
+        Skip::new(
+            "CKV_K8S_9",
+            "a Tekton step runs to completion and takes no probes",
+        ),
+        Skip::new(
+            "CKV_K8S_29",
+            "a Task has no pod securityContext (a TaskRun's podTemplate may set one); the step sets the restricted \
+             one itself",
+        ),
+        Skip::new(
+            "CKV_K8S_38",
+            "a Task cannot set automountServiceAccountToken and the step never calls the API server: set \
+             podTemplate.automountServiceAccountToken: false in the TaskRun (see kiln.dev/pod-template)",
+        ),
+    ]
+}
+
 /// The restricted-profile security context of the `kiln build` step.
 pub fn restricted_step_security() -> SecurityContext {
     SecurityContext {
@@ -345,7 +391,7 @@ pub fn task_in(meta: &Meta, namespace: &str) -> Task {
     ));
     let step = Step {
         name: "build".into(),
-        image: overlay.kiln.image.clone(),
+        image: overlay.kiln.reference(),
         command: vec!["kiln".into()],
         args: build_args(meta),
         env: vec![
@@ -373,10 +419,20 @@ pub fn task_in(meta: &Meta, namespace: &str) -> Task {
         compute_resources: meta::resources(&overlay.tekton.step_resources),
         ..Default::default()
     };
+    let mut metadata = task_metadata(meta, namespace, &overlay.tekton.name, "BuildKit (kiln)");
+    let note = pod_template_note(
+        namespace,
+        &overlay.kiln.image_pull_secrets,
+        "kiln.imagePullSecrets",
+    );
+    meta::annotate(&mut metadata, &[(POD_TEMPLATE_NOTE, &note)]);
+    let mut skips = task_skips();
+    skips.extend(checkov::unpinned("the kiln image", &step.image, "kiln.digest"));
+    checkov::annotate(&mut metadata, &skips);
     Task {
         api_version: API_VERSION.into(),
         kind: "Task".into(),
-        metadata: task_metadata(meta, namespace, &overlay.tekton.name, "BuildKit (kiln)"),
+        metadata,
         spec: TaskSpec {
             description: Some(
                 "Builds a container image with Moby BuildKit: kiln build checks the client certificates, \
@@ -432,6 +488,19 @@ printf '%s' "$digest" > "$(results.IMAGE_DIGEST.path)"
 printf '%s' "$IMAGE" > "$(results.IMAGE_URL.path)"
 "#;
 
+/// The daemonless Task's image: `<image>:<version>-rootless`, pinned by
+/// `tekton.daemonlessDigest`, or in rootless mode by `buildkit.digest` (the daemon's image
+/// is the same one).
+pub fn daemonless_image(meta: &Meta) -> String {
+    let overlay = meta.overlay;
+    let digest = match (&overlay.tekton.daemonless_digest, overlay.buildkit.mode) {
+        (digest, _) if !digest.is_empty() => digest,
+        (_, Mode::Rootless) => &overlay.buildkit.digest,
+        _ => "",
+    };
+    pinned(&super::workload::rootless_image(meta), digest)
+}
+
 /// The daemonless Task: buildkitd runs inside the step (rootless), no Service or certs.
 ///
 /// It cannot meet the restricted Pod Security Standard: like the rootless daemon, the
@@ -439,11 +508,12 @@ printf '%s' "$IMAGE" > "$(results.IMAGE_URL.path)"
 pub fn daemonless_task(meta: &Meta) -> Task {
     let overlay = meta.overlay;
     let buildkit = &overlay.buildkit;
+    let image = daemonless_image(meta);
     let mut params = build_params(meta);
     params.push(param(
         "BUILDKIT_IMAGE",
         "The rootless BuildKit image that runs buildctl-daemonless.sh.",
-        Some(&format!("{}:{}-rootless", buildkit.image, buildkit.version)),
+        Some(&image),
     ));
     let mut metadata = task_metadata(
         meta,
@@ -451,13 +521,33 @@ pub fn daemonless_task(meta: &Meta) -> Task {
         &format!("{}-daemonless", overlay.tekton.name),
         "BuildKit daemonless (kiln)",
     );
+    let note = pod_template_note(
+        meta.namespace(),
+        &buildkit.image_pull_secrets,
+        "buildkit.imagePullSecrets",
+    );
     meta::annotate(
         &mut metadata,
-        &[(
-            super::meta::POD_SECURITY_NOTE,
-            super::workload::pod_security_reason(Mode::Rootless),
-        )],
+        &[
+            (
+                super::meta::POD_SECURITY_NOTE,
+                super::workload::pod_security_reason(Mode::Rootless),
+            ),
+            (POD_TEMPLATE_NOTE, &note),
+        ],
     );
+    let mut skips = task_skips();
+    skips.extend(checkov::no_cpu_limit(
+        &buildkit.resources,
+        super::workload::NO_CPU_LIMIT,
+    ));
+    skips.extend(super::workload::mode_skips(Mode::Rootless));
+    skips.extend(checkov::unpinned(
+        "the rootless BuildKit image",
+        &image,
+        "tekton.daemonlessDigest",
+    ));
+    checkov::annotate(&mut metadata, &skips);
     let step = Step {
         name: "build".into(),
         image: "$(params.BUILDKIT_IMAGE)".into(),
@@ -642,6 +732,81 @@ mod tests {
         );
         tenant.metadata.namespace = farm.metadata.namespace.clone();
         assert_eq!(tenant, farm);
+    }
+
+    const DIGEST: &str = "sha256:28a898719c18a33f4e8000685287fa36fd0dd9560c6440227d3a732d79bb41d8";
+    const OTHER: &str = "sha256:504731e577c20559c00f968f33219f30115e70be29ab96728d1d06e963fc494b";
+
+    fn skipped(task: &Task) -> Vec<String> {
+        checkov::skipped(task.metadata.annotations.as_ref())
+    }
+
+    #[test]
+    fn the_step_runs_the_pinned_kiln_image_and_says_which_pull_secrets_taskruns_need() {
+        let mut overlay = Overlay::default();
+        overlay.kiln.digest = DIGEST.into();
+        overlay.kiln.image_pull_secrets = vec!["ghcr-pull".into()];
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "dev",
+        };
+        let tenant = task_in(&meta, "team-a");
+        assert_eq!(
+            tenant.spec.steps[0].image,
+            format!("ghcr.io/kiln-dev/kiln:{}@{DIGEST}", crate::VERSION)
+        );
+        let note = &tenant.metadata.annotations.as_ref().unwrap()[POD_TEMPLATE_NOTE];
+        assert!(note.contains("automountServiceAccountToken: false"), "{note}");
+        assert!(note.contains("kiln.imagePullSecrets names (ghcr-pull)"), "{note}");
+        assert!(note.contains("must exist in namespace team-a"), "{note}");
+        assert_eq!(
+            skipped(&tenant),
+            ["CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_29", "CKV_K8S_38"]
+        );
+
+        let overlay = Overlay::default();
+        let meta = Meta {
+            overlay: &overlay,
+            instance: "dev",
+        };
+        let farm = task(&meta);
+        let note = &farm.metadata.annotations.as_ref().unwrap()[POD_TEMPLATE_NOTE];
+        assert!(!note.contains("imagePullSecrets"), "{note}");
+        assert!(skipped(&farm).contains(&"CKV_K8S_43".to_string()));
+    }
+
+    #[test]
+    fn the_daemonless_image_is_pinned_by_its_own_digest_or_the_rootless_daemons() {
+        let image = |mode, digest: &str, daemonless: &str| {
+            let mut overlay = Overlay::default();
+            overlay.buildkit.mode = mode;
+            overlay.buildkit.digest = digest.into();
+            overlay.tekton.daemonless_digest = daemonless.into();
+            let meta = Meta {
+                overlay: &overlay,
+                instance: "dev",
+            };
+            let task = daemonless_task(&meta);
+            assert_eq!(
+                param_default(&task, "BUILDKIT_IMAGE"),
+                Some(&ParamValue::String(daemonless_image(&meta)))
+            );
+            (daemonless_image(&meta), skipped(&task))
+        };
+        let tagged = "docker.io/moby/buildkit:v0.32.2-rootless";
+        // Rootless: the daemon's digest is the same image's.
+        assert_eq!(image(Mode::Rootless, DIGEST, "").0, format!("{tagged}@{DIGEST}"));
+        // Privileged: the daemon's digest is another tag's; only the daemonless one pins.
+        let (unpinned, skips) = image(Mode::Privileged, DIGEST, "");
+        assert_eq!(unpinned, tagged);
+        assert!(skips.contains(&"CKV_K8S_43".to_string()), "{skips:?}");
+        let (pinned, skips) = image(Mode::Privileged, DIGEST, OTHER);
+        assert_eq!(pinned, format!("{tagged}@{OTHER}"));
+        assert!(!skips.contains(&"CKV_K8S_43".to_string()), "{skips:?}");
+        // The step runs rootless buildkitd: the rootless exemptions and no CPU limit.
+        for check in ["CKV_K8S_11", "CKV_K8S_20", "CKV_K8S_31", "CKV_K8S_40"] {
+            assert!(skips.contains(&check.to_string()), "{check} in {skips:?}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
-    KeyToPath, Lifecycle, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    KeyToPath, Lifecycle, LocalObjectReference, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
     SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
     VolumeMount, VolumeResourceRequirements,
@@ -24,9 +24,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::buildkitd::{self, Rendered};
+use super::checkov::{self, Skip};
 use super::drain;
 use super::meta::{self, Component, Meta, POD_SECURITY_NOTE, Wave};
-use crate::overlay::{CacheVolume, Mode, RestartStrategy, Workload};
+use crate::overlay::{CacheVolume, Mode, RestartStrategy, Workload, pinned};
 
 /// A free-text note on an object, for choices a reader would otherwise wonder about.
 pub const NOTE: &str = "kiln.dev/note";
@@ -63,13 +64,22 @@ pub fn unix_socket(mode: Mode) -> &'static str {
     }
 }
 
-/// The daemon image reference: `<image>:<version>`, with `-rootless` in rootless mode.
+/// The rootless BuildKit image, `<image>:<version>-rootless` (the rootless daemon's and the
+/// daemonless Task's), without digest.
+pub fn rootless_image(meta: &Meta) -> String {
+    let buildkit = &meta.overlay.buildkit;
+    format!("{}:{}-rootless", buildkit.image, buildkit.version)
+}
+
+/// The daemon image reference: `<image>:<version>`, with `-rootless` in rootless mode, and
+/// `@<buildkit.digest>` when one is set (the tag stays, for readers).
 pub fn daemon_image(meta: &Meta) -> String {
     let buildkit = &meta.overlay.buildkit;
-    match buildkit.mode {
-        Mode::Rootless => format!("{}:{}-rootless", buildkit.image, buildkit.version),
+    let tagged = match buildkit.mode {
+        Mode::Rootless => rootless_image(meta),
         Mode::Privileged | Mode::Userns => format!("{}:{}", buildkit.image, buildkit.version),
-    }
+    };
+    pinned(&tagged, &buildkit.digest)
 }
 
 /// The buildkitd command line.
@@ -147,6 +157,128 @@ pub(super) fn container_security(mode: Mode) -> SecurityContext {
             ..Default::default()
         },
     }
+}
+
+/// The pod's imagePullSecrets from a list of Secret names (None when empty).
+pub(super) fn pull_secrets(names: &[String]) -> Option<Vec<LocalObjectReference>> {
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect()
+    })
+}
+
+/// Why buildkitd gets no CPU limit (CKV_K8S_11), unless the overlay sets one.
+pub(super) const NO_CPU_LIMIT: &str = "no CPU limit on purpose: a CPU quota throttles builds, which run many \
+     processes in bursts; buildkit.resources.requests.cpu reserves the share, and buildkit.resources.limits.cpu \
+     sets a limit";
+
+/// The checkov checks a buildkitd container in `mode` fails on purpose, with the same
+/// reasons as its `kiln.dev/pod-security` note (the daemonless Task's step runs the
+/// rootless daemon, so it shares the rootless list).
+pub(super) fn mode_skips(mode: Mode) -> Vec<Skip> {
+    let writable_root = "buildkitd writes runtime state outside its volumes (/run, /tmp), as in BuildKit's own \
+                         manifests; the build cache is on the cache volume";
+    let list: &[(&'static str, &str)] = match mode {
+        Mode::Rootless => &[
+            (
+                "CKV_K8S_20",
+                "rootless BuildKit: rootlesskit runs the setuid newuidmap and newgidmap to map the user namespace, \
+                 which needs privilege escalation",
+            ),
+            ("CKV_K8S_22", writable_root),
+            (
+                "CKV_K8S_28",
+                "rootless BuildKit: capabilities are not dropped, newuidmap and newgidmap need theirs to set up \
+                 the user namespace",
+            ),
+            (
+                "CKV_K8S_31",
+                "rootless BuildKit: seccomp and AppArmor are Unconfined because the RuntimeDefault profiles block \
+                 the unshare and mount calls that create the build's namespaces",
+            ),
+            (
+                "CKV_K8S_37",
+                "rootless BuildKit: capabilities are not dropped, newuidmap and newgidmap need theirs to set up \
+                 the user namespace",
+            ),
+            (
+                "CKV_K8S_40",
+                "rootless BuildKit: uid 1000 is fixed by the moby/buildkit rootless image and its subuid ranges",
+            ),
+        ],
+        Mode::Privileged => &[
+            (
+                "CKV_K8S_16",
+                "privileged-mode BuildKit: the OCI worker needs privileged: true to create build containers; \
+                 use mode rootless or userns to avoid it",
+            ),
+            (
+                "CKV_K8S_20",
+                "privileged-mode BuildKit: privileged: true implies privilege escalation",
+            ),
+            ("CKV_K8S_22", writable_root),
+            ("CKV_K8S_23", "privileged-mode BuildKit runs as root"),
+            (
+                "CKV_K8S_28",
+                "privileged-mode BuildKit: privileged: true grants every capability",
+            ),
+            (
+                "CKV_K8S_31",
+                "privileged-mode BuildKit: a privileged container is not confined by seccomp",
+            ),
+            (
+                "CKV_K8S_37",
+                "privileged-mode BuildKit: privileged: true grants every capability",
+            ),
+            ("CKV_K8S_40", "privileged-mode BuildKit runs as root (uid 0)"),
+        ],
+        Mode::Userns => &[
+            (
+                "CKV_K8S_16",
+                "userns BuildKit: privileged: true applies inside the pod's own user namespace (hostUsers: false), \
+                 so root in the pod is not root on the node",
+            ),
+            (
+                "CKV_K8S_20",
+                "userns BuildKit: privileged: true implies privilege escalation, inside the pod's user namespace",
+            ),
+            ("CKV_K8S_22", writable_root),
+            (
+                "CKV_K8S_23",
+                "userns BuildKit runs as root inside the pod's user namespace only (hostUsers: false)",
+            ),
+            (
+                "CKV_K8S_28",
+                "userns BuildKit: privileged: true grants every capability, inside the pod's user namespace",
+            ),
+            (
+                "CKV_K8S_31",
+                "userns BuildKit: a privileged container is not confined by seccomp",
+            ),
+            (
+                "CKV_K8S_37",
+                "userns BuildKit: privileged: true grants every capability, inside the pod's user namespace",
+            ),
+        ],
+    };
+    list.iter()
+        .map(|(check, reason)| Skip::new(check, *reason))
+        .collect()
+}
+
+/// Every checkov check the daemon workload fails on purpose.
+fn daemon_skips(meta: &Meta) -> Vec<Skip> {
+    let buildkit = &meta.overlay.buildkit;
+    let mut skips = checkov::no_cpu_limit(&buildkit.resources, NO_CPU_LIMIT);
+    skips.extend(mode_skips(buildkit.mode));
+    skips.extend(checkov::unpinned(
+        "the BuildKit image",
+        &daemon_image(meta),
+        "buildkit.digest",
+    ));
+    skips
 }
 
 /// Why this mode cannot meet the restricted (or even baseline) Pod Security Standard.
@@ -289,7 +421,9 @@ fn pod_template(meta: &Meta, config: &Rendered) -> PodTemplateSpec {
         metadata: Some(metadata),
         spec: Some(PodSpec {
             service_account_name: Some(buildkit.service_name.clone()),
+            // buildkitd never talks to the API server.
             automount_service_account_token: Some(false),
+            image_pull_secrets: pull_secrets(&buildkit.image_pull_secrets),
             termination_grace_period_seconds: Some(overlay.termination_grace().as_secs()),
             host_users: (mode == Mode::Userns).then_some(false),
             security_context: Some(pod_security),
@@ -368,6 +502,7 @@ fn daemon_metadata(meta: &Meta) -> ObjectMeta {
             ("kiln.dev/cache", cache_note(meta)),
         ],
     );
+    checkov::annotate(&mut metadata, &daemon_skips(meta));
     metadata
 }
 
@@ -727,6 +862,91 @@ mod tests {
         };
         assert!(pod_disruption_budget(&meta).is_none());
         assert_eq!(service(&meta).spec.unwrap().cluster_ip, None);
+    }
+
+    const DIGEST: &str = "sha256:28a898719c18a33f4e8000685287fa36fd0dd9560c6440227d3a732d79bb41d8";
+
+    fn skipped(overlay: &Overlay) -> Vec<String> {
+        let meta = Meta {
+            overlay,
+            instance: "dev",
+        };
+        checkov::skipped(deployment(&meta, &config(overlay)).metadata.annotations.as_ref())
+    }
+
+    #[test]
+    fn a_digest_pins_the_image_and_keeps_the_tag() {
+        let overlay = with(Mode::Privileged, |o| {
+            o.buildkit.digest = DIGEST.into();
+            o.buildkit.image_pull_secrets = vec!["mirror-pull".into(), "other".into()];
+        });
+        let spec = pod(&overlay);
+        assert_eq!(
+            spec.containers[0].image.as_deref(),
+            Some(format!("docker.io/moby/buildkit:v0.32.2@{DIGEST}").as_str())
+        );
+        let secrets: Vec<_> = spec
+            .image_pull_secrets
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(secrets, ["mirror-pull", "other"]);
+        assert!(!skipped(&overlay).contains(&"CKV_K8S_43".to_string()));
+        assert!(!skipped(&overlay).contains(&"CKV_K8S_15".to_string()));
+
+        let overlay = with(Mode::Rootless, |_| {});
+        assert_eq!(pod(&overlay).image_pull_secrets, None);
+        let skipped = skipped(&overlay);
+        assert!(skipped.contains(&"CKV_K8S_43".to_string()), "{skipped:?}");
+    }
+
+    #[test]
+    fn each_mode_skips_what_it_fails_on_purpose() {
+        let checks = |mode| {
+            let mut c: Vec<_> = mode_skips(mode).into_iter().map(|s| s.check).collect();
+            c.sort();
+            c
+        };
+        let privileged = [
+            "CKV_K8S_16",
+            "CKV_K8S_20",
+            "CKV_K8S_22",
+            "CKV_K8S_23",
+            "CKV_K8S_28",
+            "CKV_K8S_31",
+            "CKV_K8S_37",
+            "CKV_K8S_40",
+        ];
+        assert_eq!(checks(Mode::Privileged), privileged);
+        // hostUsers: false passes the high-uid check.
+        assert_eq!(
+            checks(Mode::Userns),
+            privileged
+                .iter()
+                .filter(|c| **c != "CKV_K8S_40")
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        // Rootless runs as uid 1000, not privileged.
+        assert_eq!(
+            checks(Mode::Rootless),
+            [
+                "CKV_K8S_20",
+                "CKV_K8S_22",
+                "CKV_K8S_28",
+                "CKV_K8S_31",
+                "CKV_K8S_37",
+                "CKV_K8S_40"
+            ]
+        );
+        // A CPU limit in the overlay drops the CPU skip.
+        let overlay = with(Mode::Rootless, |_| {});
+        assert!(skipped(&overlay).contains(&"CKV_K8S_11".to_string()));
+        let overlay = with(Mode::Rootless, |o| {
+            o.buildkit.resources.limits.insert("cpu".into(), "4".into());
+        });
+        assert!(!skipped(&overlay).contains(&"CKV_K8S_11".to_string()));
     }
 
     #[test]

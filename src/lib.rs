@@ -1,11 +1,13 @@
 //! kiln: a Moby BuildKit build farm on Kubernetes, the GitOps way.
 //!
 //! The crate is split by capability; IO lives at the edges (`cli`, `output`,
-//! `rotate::executor`, `build::run`), the rest is pure.
+//! `rotate::executor`, `build::run`), the rest is pure. `echo` (how input appears in
+//! errors) sits at the bottom with `yaml` and `duration`: pure, and used by the layers above.
 
 pub mod build;
 pub mod cli;
 pub mod duration;
+pub mod echo;
 pub mod krm;
 pub mod output;
 pub mod overlay;

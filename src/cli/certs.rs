@@ -533,8 +533,16 @@ struct Row {
 /// The (CA bundle, certificate, key) names of every [`SecretFormat`], tried in this order.
 const NAME_SETS: [(&str, &str, &str); 2] = [SecretFormat::Pem.key_names(), SecretFormat::Tls.key_names()];
 
+/// Read a PEM or Secret YAML file: at most [`pki::MAX_PEM_BYTES`] (a device or a huge file
+/// stops there), text (DER is named as such, with the openssl command that converts it).
 fn read_text(path: &Path) -> anyhow::Result<String> {
-    fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))
+    use std::io::Read as _;
+    let context = || format!("failed to read {}", path.display());
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|file| file.take(pki::MAX_PEM_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .with_context(context)?;
+    pki::pem_text(bytes, &path.display().to_string()).with_context(context)
 }
 
 /// A directory holding ca/cert/key files under either naming scheme, if it does.
@@ -624,9 +632,13 @@ fn sources_from_file(path: &Path) -> anyhow::Result<Vec<Source>> {
             cert: Some((path.display().to_string(), text)),
         }])
     } else {
+        // A file that is neither (say /etc/passwd) is not quoted back: only a Secret's errors are.
+        let secrets =
+            crate::yaml::document_kinds(&text).is_some_and(|kinds| kinds.iter().any(|k| k == "Secret"));
         sources_from_yaml(path, &text).map_err(|e| {
+            let detail = if secrets { format!(" ({e:#})") } else { String::new() };
             anyhow::anyhow!(
-                "failed to read {}: it holds no PEM block (-----BEGIN CERTIFICATE-----) and is not a Secret YAML ({e:#})",
+                "failed to read {}: it holds no PEM block (-----BEGIN CERTIFICATE-----) and is not a Secret YAML{detail}",
                 path.display()
             )
         })

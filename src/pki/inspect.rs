@@ -7,8 +7,8 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
 };
-use x509_parser::pem::Pem;
 
+use super::pem::{certificate_ders, x509_message};
 use super::{PkiError, hex};
 
 /// What `kiln certs inspect` shows about one certificate.
@@ -46,25 +46,6 @@ pub struct CertSummary {
     pub is_ca: bool,
 }
 
-/// The DER bodies of every `CERTIFICATE` block in `pem`, in order. Other blocks
-/// (such as a private key kept in the same file) are skipped.
-fn certificate_ders(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
-    let mut ders = Vec::new();
-    for (index, block) in Pem::iter_from_buffer(pem.as_bytes()).enumerate() {
-        let block = block.map_err(|e| PkiError::ParsePem {
-            index: index + 1,
-            message: e.to_string(),
-        })?;
-        if block.label == "CERTIFICATE" {
-            ders.push(block.contents);
-        }
-    }
-    if ders.is_empty() {
-        return Err(PkiError::NoCertificate);
-    }
-    Ok(ders)
-}
-
 fn parse_ders(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, PkiError> {
     ders.iter()
         .enumerate()
@@ -76,7 +57,7 @@ fn parse_ders(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, PkiError> {
             }),
             Err(e) => Err(PkiError::ParseCertificate {
                 index: index + 1,
-                message: e.to_string(),
+                message: x509_message(&e),
             }),
         })
         .collect()

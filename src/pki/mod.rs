@@ -18,10 +18,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 mod inspect;
+mod pem;
 
 pub use inspect::{
     CertSummary, Verified, fingerprint, fingerprint_der, key_matches, parse_bundle, verify_chain,
 };
+pub use pem::{MAX_PEM_BYTES, pem_text};
 
 /// The key algorithm for the CA and leaf certificates.
 #[derive(
@@ -189,6 +191,17 @@ pub enum PkiError {
     /// The PEM text holds no certificate at all.
     #[error("failed to find a certificate: no \"BEGIN CERTIFICATE\" block")]
     NoCertificate,
+    /// The bytes are DER, not PEM.
+    #[error(
+        "it is DER (binary), not PEM: kiln reads PEM; convert it with `openssl x509 -inform der -in {name} -out {name}.pem` (a key: `openssl pkey -inform der -in {name} -out {name}.pem`)"
+    )]
+    Der { name: String },
+    /// The bytes are neither text nor DER.
+    #[error("it is binary data, not PEM text")]
+    Binary,
+    /// The file is larger than kiln reads.
+    #[error("it is {size} bytes; kiln reads PEM files of at most {limit} bytes (16 MiB)")]
+    TooLarge { size: usize, limit: usize },
     /// The certificate is outside its validity window.
     #[error("certificate {subject:?} is not valid at {}: valid from {} to {}", rfc3339(*.at), rfc3339(*.not_before), rfc3339(*.not_after))]
     NotValidAt {

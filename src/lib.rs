@@ -2,7 +2,8 @@
 //!
 //! The crate is split by capability; IO lives at the edges (`cli`, `output`,
 //! `rotate::executor`, `build::run`), the rest is pure. `echo` (how input appears in
-//! errors) sits at the bottom with `yaml` and `duration`: pure, and used by the layers above.
+//! errors) and `template` (kiln's template language) sit at the bottom with `yaml` and
+//! `duration`: pure, and used by the layers above.
 
 pub mod build;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod overlay;
 pub mod pki;
 pub mod render;
 pub mod rotate;
+pub mod template;
 pub mod yaml;
 
 /// The kiln version, as stamped into `kiln.dev/generated-by`.

@@ -16,8 +16,9 @@ mod load;
 mod validate;
 
 pub use load::{
-    BASE_OVERLAY_NAME, DEFAULT_OVERLAY_NAME, OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES,
-    load, load_all, resolve_all,
+    BASE_OVERLAY_NAME, DEFAULT_OVERLAY_NAME, FEEDING_FIELDS, FEEDING_VARIABLES, MAX_OVERLAY_BYTES,
+    OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES, load, load_all, read_overlay_file,
+    resolve_all,
 };
 pub use validate::{Invalid, is_dns1123_label, is_dns1123_subdomain, validate};
 

@@ -92,6 +92,16 @@ pub fn from_str<T: DeserializeOwned>(text: &str, source_name: &str) -> Result<T,
     serde_saphyr::from_str_with_options(text, options()).map_err(|e| parse_error(&e, text, source_name))
 }
 
+/// Parse one YAML document from the bytes of a file: binary data (DER, an image, …) is
+/// named as such instead of failing as invalid UTF-8.
+pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8], source_name: &str) -> Result<T, YamlError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| YamlError::Parse {
+        source_name: source_name.to_string(),
+        message: "it is binary data, not YAML text".to_string(),
+    })?;
+    from_str(text, source_name)
+}
+
 /// Parse a stream of YAML documents separated by `---`.
 pub fn from_str_multi<T: DeserializeOwned>(text: &str, source_name: &str) -> Result<Vec<T>, YamlError> {
     check_size(text, source_name)?;

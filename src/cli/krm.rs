@@ -198,8 +198,7 @@ fn read_overlay_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
         if let Some(name) = name
             && path.is_file()
         {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("failed to read {}", path.display()))?;
+            let text = crate::overlay::read_overlay_file(&path)?;
             files.insert(name.to_string(), text);
         }
     }

@@ -307,6 +307,15 @@ fn read_source(path: &Path) -> Result<String, (std::io::ErrorKind, String)> {
     })
 }
 
+/// Read one overlay file as `Sources::read` does (at most 1 MiB, UTF-8 text), for callers
+/// that collect overlay files themselves (the KRM function's parents).
+pub fn read_overlay_file(path: &Path) -> Result<String, OverlayError> {
+    read_source(path).map_err(|(kind, message)| OverlayError::Read {
+        path: path.to_path_buf(),
+        error: std::io::Error::new(kind, message),
+    })
+}
+
 /// Resolves overlays of one [`Sources`] with kiln's template language ([`crate::template`]):
 /// strict (unknown variables are errors) and never escaping (this is YAML, not HTML).
 pub struct Resolver<'s> {

@@ -193,9 +193,9 @@ pub enum PkiError {
     NoCertificate,
     /// The bytes are DER, not PEM.
     #[error(
-        "it is DER (binary), not PEM: kiln reads PEM; convert it with `openssl x509 -inform der -in {name} -out {name}.pem` (a key: `openssl pkey -inform der -in {name} -out {name}.pem`)"
+        "it is DER (binary), not PEM: kiln reads PEM; convert it with `openssl x509 -inform der -in {name} -out {out}` (a key: `openssl pkey -inform der -in {name} -out {out}`)"
     )]
-    Der { name: String },
+    Der { name: String, out: String },
     /// The bytes are neither text nor DER.
     #[error("it is binary data, not PEM text")]
     Binary,

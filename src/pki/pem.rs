@@ -25,8 +25,21 @@ pub fn pem_text(bytes: Vec<u8>, name: &str) -> Result<String, PkiError> {
         Ok(text) if !text.contains('\0') => Ok(text),
         _ if looks_like_der => Err(PkiError::Der {
             name: name.to_string(),
+            out: pem_name(name),
         }),
         _ => Err(PkiError::Binary),
+    }
+}
+
+/// Where a converted copy of the DER file `name` could go: `ca.der` → `ca.pem`, and
+/// `ca.pem` (DER under a PEM name) → `ca.converted.pem`.
+fn pem_name(name: &str) -> String {
+    let path = std::path::Path::new(name);
+    let candidate = path.with_extension("pem").display().to_string();
+    if candidate == name {
+        path.with_extension("converted.pem").display().to_string()
+    } else {
+        candidate
     }
 }
 
@@ -87,8 +100,10 @@ mod tests {
         let err = pem_text(vec![0x30, 0x82, 0x01, 0x7f, 0xff, 0x00], "ca.der").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "it is DER (binary), not PEM: kiln reads PEM; convert it with `openssl x509 -inform der -in ca.der -out ca.der.pem` (a key: `openssl pkey -inform der -in ca.der -out ca.der.pem`)"
+            "it is DER (binary), not PEM: kiln reads PEM; convert it with `openssl x509 -inform der -in ca.der -out ca.pem` (a key: `openssl pkey -inform der -in ca.der -out ca.pem`)"
         );
+        assert_eq!(pem_name("tls/ca.pem"), "tls/ca.converted.pem");
+        assert_eq!(pem_name("cert"), "cert.pem");
         let err = pem_text(vec![0xff, 0xfe, 0x00], "x").unwrap_err();
         assert_eq!(err.to_string(), "it is binary data, not PEM text");
         assert_eq!(pem_text(b"text\n".to_vec(), "x").unwrap(), "text\n");

@@ -107,6 +107,11 @@ pub fn render(
         let before = &text[..offset.min(text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        // A message may quote a tag; a template may hold a key (a Secret in an extra manifest).
+        let problem = match problem {
+            Problem::Other(message) => Problem::Other(echo::tidy(&message, Some(text))),
+            unknown => unknown,
+        };
         TemplateError {
             line,
             column,
@@ -273,13 +278,16 @@ fn scan(text: &str) -> Result<Vec<Token<'_>>, Failure> {
     Ok(tokens)
 }
 
-/// A tag as a message shows it: in backquotes, at most a few dozen characters.
+/// A tag as a message shows it: in backquotes, on one line (whitespace runs as one space,
+/// other control characters escaped), at most a few dozen characters.
 fn shown(text: &str, max: usize) -> String {
     let cut: String = text.chars().take(max.min(echo::MAX_ECHO_CHARS)).collect();
-    if cut.len() < text.len() {
-        format!("`{cut}…`")
+    let more = cut.len() < text.len();
+    let one_line = clip(&cut);
+    if more {
+        format!("`{one_line}…`")
     } else {
-        format!("`{cut}`")
+        format!("`{one_line}`")
     }
 }
 
@@ -431,9 +439,22 @@ fn split_word(text: &str) -> (&str, &str) {
     }
 }
 
-/// A value shown in a message, cut short.
+/// Part of the template shown in a message: at most 80 characters, on one line.
 fn clip(text: &str) -> String {
-    text.chars().take(40).collect()
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .join(" ")
+        .chars()
+        .take(echo::MAX_ECHO_CHARS)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// The one variable a block takes, when that is all it has.
@@ -1022,6 +1043,28 @@ mod tests {
         };
         let err = render(&loops, &context(), Dialect::Manifest, &mut budget).unwrap_err();
         assert!(err.to_string().contains("steps"), "{err}");
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        // Found by the fuzzer: a tag spanning lines was quoted with its line break.
+        let shown = message(manifest("b: \"{{name\u{ff}\n{{else}}"));
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(shown.contains("`{{name\u{ff} {{else}}`"), "{shown}");
+        let shown = message(value("{{a\u{1}b}}"));
+        assert!(
+            shown.starts_with("`{{a\\u{1}b}}` is not a variable name"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn messages_never_quote_a_key_line() {
+        // Found by the fuzzer: a tag spanning the lines of a key block quoted them.
+        let text = "-----BEGIN PRIVATE KEY-----\n{{els\nQUJDREVGR0hJSktMTU5PUFFSU1RV\n}}\n-----END PRIVATE KEY-----\n";
+        let shown = message(manifest(text));
+        assert!(!shown.contains("QUJDREVGR0hJSktMTU5PUFFSU1RV"), "{shown}");
+        assert!(shown.contains("calls the helper `els`"), "{shown}");
     }
 
     #[test]

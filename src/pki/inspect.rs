@@ -8,7 +8,7 @@ use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
 };
 
-use super::pem::{certificate_ders, x509_message};
+use super::pem::{certificate_ders, key_message, x509_message};
 use super::{PkiError, hex};
 
 /// What `kiln certs inspect` shows about one certificate.
@@ -279,7 +279,7 @@ pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool, PkiError> {
     let ders = certificate_ders(cert_pem)?;
     let (_, cert) = parse_first(&ders)?;
     let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| PkiError::ParseKey {
-        message: e.to_string(),
+        message: key_message(&e),
     })?;
     Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
 }

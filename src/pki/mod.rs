@@ -644,7 +644,7 @@ pub fn issue_leaf(ca: &Issued, request: &LeafRequest) -> Result<Issued, PkiError
         return Err(PkiError::CaKeyMismatch { what });
     }
     let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::ParseKey {
-        message: e.to_string(),
+        message: pem::key_message(&e),
     })?;
     let sign_error = |e: rcgen::Error| PkiError::Sign {
         what: what.clone(),

@@ -75,6 +75,20 @@ fn pem_message(error: &pem::Error) -> &'static str {
     }
 }
 
+/// A private-key read error in words. The pem crate's own text quotes the BEGIN and END
+/// lines it found, line breaks and all, and whatever sits between them: never shown.
+pub(super) fn key_message(error: &rcgen::Error) -> String {
+    match error {
+        rcgen::Error::PemError(_) => {
+            "it is not valid PEM (a -----BEGIN line, base64, and the matching -----END line)".into()
+        }
+        rcgen::Error::CouldNotParseKeyPair | rcgen::Error::RingKeyRejected(_) => {
+            "its PEM block does not hold a private key kiln can read".into()
+        }
+        other => crate::echo::tidy(&other.to_string(), None),
+    }
+}
+
 /// An X.509 parse error in words (x509-parser's own text is its Rust Debug output).
 pub(super) fn x509_message(error: &x509_parser::nom::Err<x509_parser::error::X509Error>) -> String {
     use x509_parser::error::X509Error;
@@ -107,6 +121,21 @@ mod tests {
         let err = pem_text(vec![0xff, 0xfe, 0x00], "x").unwrap_err();
         assert_eq!(err.to_string(), "it is binary data, not PEM text");
         assert_eq!(pem_text(b"text\n".to_vec(), "x").unwrap(), "text\n");
+    }
+
+    #[test]
+    fn key_errors_never_repeat_the_input() {
+        let text = "-----BEGIN SECRETSTUFF-----\nQUJD\n-----END OTHERSTUFF-----\n";
+        let err = rcgen::KeyPair::from_pem(text).unwrap_err();
+        assert!(
+            err.to_string().contains("OTHERSTUFF"),
+            "the library's own text: {err}"
+        );
+        let shown = key_message(&err);
+        assert_eq!(
+            shown,
+            "it is not valid PEM (a -----BEGIN line, base64, and the matching -----END line)"
+        );
     }
 
     #[test]

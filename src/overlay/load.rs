@@ -287,18 +287,24 @@ pub fn resolve_all(sources: &Sources) -> Result<Vec<Resolved>, OverlayError> {
 /// Read one overlay file or template: at most [`MAX_OVERLAY_BYTES`], UTF-8 text. The error
 /// is the kind and a message for [`OverlayError::Read`].
 fn read_source(path: &Path) -> Result<String, (std::io::ErrorKind, String)> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| (e.kind(), e.to_string()))?
-        .len();
-    if size > MAX_OVERLAY_BYTES {
+    use std::io::Read as _;
+    let io = |e: std::io::Error| (e.kind(), e.to_string());
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    // Read at most one byte past the limit, whatever the size said (the file may grow).
+    let mut bytes = Vec::new();
+    file.take(MAX_OVERLAY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if size > MAX_OVERLAY_BYTES || bytes.len() as u64 > MAX_OVERLAY_BYTES {
         return Err((
             std::io::ErrorKind::InvalidData,
             format!(
-                "it is {size} bytes; overlay files and extra templates may be at most {MAX_OVERLAY_BYTES} bytes (1 MiB)"
+                "it is {} bytes; overlay files and extra templates may be at most {MAX_OVERLAY_BYTES} bytes (1 MiB)",
+                size.max(bytes.len() as u64)
             ),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| (e.kind(), e.to_string()))?;
     String::from_utf8(bytes).map_err(|_| {
         (
             std::io::ErrorKind::InvalidData,

@@ -7,18 +7,25 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::echo::quote;
+
 /// A non-negative span of time written with units, such as `90d` or `2y`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(time::Duration);
 
-/// Why a duration string could not be read.
+/// Why a duration string could not be read. Messages quote the text through
+/// [`crate::echo::quote`] (capped, never a key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
     #[error("empty duration: write a number and a unit, such as 90d")]
     Empty,
-    #[error("invalid duration {0:?}: write a number and a unit (s, m, h, d, w, y), such as 90d or 8760h")]
+    #[error("invalid duration {}: write a number and a unit (s, m, h, d, w, y), such as 90d or 8760h", quote(.0))]
     Invalid(String),
-    #[error("duration {0:?} is too large")]
+    #[error("invalid duration {}: remove the spaces around it, such as 90d", quote(.0))]
+    Spaces(String),
+    #[error("invalid duration {}: a duration cannot be negative; write a positive one, such as 90d", quote(.0))]
+    Negative(String),
+    #[error("duration {} is too large", quote(.0))]
     Overflow(String),
 }
 
@@ -67,10 +74,17 @@ impl From<Duration> for time::Duration {
 impl FromStr for Duration {
     type Err = DurationError;
 
+    /// Exactly the schema's `^([0-9]+[smhdwy])+$`: no spaces, no sign.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let text = s.trim();
-        if text.is_empty() {
+        let text = s;
+        if text.trim().is_empty() {
             return Err(DurationError::Empty);
+        }
+        if text.trim() != text {
+            return Err(DurationError::Spaces(s.to_string()));
+        }
+        if text.starts_with('-') {
+            return Err(DurationError::Negative(s.to_string()));
         }
         let invalid = || DurationError::Invalid(s.to_string());
         let mut total: i64 = 0;
@@ -155,13 +169,66 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "d", "10", "10x", "-5d", "1.5d", "10 d"] {
+        for bad in [
+            "", "d", "10", "10x", "-5d", "1.5d", "10 d", "+5d", "1d ", " 1d", "\t1d", "1d\n",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} should not parse");
         }
         assert!(matches!(
             "99999999999999y".parse::<Duration>(),
             Err(DurationError::Overflow(_))
         ));
+    }
+
+    #[test]
+    fn errors_say_what_to_write() {
+        let err = |s: &str| s.parse::<Duration>().unwrap_err().to_string();
+        assert_eq!(
+            err("1d "),
+            "invalid duration \"1d \": remove the spaces around it, such as 90d"
+        );
+        assert_eq!(
+            err("-1d"),
+            "invalid duration \"-1d\": a duration cannot be negative; write a positive one, such as 90d"
+        );
+        assert_eq!(
+            err("   "),
+            "empty duration: write a number and a unit, such as 90d"
+        );
+        let long = err(&"9".repeat(100_000));
+        assert!(long.len() < 200, "{long}");
+        assert!(long.contains("(100000 characters)"), "{long}");
+    }
+
+    #[test]
+    fn every_accepted_text_matches_the_schema_pattern() {
+        // The loader and `kiln schema` agree: ^([0-9]+[smhdwy])+$.
+        let matches = |s: &str| {
+            let mut rest = s;
+            if rest.is_empty() {
+                return false;
+            }
+            while !rest.is_empty() {
+                let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+                let Some(unit) = rest[digits..].chars().next() else {
+                    return false;
+                };
+                if digits == 0 || !"smhdwy".contains(unit) {
+                    return false;
+                }
+                rest = &rest[digits + 1..];
+            }
+            true
+        };
+        for text in [
+            "90d", "1w2d", "0s", "1d ", " 1d", "-1d", "+1d", "1 d", "1dd", "d1", "1h30m", "1D", "1",
+        ] {
+            assert_eq!(
+                text.parse::<Duration>().is_ok(),
+                matches(text),
+                "{text:?}: loader and schema disagree"
+            );
+        }
     }
 
     #[test]

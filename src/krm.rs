@@ -261,8 +261,20 @@ pub enum KrmError {
 pub fn parse_resource_list(text: &str, source_name: &str) -> Result<(ResourceList, Format), KrmError> {
     let read_error = |message: String| KrmError::Read {
         source_name: source_name.to_string(),
-        message,
+        message: crate::echo::tidy(&message, Some(text)),
     };
+    if text.len() > crate::yaml::MAX_YAML_BYTES {
+        return Err(read_error(format!(
+            "it is {} bytes; kiln reads a ResourceList of at most {} bytes (16 MiB)",
+            text.len(),
+            crate::yaml::MAX_YAML_BYTES
+        )));
+    }
+    if text.trim_start().starts_with("-----BEGIN ") {
+        return Err(read_error(
+            "it is PEM (a certificate or key), not a ResourceList: pass a config.kubernetes.io/v1 ResourceList in YAML or JSON".into(),
+        ));
+    }
     let format = Format::detect(text);
     let list: ResourceList = match format {
         Format::Json => serde_json::from_str(text).map_err(|e| read_error(e.to_string()))?,
@@ -274,9 +286,9 @@ pub fn parse_resource_list(text: &str, source_name: &str) -> Result<(ResourceLis
                 function_config: Option<Value>,
             }
             let mut list: ResourceList = crate::yaml::from_str_passthrough(text, source_name)
-                .map_err(|e| read_error(e.to_string()))?;
+                .map_err(|e| read_error(e.message().to_string()))?;
             let config: ConfigOnly =
-                crate::yaml::from_str(text, source_name).map_err(|e| read_error(e.to_string()))?;
+                crate::yaml::from_str(text, source_name).map_err(|e| read_error(e.message().to_string()))?;
             list.function_config = config.function_config;
             list
         }
@@ -284,8 +296,8 @@ pub fn parse_resource_list(text: &str, source_name: &str) -> Result<(ResourceLis
     if list.api_version != RESOURCE_LIST_API_VERSION || list.kind != RESOURCE_LIST_KIND {
         return Err(KrmError::NotAResourceList {
             source_name: source_name.to_string(),
-            api_version: list.api_version,
-            kind: list.kind,
+            api_version: crate::echo::quote(&list.api_version),
+            kind: crate::echo::quote(&list.kind),
         });
     }
     Ok((list, format))
@@ -305,7 +317,7 @@ pub fn write_resource_list(list: &ResourceList, format: Format) -> Result<String
 pub fn parse_config_file(text: &str, source_name: &str) -> Result<Value, KrmError> {
     let value: Value = crate::yaml::from_str(text, source_name).map_err(|e| KrmError::Config {
         source_name: source_name.to_string(),
-        message: e.to_string(),
+        message: e.message().to_string(),
     })?;
     if !value.is_object() {
         return Err(KrmError::Config {
@@ -328,13 +340,19 @@ pub fn read_stack(config: &Value) -> Result<(Stack, Vec<Diagnostic>), Vec<Diagno
     if api_version != STACK_API_VERSION {
         errors.push(Diagnostic::error(
             Some("apiVersion"),
-            format!("expected {STACK_API_VERSION}, found {api_version:?}: the functionConfig must be a {STACK_API_VERSION} {STACK_KIND}"),
+            format!(
+                "expected {STACK_API_VERSION}, found {}: the functionConfig must be a {STACK_API_VERSION} {STACK_KIND}",
+                crate::echo::quote(api_version)
+            ),
         ));
     }
     if kind != STACK_KIND {
         errors.push(Diagnostic::error(
             Some("kind"),
-            format!("expected {STACK_KIND}, found {kind:?}: the functionConfig must be a {STACK_API_VERSION} {STACK_KIND}"),
+            format!(
+                "expected {STACK_KIND}, found {}: the functionConfig must be a {STACK_API_VERSION} {STACK_KIND}",
+                crate::echo::quote(kind)
+            ),
         ));
     }
     let name = text("/metadata/name").unwrap_or_default();
@@ -391,11 +409,13 @@ fn reference(config: &Value) -> (ResourceRef, Option<File>) {
                 .or_else(|| annotation("config.kubernetes.io/index"))
                 .and_then(|index| index.parse().ok()),
         });
+    // Read from a config that may be broken: each part capped, as an echoed value is.
+    let short = crate::echo::capped;
     let resource_ref = ResourceRef {
-        api_version: text("/apiVersion").unwrap_or_default().to_string(),
-        kind: text("/kind").unwrap_or_default().to_string(),
-        name: text("/metadata/name").unwrap_or_default().to_string(),
-        namespace: text("/metadata/namespace").map(str::to_string),
+        api_version: short(text("/apiVersion").unwrap_or_default()),
+        kind: short(text("/kind").unwrap_or_default()),
+        name: short(text("/metadata/name").unwrap_or_default()),
+        namespace: text("/metadata/namespace").map(short),
     };
     (resource_ref, file)
 }
@@ -406,7 +426,8 @@ fn overlay_name_problem(name: &str) -> Option<String> {
         Some("is missing".to_string())
     } else if !is_dns1123_label(name) {
         Some(format!(
-            "{name:?} is not a DNS-1123 label (lowercase a-z, 0-9 and '-', at most 63 characters)"
+            "{} is not a DNS-1123 label (lowercase a-z, 0-9 and '-', at most 63 characters)",
+            crate::echo::quote(name)
         ))
     } else {
         None
@@ -478,7 +499,10 @@ fn overlay_diagnostic(error: OverlayError, spec_path: &str) -> Diagnostic {
         }
         OverlayError::Name { name, .. } => Diagnostic::error(
             Some("metadata.name"),
-            format!("{name:?} is not a DNS-1123 label: metadata.name is the overlay name"),
+            format!(
+                "{} is not a DNS-1123 label: metadata.name is the overlay name",
+                crate::echo::quote(&name)
+            ),
         ),
         OverlayError::MissingParent {
             location,
@@ -562,7 +586,8 @@ where
 
 fn to_result(diagnostic: Diagnostic, reference: Option<&(ResourceRef, Option<File>)>) -> KrmResult {
     KrmResult {
-        message: diagnostic.message,
+        // Results are printed and passed down the pipeline: capped, never a key.
+        message: crate::echo::tidy(&diagnostic.message, None),
         severity: diagnostic.severity,
         resource_ref: reference.map(|(r, _)| r.clone()),
         field: diagnostic.field.map(|path| Field { path }),

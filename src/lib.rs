@@ -17,6 +17,8 @@
 //! | [`names`] | pure | DNS-1123 and label name rules |
 //! | [`duration`] | pure | human durations (`90d`, `5y`) |
 //! | [`object`] | pure | [`object::Object`], one Kubernetes object as a JSON value |
+//! | [`template`] | pure | kiln's template language: variables in overlay values; `if`/`unless`/`each`/`with` in extra manifests; bounded, never recursive on input |
+//! | [`echo`] | pure | how input appears in errors: one line, capped at 80 characters, never a line of a private key |
 //!
 //! Imports run one way, down these layers (`tests/layers.rs` fails on any that does not):
 //!
@@ -26,7 +28,8 @@
 //!      └─ render, rotate, build
 //!          └─ overlay
 //!              └─ pki
-//!                  └─ yaml, names, duration, object
+//!                  └─ yaml, names, duration, object, template
+//!                      └─ echo
 //! ```
 //!
 //! A module may use any module below its own layer, never one beside or above it.
@@ -34,6 +37,7 @@
 pub mod build;
 pub mod cli;
 pub mod duration;
+pub mod echo;
 pub mod krm;
 pub mod names;
 pub mod object;
@@ -42,6 +46,7 @@ pub mod overlay;
 pub mod pki;
 pub mod render;
 pub mod rotate;
+pub mod template;
 pub mod yaml;
 
 /// The kiln version, as stamped into `kiln.dev/generated-by`.

@@ -5,7 +5,7 @@ fn main() -> ExitCode {
     match kiln::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", kiln::cli::error_line(&err));
             ExitCode::from(kiln::cli::EXIT_FAILURE)
         }
     }

@@ -21,8 +21,9 @@ pub use buildkitd::{
     LogFormat, LogLevel, OciWorker, Otel, Registry, System, Worker, field_hint, quantity_bytes,
 };
 pub use load::{
-    BASE_OVERLAY_NAME, DEFAULT_OVERLAY_NAME, OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES,
-    load, load_all, resolve_all,
+    BASE_OVERLAY_NAME, DEFAULT_OVERLAY_NAME, FEEDING_FIELDS, FEEDING_VARIABLES, MAX_OVERLAY_BYTES,
+    OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES, load, load_all, read_overlay_file,
+    resolve_all,
 };
 pub use validate::{Invalid, validate};
 

@@ -1,8 +1,33 @@
 //! All YAML reading and writing goes through here (serde-saphyr underneath).
+//!
+//! Every read is bounded before and while it parses ([`MAX_YAML_BYTES`], [`MAX_NODES`],
+//! [`MAX_DEPTH`], [`MAX_DOCUMENTS`], [`MAX_ALIASES`], [`MAX_ALIAS_EXPANSION`]), and every
+//! parse error is formatted in one place ([`parse_error`]): one line, in the user's terms,
+//! values capped and private-key lines of the input never shown (see [`crate::echo`]).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
 
 use serde::de::{DeserializeOwned, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_saphyr::Spanned;
+use serde_saphyr::budget::BudgetBreach;
+use serde_saphyr::{MessageFormatter, Spanned};
+
+use crate::echo;
+
+/// The largest YAML text kiln reads (an overlay, an extra manifest after rendering, a
+/// ResourceList, a `--config` file, a Secret file): 16 MiB.
+pub const MAX_YAML_BYTES: usize = 16 * 1024 * 1024;
+/// The most values (keys, scalars, lists and maps) one YAML text may hold.
+pub const MAX_NODES: usize = 250_000;
+/// The deepest nesting of lists and maps.
+pub const MAX_DEPTH: usize = 64;
+/// The most `---` documents in one stream.
+pub const MAX_DOCUMENTS: usize = 1_024;
+/// The most aliases (`*name`) in one text.
+pub const MAX_ALIASES: usize = 10_000;
+/// The most values that aliases may replay in total: an alias bomb stops here.
+pub const MAX_ALIAS_EXPANSION: usize = 100_000;
 
 /// A YAML document that could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -15,25 +40,72 @@ pub enum YamlError {
     Write(String),
 }
 
+impl YamlError {
+    /// The message without the "failed to parse <source>" prefix.
+    pub fn message(&self) -> &str {
+        match self {
+            YamlError::Parse { message, .. } | YamlError::Write(message) => message,
+        }
+    }
+}
+
 /// Serialize one value as a YAML document (no leading `---`).
 pub fn to_string<T: Serialize>(value: &T) -> Result<String, YamlError> {
     serde_saphyr::to_string(value).map_err(|e| YamlError::Write(e.to_string()))
 }
 
+/// kiln's reading options: the limits above, no source snippets in errors.
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_NODES;
+    budget.max_depth = MAX_DEPTH;
+    budget.max_documents = MAX_DOCUMENTS;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_reader_input_bytes = Some(MAX_YAML_BYTES);
+    let mut options = serde_saphyr::options! {
+        budget: Some(budget),
+        // Snippets print lines of the input: of a key file, its secret.
+        with_snippet: false,
+        crop_radius: 0,
+    };
+    options.alias_limits.max_total_replayed_events = MAX_ALIAS_EXPANSION;
+    options
+}
+
+/// Refuse a text over [`MAX_YAML_BYTES`] before parsing any of it.
+fn check_size(text: &str, source_name: &str) -> Result<(), YamlError> {
+    if text.len() > MAX_YAML_BYTES {
+        return Err(YamlError::Parse {
+            source_name: source_name.to_string(),
+            message: format!(
+                "it is {} bytes; kiln reads YAML of at most {MAX_YAML_BYTES} bytes (16 MiB)",
+                text.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Parse one YAML document. `source_name` (a path, or `<stdin>`) goes into the error.
 pub fn from_str<T: DeserializeOwned>(text: &str, source_name: &str) -> Result<T, YamlError> {
-    serde_saphyr::from_str(text).map_err(|e| YamlError::Parse {
+    check_size(text, source_name)?;
+    serde_saphyr::from_str_with_options(text, options()).map_err(|e| parse_error(&e, text, source_name))
+}
+
+/// Parse one YAML document from the bytes of a file: binary data (DER, an image, …) is
+/// named as such instead of failing as invalid UTF-8.
+pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8], source_name: &str) -> Result<T, YamlError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| YamlError::Parse {
         source_name: source_name.to_string(),
-        message: one_line(&e.to_string()),
-    })
+        message: "it is binary data, not YAML text".to_string(),
+    })?;
+    from_str(text, source_name)
 }
 
 /// Parse a stream of YAML documents separated by `---`.
 pub fn from_str_multi<T: DeserializeOwned>(text: &str, source_name: &str) -> Result<Vec<T>, YamlError> {
-    serde_saphyr::from_multiple(text).map_err(|e| YamlError::Parse {
-        source_name: source_name.to_string(),
-        message: one_line(&e.to_string()),
-    })
+    check_size(text, source_name)?;
+    serde_saphyr::from_multiple_with_options(text, options()).map_err(|e| parse_error(&e, text, source_name))
 }
 
 /// Parse one YAML document of objects kiln passes through without knowing their types
@@ -41,36 +113,120 @@ pub fn from_str_multi<T: DeserializeOwned>(text: &str, source_name: &str) -> Res
 /// `0644` is octal (420, as in `defaultMode: 0644`) and only `true`/`false` are booleans
 /// (`on`, `yes` stay strings). `from_str` keeps the serde-saphyr defaults.
 pub fn from_str_passthrough<T: DeserializeOwned>(text: &str, source_name: &str) -> Result<T, YamlError> {
-    let options = serde_saphyr::options! {
-        legacy_octal_numbers: true,
-        strict_booleans: true,
-    };
-    serde_saphyr::from_str_with_options(text, options).map_err(|e| YamlError::Parse {
-        source_name: source_name.to_string(),
-        message: one_line(&e.to_string()),
-    })
+    check_size(text, source_name)?;
+    let mut options = options();
+    options.legacy_octal_numbers = true;
+    options.strict_booleans = true;
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| parse_error(&e, text, source_name))
 }
 
-/// Error messages must fit on one line.
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The one place a YAML parse error becomes a message: `line L column C: what`, in the
+/// user's terms, through [`echo::tidy`] with the input (so no line of a private key in
+/// `text` can appear).
+pub fn parse_error(error: &serde_saphyr::Error, text: &str, source_name: &str) -> YamlError {
+    let inner = innermost(error);
+    // A key or certificate given where YAML belongs: say so, and nothing of its text.
+    if text.trim_start().starts_with("-----BEGIN ") {
+        return YamlError::Parse {
+            source_name: source_name.to_string(),
+            message: "it is PEM (a certificate or key), not YAML".to_string(),
+        };
+    }
+    let what = describe(inner);
+    let message = match error.location().filter(|l| l.line() > 0) {
+        Some(at) => format!("line {} column {}: {what}", at.line(), at.column()),
+        None => what.into_owned(),
+    };
+    YamlError::Parse {
+        source_name: source_name.to_string(),
+        message: echo::tidy(&message, Some(text)),
+    }
+}
+
+/// The error under serde-saphyr's snippet and alias wrappers.
+fn innermost(mut error: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    use serde_saphyr::Error;
+    while let Error::WithSnippet { error: inner, .. } | Error::AliasError { error: inner, .. } = error {
+        error = inner;
+    }
+    error
+}
+
+/// What went wrong, without the location.
+fn describe(error: &serde_saphyr::Error) -> Cow<'_, str> {
+    use serde_saphyr::Error;
+    match error {
+        Error::MultipleDocuments { .. } => Cow::Borrowed(
+            "holds more than one YAML document (a `---` line starts another); this input takes exactly one: remove the others",
+        ),
+        Error::Budget { breach, .. } => Cow::Owned(breach_text(breach)),
+        Error::AliasReplayLimitExceeded { .. }
+        | Error::AliasExpansionLimitExceeded { .. }
+        | Error::AliasReplayStackDepthExceeded { .. }
+        | Error::AliasReplayCounterOverflow { .. } => Cow::Owned(format!(
+            "its aliases (`*name`) expand to more than {MAX_ALIAS_EXPANSION} values, which looks like an alias bomb; write the values out instead"
+        )),
+        Error::InvalidUtf8Input => Cow::Borrowed("is not UTF-8 text"),
+        Error::Eof { .. } => Cow::Borrowed("the text ends in the middle of a value"),
+        other => {
+            let text = serde_saphyr::UserMessageFormatter.format_message(other);
+            // The parser's own guard against deep flow nesting (`[[[[…`).
+            if text.contains("recursion limit exceeded") {
+                Cow::Owned(breach_text(&BudgetBreach::Depth { depth: MAX_DEPTH + 1 }))
+            } else {
+                text
+            }
+        }
+    }
+}
+
+/// A budget breach in words, naming the limit.
+fn breach_text(breach: &BudgetBreach) -> String {
+    match breach {
+        BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => format!(
+            "holds more than {MAX_NODES} values (keys, scalars, lists and maps), kiln's limit for one YAML text"
+        ),
+        BudgetBreach::Depth { .. } => {
+            format!("nests lists and maps more than {MAX_DEPTH} levels deep, kiln's limit")
+        }
+        BudgetBreach::Documents { .. } => {
+            format!("holds more than {MAX_DOCUMENTS} documents (`---`), kiln's limit")
+        }
+        BudgetBreach::Aliases { .. } | BudgetBreach::Anchors { .. } => {
+            format!("uses more than {MAX_ALIASES} aliases or anchors (`*name`, `&name`), kiln's limit")
+        }
+        BudgetBreach::AliasAnchorRatio { aliases, anchors } => format!(
+            "uses {aliases} aliases (`*name`) for {anchors} anchors (`&name`), which looks like an alias bomb; write the values out instead"
+        ),
+        BudgetBreach::InputBytes { .. } | BudgetBreach::ScalarBytes { .. } => {
+            format!("is too large; kiln reads YAML of at most {MAX_YAML_BYTES} bytes (16 MiB)")
+        }
+        _ => "is too large or too deeply nested for kiln's YAML limits".to_string(),
+    }
+}
+
+/// The `kind` of every document of a YAML stream, when the text is a stream of mappings
+/// (None for anything else, such as a text file that is not YAML at all). Lets a caller
+/// tell "a broken Secret" from "not what was asked for", whose content it must not echo.
+pub fn document_kinds(text: &str) -> Option<Vec<String>> {
+    let docs: Vec<serde_json::Value> = from_str_multi(text, "").ok()?;
+    docs.iter()
+        .filter(|doc| !doc.is_null())
+        .map(|doc| {
+            let kind = doc.as_object()?.get("kind")?.as_str()?;
+            Some(kind.to_string())
+        })
+        .collect()
 }
 
 /// Parse one YAML document into a [`Node`] tree that remembers where every value was written.
 /// `source` is stored in every node so trees from several files can be merged and still
 /// name the file each value came from.
 pub fn parse_tree(text: &str, source_name: &str, source: usize) -> Result<Node, YamlError> {
-    let raw: RawNode = serde_saphyr::from_str(text).map_err(|e| YamlError::Parse {
-        source_name: source_name.to_string(),
-        message: first_line(&e.to_string()),
-    })?;
+    check_size(text, source_name)?;
+    let raw: RawNode = serde_saphyr::from_str_with_options(text, options())
+        .map_err(|e| parse_error(&e, text, source_name))?;
     Ok(raw.into_node(source))
-}
-
-/// The first line of a multi-line error (serde-saphyr appends a source snippet).
-fn first_line(message: &str) -> String {
-    let line = message.lines().next().unwrap_or_default();
-    line.strip_prefix("error: ").unwrap_or(line).trim().to_string()
 }
 
 /// A YAML value with the place it was written.
@@ -197,9 +353,10 @@ impl TreeError {
 }
 
 impl serde::de::Error for TreeError {
+    /// Library messages quote the value (`invalid type: string "…"`): capped here.
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
         Self {
-            message: msg.to_string(),
+            message: echo::tidy(&msg.to_string(), None),
             at: None,
         }
     }
@@ -475,12 +632,14 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawValue, A::Error> {
         let mut entries: Vec<(Spanned<String>, RawNode)> = Vec::new();
+        // A set, not a scan of `entries`: a map of n keys is checked in O(n).
+        let mut seen: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key::<Spanned<String>>()? {
-            if entries.iter().any(|(k, _)| k.value == key.value) {
+            if !seen.insert(key.value.clone()) {
                 return Err(serde::de::Error::custom(format!(
-                    "line {}: duplicate key `{}`",
+                    "line {}: duplicate key {}",
                     key.referenced.line(),
-                    key.value
+                    echo::quote(&key.value)
                 )));
             }
             let value = map.next_value::<RawNode>()?;

@@ -502,7 +502,7 @@ fn bad_missing_parent() {
 }
 
 #[test]
-fn bad_handlebars_variable() {
+fn bad_template_variable() {
     assert_rejected(
         &[(
             "dev.yaml",
@@ -514,16 +514,16 @@ fn bad_handlebars_variable() {
 }
 
 #[test]
-fn bad_handlebars_syntax() {
+fn bad_template_syntax() {
     assert_rejected(
         &[("dev.yaml", "namespace: x\ncommonLabels:\n  env: \"{{overlay\"\n")],
         &[],
-        "failed to render the template in overlays/dev.yaml:3: commonLabels.env: invalid handlebars syntax: expected",
+        "failed to render the template in overlays/dev.yaml:3: commonLabels.env: `{{overlay` is never closed: end it with `}}` (column 1 of the value)",
     );
 }
 
 #[test]
-fn bad_handlebars_in_extra_manifest() {
+fn bad_template_in_extra_manifest() {
     assert_rejected(
         &[
             ("dev.yaml", ""),
@@ -533,7 +533,7 @@ fn bad_handlebars_in_extra_manifest() {
             ),
         ],
         &[],
-        "failed to load overlays/dev/extra/quota.yaml.hbs: template error: unknown variable `nme`",
+        "failed to load overlays/dev/extra/quota.yaml.hbs:4:10: template error: unknown variable `nme`",
     );
 }
 
@@ -685,7 +685,9 @@ fn an_unreadable_overlay_only_fails_the_renders_that_use_it() {
     let out = run(ws.path(), &["render"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("failed to read overlays/broken.yaml: stream did not contain valid UTF-8"),
+        stderr(&out).contains(
+            "failed to read overlays/broken.yaml: it is not UTF-8 text (a binary file?); overlays are YAML"
+        ),
         "{}",
         stderr(&out)
     );

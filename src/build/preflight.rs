@@ -219,10 +219,13 @@ pub fn find_tls_files(dir: &Path) -> Result<TlsFiles, PreflightError> {
 /// Read the three files.
 pub fn read_material(files: &TlsFiles) -> Result<ClientMaterial, PreflightError> {
     let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|e| PreflightError::Read {
+        let read_error = |message: String| PreflightError::Read {
             path: path.display().to_string(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| read_error(e.to_string()))?;
+        // DER or other binary data is named as such (with the openssl command), not "invalid UTF-8".
+        crate::pki::pem_text(bytes, &path.display().to_string()).map_err(|e| read_error(e.to_string()))
     };
     Ok(ClientMaterial {
         ca_pem: read(&files.ca)?,

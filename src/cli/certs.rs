@@ -55,10 +55,11 @@ pub struct GenerateArgs {
     #[arg(long, value_enum)]
     pub algorithm: Option<Algorithm>,
     /// Lifetime of the CA, such as 5y [default: 5y].
-    #[arg(long, value_name = "DURATION")]
+    // Hyphen values reach the Duration parser, which says why `-1d` is wrong.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub ca_validity: Option<Duration>,
     /// Lifetime of the daemon and client certificates, such as 90d [default: 90d].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub validity: Option<Duration>,
     /// Take the certificate settings (algorithm, validity, extra SANs, format, Secret names,
     /// namespace, Service name) from this overlay; flags given explicitly win.

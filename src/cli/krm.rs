@@ -82,10 +82,15 @@ fn config_root() -> anyhow::Result<PathBuf> {
 }
 
 fn krm_function(root: &Path, detected: bool) -> anyhow::Result<ExitCode> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::io::stdin()
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .context("failed to read the ResourceList from stdin")?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "failed to read the ResourceList from stdin: it is binary data, not UTF-8 text; pass a config.kubernetes.io/v1 ResourceList in YAML or JSON"
+        )
+    })?;
     if detected && text.trim().is_empty() {
         return Err(UsageError("no command given and nothing on stdin: run `kiln --help`".into()).into());
     }
@@ -123,7 +128,10 @@ fn krm_function(root: &Path, detected: bool) -> anyhow::Result<ExitCode> {
 
 fn legacy_plugin(path: &Path, root: &Path) -> anyhow::Result<ExitCode> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {source}"))?;
+    let bytes = std::fs::read(path).with_context(|| format!("failed to read {source}"))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!("failed to read {source}: it is binary data, not a BuildkitStack in YAML")
+    })?;
     let config = krm::parse_config_file(&text, &source)?;
     // Kustomize passes a temporary copy of the config: its name tells the user more.
     let label = match config.pointer("/metadata/name").and_then(|n| n.as_str()) {
@@ -192,8 +200,7 @@ fn read_overlay_files(dir: &Path) -> anyhow::Result<BTreeMap<String, String>> {
         if let Some(name) = name
             && path.is_file()
         {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("failed to read {}", path.display()))?;
+            let text = crate::overlay::read_overlay_file(&path)?;
             files.insert(name.to_string(), text);
         }
     }

@@ -101,6 +101,12 @@ pub fn parse() -> Cli {
     Cli::parse()
 }
 
+/// An error with its whole chain on one line, as printed: through [`crate::echo::tidy`], the
+/// last guard that no value runs long and no private key is shown.
+pub fn error_line(err: &anyhow::Error) -> String {
+    crate::echo::tidy(&format!("{err:#}"), None)
+}
+
 /// Run one parsed command and return its exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let result = match cli.command {
@@ -117,7 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match result {
         Err(err) if err.downcast_ref::<UsageError>().is_some() => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_line(&err));
             Ok(ExitCode::from(EXIT_USAGE))
         }
         other => other,

@@ -112,9 +112,9 @@ fn load_config(source: &Source, force: Option<ForceRenew>) -> anyhow::Result<(Co
         (None, Some(name)) => crate::overlay::load(&source.overlays, name)?.overlay,
         (None, None) => Overlay::default(),
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("failed to read --config {}", path.display()))?;
-            crate::yaml::from_str::<Overlay>(&text, &path.display().to_string())?
+            let bytes =
+                std::fs::read(path).with_context(|| format!("failed to read --config {}", path.display()))?;
+            crate::yaml::from_bytes::<Overlay>(&bytes, &path.display().to_string())?
         }
     };
     let config = Config::from_overlay(&overlay, source.namespace.as_deref(), force)?;

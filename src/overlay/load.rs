@@ -6,16 +6,17 @@
 //! `--overlay base` still renders base on request. A `key: null` in a child resets the key
 //! to its default.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use handlebars::{Handlebars, RenderErrorReason};
 use serde_json::json;
 
 use super::Overlay;
 use super::validate::validate;
+use crate::echo::{self, quote};
 use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 use crate::object::Object;
+use crate::template::{self, Budget, Dialect, Problem, TemplateError};
 use crate::yaml::{self, Node, NodeValue};
 
 /// The name of the embedded overlay used when there is no overlays directory.
@@ -27,6 +28,22 @@ pub const BASE_OVERLAY_NAME: &str = "base";
 /// The template variables every string value may use.
 pub const TEMPLATE_VARIABLES: &str =
     "overlay, namespace, buildkit.version, buildkit.image, buildkit.serviceName, kiln.version, kiln.image";
+
+/// The fields whose values are template variables themselves: their own templates may use
+/// only [`FEEDING_VARIABLES`].
+pub const FEEDING_FIELDS: [&str; 5] = [
+    "namespace",
+    "buildkit.version",
+    "buildkit.image",
+    "buildkit.serviceName",
+    "kiln.image",
+];
+
+/// The variables the templates of [`FEEDING_FIELDS`] may use.
+pub const FEEDING_VARIABLES: &str = "overlay and kiln.version";
+
+/// The largest overlay file or extra manifest template kiln reads: 1 MiB.
+pub const MAX_OVERLAY_BYTES: u64 = 1024 * 1024;
 
 /// One overlay, fully resolved: parents merged, templates rendered, values validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,7 +95,7 @@ pub enum OverlayError {
         message: String,
     },
     /// The requested overlay does not exist.
-    #[error("failed to find overlay {name:?}: there is no {path} (available: {available})")]
+    #[error("failed to find overlay {}: there is no {path} (available: {available})", quote(.name))]
     NotFound {
         name: String,
         path: String,
@@ -86,12 +103,12 @@ pub enum OverlayError {
     },
     /// An overlay name that cannot be a file, a directory and a label value.
     #[error(
-        "failed to load {path}: the overlay name {name:?} is not a DNS-1123 label; use a name such as dev or prod-eu"
+        "failed to load {path}: the overlay name {} is not a DNS-1123 label; use a name such as dev or prod-eu", quote(.name)
     )]
     Name { name: String, path: String },
     /// An `extends:` names an overlay that does not exist.
     #[error(
-        "failed to resolve extends in {location}: parent overlay {parent:?} not found: there is no {path} (chain: {chain})"
+        "failed to resolve extends in {location}: parent overlay {} not found: there is no {path} (chain: {chain})", quote(.parent)
     )]
     MissingParent {
         location: String,
@@ -167,10 +184,10 @@ impl Sources {
         };
         let mut unreadable = BTreeMap::new();
         let mut read = |owner: &str, path: &Path| -> String {
-            std::fs::read_to_string(path).unwrap_or_else(|e| {
+            read_source(path).unwrap_or_else(|(kind, message)| {
                 unreadable
                     .entry(owner.to_string())
-                    .or_insert((path.to_path_buf(), e.kind(), e.to_string()));
+                    .or_insert((path.to_path_buf(), kind, message));
                 String::new()
             })
         };
@@ -268,20 +285,54 @@ pub fn resolve_all(sources: &Sources) -> Result<Vec<Resolved>, OverlayError> {
     names.iter().map(|name| resolver.resolve(name)).collect()
 }
 
-/// Resolves overlays of one [`Sources`]; holds the template engine.
+/// Read one overlay file or template: at most [`MAX_OVERLAY_BYTES`], UTF-8 text. The error
+/// is the kind and a message for [`OverlayError::Read`].
+fn read_source(path: &Path) -> Result<String, (std::io::ErrorKind, String)> {
+    use std::io::Read as _;
+    let io = |e: std::io::Error| (e.kind(), e.to_string());
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    // Read at most one byte past the limit, whatever the size said (the file may grow).
+    let mut bytes = Vec::new();
+    file.take(MAX_OVERLAY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if size > MAX_OVERLAY_BYTES || bytes.len() as u64 > MAX_OVERLAY_BYTES {
+        return Err((
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "it is {} bytes; overlay files and extra templates may be at most {MAX_OVERLAY_BYTES} bytes (1 MiB)",
+                size.max(bytes.len() as u64)
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        (
+            std::io::ErrorKind::InvalidData,
+            "it is not UTF-8 text (a binary file?); overlays are YAML".to_string(),
+        )
+    })
+}
+
+/// Read one overlay file as `Sources::read` does (at most 1 MiB, UTF-8 text), for callers
+/// that collect overlay files themselves (the KRM function's parents).
+pub fn read_overlay_file(path: &Path) -> Result<String, OverlayError> {
+    read_source(path).map_err(|(kind, message)| OverlayError::Read {
+        path: path.to_path_buf(),
+        error: std::io::Error::new(kind, message),
+    })
+}
+
+/// Resolves overlays of one [`Sources`] with kiln's template language ([`crate::template`]):
+/// strict (unknown variables are errors) and never escaping (this is YAML, not HTML).
 pub struct Resolver<'s> {
     sources: &'s Sources,
-    /// Strict (unknown variables are errors) and non-escaping (this is YAML, not HTML).
-    handlebars: Handlebars<'static>,
 }
 
 impl<'s> Resolver<'s> {
-    /// A resolver with a strict, non-escaping template engine.
+    /// A resolver over `sources`.
     pub fn new(sources: &'s Sources) -> Self {
-        let mut handlebars = Handlebars::new();
-        handlebars.set_strict_mode(true);
-        handlebars.register_escape_fn(handlebars::no_escape);
-        Self { sources, handlebars }
+        Self { sources }
     }
 
     /// Resolve one overlay by name.
@@ -308,8 +359,11 @@ impl<'s> Resolver<'s> {
         let mut next = Some(name.to_string());
         // The `extends:` that led to `next`, named when it closes a cycle.
         let mut via = String::new();
+        let mut visited: HashSet<String> = HashSet::new();
         while let Some(current) = next.take() {
-            if let Some(pos) = chain.iter().position(|c| *c == current) {
+            if !visited.insert(current.clone())
+                && let Some(pos) = chain.iter().position(|c| *c == current)
+            {
                 let mut cycle = chain[pos..].to_vec();
                 cycle.push(current);
                 return Err(OverlayError::Cycle {
@@ -341,6 +395,17 @@ impl<'s> Resolver<'s> {
                     field: "extends".into(),
                     message: "must be the name of a parent overlay, such as base".into(),
                 })?;
+                // Parents may be `_name` files; anything else cannot name one (and is not echoed whole).
+                if !is_dns1123_label(parent.trim_start_matches('_')) {
+                    return Err(OverlayError::Field {
+                        location,
+                        field: "extends".into(),
+                        message: format!(
+                            "{} is not an overlay name: name a parent overlay file without .yaml, such as base",
+                            quote(parent)
+                        ),
+                    });
+                }
                 if !sources.files.contains_key(parent) {
                     let mut shown = chain.clone();
                     shown.push(current.clone());
@@ -368,8 +433,11 @@ impl<'s> Resolver<'s> {
             entries.retain(|e| e.key != "extends");
         }
 
-        let context = self.context(name, &merged, &paths)?;
-        self.render_strings(&mut merged, "", &context, &paths)?;
+        // One budget for every template of this overlay: many small templates cannot add
+        // up to an unbounded output.
+        let mut budget = Budget::default();
+        let context = self.context(name, &merged, &paths, &mut budget)?;
+        self.render_strings(&mut merged, "", &context, &paths, &mut budget)?;
 
         let mut overlay: Overlay = merged.deserialize().map_err(|e| {
             let (source, line, field) = e.at.unwrap_or_default();
@@ -380,7 +448,7 @@ impl<'s> Resolver<'s> {
             };
             OverlayError::Field {
                 location: location(source_path(&paths, source), line),
-                field,
+                field: echo::field_path(&field),
                 message,
             }
         })?;
@@ -388,10 +456,11 @@ impl<'s> Resolver<'s> {
 
         if let Some(problem) = validate(&overlay).into_iter().next() {
             let (path, line) = provenance(&merged, &problem.field, &paths);
+            // The checks quote values with `{:?}`: capped here, in one place.
             return Err(OverlayError::Field {
                 location: location(&path, line),
-                field: problem.field,
-                message: problem.message,
+                field: echo::field_path(&problem.field),
+                message: echo::tidy(&problem.message, None),
             });
         }
 
@@ -402,7 +471,7 @@ impl<'s> Resolver<'s> {
                     "{}/{overlay_name}/extra/{file}",
                     sources.dir.trim_end_matches('/')
                 );
-                extras.extend(self.extra(&path, text, &context)?);
+                extras.extend(self.extra(&path, text, &context, &mut budget)?);
             }
         }
 
@@ -422,34 +491,47 @@ impl<'s> Resolver<'s> {
         name: &str,
         merged: &Node,
         paths: &[String],
+        budget: &mut Budget,
     ) -> Result<serde_json::Value, OverlayError> {
         let defaults = Overlay::default();
         let base = json!({ "overlay": name, "kiln": { "version": crate::VERSION } });
-        let value = |field: &str, default: &str| -> Result<String, OverlayError> {
-            match merged.get_path(field) {
+        let fallback = [
+            defaults.namespace,
+            defaults.buildkit.version,
+            defaults.buildkit.image,
+            defaults.buildkit.service_name,
+            defaults.kiln.image,
+        ];
+        let mut values = Vec::new();
+        for (field, default) in FEEDING_FIELDS.iter().zip(fallback) {
+            let value = match merged.get_path(field) {
                 Some(node) => match node.as_str() {
-                    Some(text) => self.template(text, &base, field, node, paths),
+                    Some(text) => self.template(text, &base, field, node, paths, budget)?,
                     // A wrong type is reported with its line by the typed read that follows.
-                    None => Ok(default.to_string()),
+                    None => default,
                 },
-                None => Ok(default.to_string()),
-            }
-        };
+                None => default,
+            };
+            values.push(value);
+        }
+        let [namespace, version, image, service_name, kiln_image] =
+            <[String; 5]>::try_from(values).unwrap_or_default();
         Ok(json!({
             "overlay": name,
-            "namespace": value("namespace", &defaults.namespace)?,
+            "namespace": namespace,
             "buildkit": {
-                "version": value("buildkit.version", &defaults.buildkit.version)?,
-                "image": value("buildkit.image", &defaults.buildkit.image)?,
-                "serviceName": value("buildkit.serviceName", &defaults.buildkit.service_name)?,
+                "version": version,
+                "image": image,
+                "serviceName": service_name,
             },
             "kiln": {
                 "version": crate::VERSION,
-                "image": value("kiln.image", &defaults.kiln.image)?,
+                "image": kiln_image,
             },
         }))
     }
 
+    /// Render one overlay string value (variables only).
     fn template(
         &self,
         text: &str,
@@ -457,17 +539,16 @@ impl<'s> Resolver<'s> {
         field: &str,
         node: &Node,
         paths: &[String],
+        budget: &mut Budget,
     ) -> Result<String, OverlayError> {
-        if !text.contains("{{") {
+        if !template::is_template(text) {
             return Ok(text.to_string());
         }
-        self.handlebars
-            .render_template(text, context)
-            .map_err(|e| OverlayError::Template {
-                location: location(source_path(paths, node.source), node.line),
-                field: field.to_string(),
-                message: template_message(&e),
-            })
+        template::render(text, context, Dialect::Value, budget).map_err(|e| OverlayError::Template {
+            location: location(source_path(paths, node.source), node.line),
+            field: echo::field_path(field),
+            message: value_template_message(&e, field, text),
+        })
     }
 
     fn render_strings(
@@ -476,22 +557,23 @@ impl<'s> Resolver<'s> {
         field: &str,
         context: &serde_json::Value,
         paths: &[String],
+        budget: &mut Budget,
     ) -> Result<(), OverlayError> {
         match &mut node.value {
-            NodeValue::String(text) if text.contains("{{") => {
+            NodeValue::String(text) if template::is_template(text) => {
                 let rendered = {
                     let probe = Node {
                         value: NodeValue::Null,
                         line: node.line,
                         source: node.source,
                     };
-                    self.template(text, context, field, &probe, paths)?
+                    self.template(text, context, field, &probe, paths, budget)?
                 };
                 node.value = NodeValue::String(rendered);
             }
             NodeValue::Seq(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
-                    self.render_strings(item, &format!("{field}[{i}]"), context, paths)?;
+                    self.render_strings(item, &format!("{field}[{i}]"), context, paths, budget)?;
                 }
             }
             NodeValue::Map(entries) => {
@@ -501,7 +583,7 @@ impl<'s> Resolver<'s> {
                     } else {
                         format!("{field}.{}", entry.key)
                     };
-                    self.render_strings(&mut entry.value, &child, context, paths)?;
+                    self.render_strings(&mut entry.value, &child, context, paths, budget)?;
                 }
             }
             _ => {}
@@ -515,15 +597,17 @@ impl<'s> Resolver<'s> {
         path: &str,
         text: &str,
         context: &serde_json::Value,
+        budget: &mut Budget,
     ) -> Result<Vec<Object>, OverlayError> {
         let err = |message: String| OverlayError::Extra {
             path: path.to_string(),
             message,
         };
-        let rendered = self
-            .handlebars
-            .render_template(text, context)
-            .map_err(|e| err(format!("template error: {}", template_message(&e))))?;
+        let rendered =
+            template::render(text, context, Dialect::Manifest, budget).map_err(|e| OverlayError::Extra {
+                path: format!("{path}:{}:{}", e.line, e.column),
+                message: format!("template error: {}", manifest_template_message(&e)),
+            })?;
         let docs: Vec<serde_json::Value> =
             yaml::from_str_multi(&rendered, path).map_err(|e| err(yaml_message(&e)))?;
         let mut objects = Vec::new();
@@ -554,7 +638,8 @@ impl<'s> Resolver<'s> {
             };
             if !is_dns1123_subdomain(name) {
                 return Err(err(format!(
-                    "document {n}: {kind} name {name:?} is not a valid DNS-1123 name"
+                    "document {n}: {kind} name {} is not a valid DNS-1123 name",
+                    quote(name)
                 )));
             }
             let namespace = match doc.pointer("/metadata/namespace") {
@@ -644,24 +729,39 @@ fn parse_overlay(text: &str, path: &str, source: usize) -> Result<Node, OverlayE
 }
 
 /// Deep merge: maps merge key by key, everything else (lists included) is replaced, and
-/// `null` removes the key so the default applies.
+/// `null` removes the key so the default applies. Linear in the size of both trees: keys
+/// are found through an index, not by scanning.
 fn merge(base: &mut Node, over: Node) {
     match (&mut base.value, over.value) {
         (NodeValue::Map(base_entries), NodeValue::Map(over_entries)) => {
+            let mut slots: Vec<Option<yaml::Entry>> =
+                std::mem::take(base_entries).into_iter().map(Some).collect();
+            let mut index: HashMap<String, usize> = slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| e.as_ref().map(|e| (e.key.clone(), i)))
+                .collect();
             for entry in over_entries {
-                let existing = base_entries.iter().position(|e| e.key == entry.key);
+                let existing = index.get(&entry.key).copied();
                 match (existing, &entry.value.value) {
                     (Some(i), NodeValue::Null) => {
-                        base_entries.remove(i);
+                        slots[i] = None;
+                        index.remove(&entry.key);
                     }
                     (None, NodeValue::Null) => {}
                     (Some(i), _) => {
-                        base_entries[i].line = entry.line;
-                        merge(&mut base_entries[i].value, entry.value);
+                        if let Some(slot) = slots[i].as_mut() {
+                            slot.line = entry.line;
+                            merge(&mut slot.value, entry.value);
+                        }
                     }
-                    (None, _) => base_entries.push(entry),
+                    (None, _) => {
+                        index.insert(entry.key.clone(), slots.len());
+                        slots.push(Some(entry));
+                    }
                 }
             }
+            *base_entries = slots.into_iter().flatten().collect();
             base.line = over.line;
             base.source = over.source;
         }
@@ -727,19 +827,45 @@ fn location(path: &str, line: u64) -> String {
     }
 }
 
-fn template_message(e: &handlebars::RenderError) -> String {
-    let message = match e.reason() {
-        RenderErrorReason::MissingVariable(Some(var)) => {
+/// The message for a failed overlay value template. A field that feeds a variable may use
+/// only [`FEEDING_VARIABLES`]; the message says so instead of offering the others.
+fn value_template_message(e: &TemplateError, field: &str, text: &str) -> String {
+    let message = match &e.problem {
+        Problem::UnknownVariable(var) if FEEDING_FIELDS.contains(&field) => {
+            if is_variable(var) {
+                format!(
+                    "`{var}` cannot be used here: fields that feed template variables ({}) may use only {FEEDING_VARIABLES}",
+                    FEEDING_FIELDS.join(", ")
+                )
+            } else {
+                format!("unknown variable `{var}` (available here: {FEEDING_VARIABLES})")
+            }
+        }
+        Problem::UnknownVariable(var) => {
             format!("unknown variable `{var}` (available: {TEMPLATE_VARIABLES})")
         }
-        // The parser's own text repeats itself and draws a snippet; keep the reason and column.
-        RenderErrorReason::TemplateError(t) => match t.pos() {
-            Some((_, column)) => format!("{} at column {column}", t.reason()),
-            None => t.reason().to_string(),
-        },
-        other => other.to_string(),
+        Problem::Other(message) if text.contains('\n') => {
+            format!("{message} (line {} column {} of the value)", e.line, e.column)
+        }
+        Problem::Other(message) => format!("{message} (column {} of the value)", e.column),
     };
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::echo::tidy(&message, None)
+}
+
+/// The message for a failed extra manifest template.
+fn manifest_template_message(e: &TemplateError) -> String {
+    let message = match &e.problem {
+        Problem::UnknownVariable(var) => {
+            format!("unknown variable `{var}` (available: {TEMPLATE_VARIABLES})")
+        }
+        Problem::Other(message) => message.clone(),
+    };
+    crate::echo::tidy(&message, None)
+}
+
+/// True for one of the [`TEMPLATE_VARIABLES`].
+fn is_variable(name: &str) -> bool {
+    TEMPLATE_VARIABLES.split(", ").any(|v| v == name)
 }
 
 fn yaml_message(e: &yaml::YamlError) -> String {

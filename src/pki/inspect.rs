@@ -41,11 +41,16 @@ pub enum InspectError {
         "failed to read {label}: the Secret has none of the keys ca.pem/cert.pem/key.pem or ca.crt/tls.crt/tls.key"
     )]
     NoKeys { label: String },
-    /// A file that is neither PEM nor a Secret YAML.
+    /// A file is too large, DER or binary instead of PEM text.
+    #[error("failed to read {path}: {error}")]
+    NotText { path: PathBuf, error: PkiError },
+    /// A file that is neither PEM nor a Secret YAML. `why` is shown only for a file that
+    /// holds Secrets: anything else (say /etc/passwd) is not quoted back.
     #[error(
-        "failed to read {path}: it holds no PEM block (-----BEGIN CERTIFICATE-----) and is not a Secret YAML ({why})"
+        "failed to read {path}: it holds no PEM block (-----BEGIN CERTIFICATE-----) and is not a Secret YAML{}",
+        why.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()
     )]
-    NeitherPemNorSecret { path: PathBuf, why: Box<InspectError> },
+    NeitherPemNorSecret { path: PathBuf, why: Option<Box<InspectError>> },
     /// A directory with nothing to inspect.
     #[error(
         "failed to find certificates in {path}: expected ca/cert/key files (pem or tls names), Secret YAML or PEM files"
@@ -161,8 +166,18 @@ pub fn inspect(path: &Path, now: OffsetDateTime) -> Result<Vec<Row>, InspectErro
     Ok(rows)
 }
 
+/// Read a PEM or Secret YAML file: at most [`super::MAX_PEM_BYTES`] (a device or a huge
+/// file stops there), as text (DER is named as such, with the openssl command that converts it).
 fn read_text(path: &Path) -> Result<String, InspectError> {
-    fs::read_to_string(path).map_err(|error| InspectError::Read {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|file| file.take(super::MAX_PEM_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|error| InspectError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    super::pem_text(bytes, &path.display().to_string()).map_err(|error| InspectError::NotText {
         path: path.to_path_buf(),
         error,
     })
@@ -268,9 +283,10 @@ fn sources_from_file(path: &Path) -> Result<Vec<Source>, InspectError> {
             purpose: Purpose::Tls,
         }])
     } else {
+        let secrets = yaml::document_kinds(&text).is_some_and(|kinds| kinds.iter().any(|k| k == "Secret"));
         sources_from_yaml(path, &text).map_err(|why| InspectError::NeitherPemNorSecret {
             path: path.to_path_buf(),
-            why: Box::new(why),
+            why: secrets.then(|| Box::new(why)),
         })
     }
 }

@@ -26,10 +26,12 @@ use time::OffsetDateTime;
 pub mod generate;
 pub mod inspect;
 mod parse;
+mod pem;
 mod verify;
 
 pub use parse::{CertSummary, fingerprint, fingerprint_der, key_matches, parse_bundle};
 pub use verify::{Purpose, TrustBundle, Verified, check_ca, issuer_of, verify_chain, verify_chain_for};
+pub use pem::{MAX_PEM_BYTES, pem_text};
 
 /// The key algorithm for the CA and leaf certificates.
 #[derive(
@@ -201,6 +203,17 @@ pub enum PkiError {
     /// The PEM text holds no certificate at all.
     #[error("failed to find a certificate: no \"BEGIN CERTIFICATE\" block")]
     NoCertificate,
+    /// The bytes are DER, not PEM.
+    #[error(
+        "it is DER (binary), not PEM: kiln reads PEM; convert it with `openssl x509 -inform der -in {name} -out {out}` (a key: `openssl pkey -inform der -in {name} -out {out}`)"
+    )]
+    Der { name: String, out: String },
+    /// The bytes are neither text nor DER.
+    #[error("it is binary data, not PEM text")]
+    Binary,
+    /// The file is larger than kiln reads.
+    #[error("it is {size} bytes; kiln reads PEM files of at most {limit} bytes (16 MiB)")]
+    TooLarge { size: usize, limit: usize },
     /// The certificate expired.
     #[error("certificate {subject:?} expired at {} (checked at {})", rfc3339(*.not_after), rfc3339(*.at))]
     Expired {
@@ -693,7 +706,7 @@ pub fn issue_leaf(ca: &Issued, request: &LeafRequest) -> Result<Issued, PkiError
         return Err(PkiError::CaKeyMismatch { what });
     }
     let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).map_err(|e| PkiError::ParseKey {
-        message: e.to_string(),
+        message: pem::key_message(&e),
     })?;
     let sign_error = |e: rcgen::Error| PkiError::Sign {
         what: what.clone(),

@@ -7,8 +7,9 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
 };
-use x509_parser::pem::Pem;
 
+pub(super) use super::pem::certificate_ders;
+use super::pem::{key_message, x509_message};
 use super::verify::{IssuerIndex, signature_ok};
 use super::{PkiError, hex, pem_encode};
 
@@ -47,25 +48,6 @@ pub struct CertSummary {
     pub is_ca: bool,
 }
 
-/// The DER bodies of every `CERTIFICATE` block in `pem`, in order. Other blocks
-/// (such as a private key kept in the same file) are skipped.
-pub(super) fn certificate_ders(pem: &str) -> Result<Vec<Vec<u8>>, PkiError> {
-    let mut ders = Vec::new();
-    for (index, block) in Pem::iter_from_buffer(pem.as_bytes()).enumerate() {
-        let block = block.map_err(|e| PkiError::ParsePem {
-            index: index + 1,
-            message: e.to_string(),
-        })?;
-        if block.label == "CERTIFICATE" {
-            ders.push(block.contents);
-        }
-    }
-    if ders.is_empty() {
-        return Err(PkiError::NoCertificate);
-    }
-    Ok(ders)
-}
-
 /// Every `CERTIFICATE` block of `pem`, each as a PEM of its own, in order: for the checks
 /// that look at one certificate of a bundle at a time.
 pub(super) fn certificate_pems(pem: &str) -> Result<Vec<String>, PkiError> {
@@ -78,7 +60,7 @@ pub(super) fn certificate_pems(pem: &str) -> Result<Vec<String>, PkiError> {
 /// The first private key block (`BEGIN … PRIVATE KEY`) of `pem`, as a PEM of its own;
 /// None when there is none (or the PEM cannot be read up to it).
 pub(super) fn private_key_block(pem: &str) -> Option<String> {
-    for block in Pem::iter_from_buffer(pem.as_bytes()) {
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
         let block = block.ok()?;
         if block.label.ends_with("PRIVATE KEY") {
             return Some(pem_encode(&block.label, &block.contents));
@@ -98,7 +80,7 @@ pub(super) fn parse_ders(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, P
             }),
             Err(e) => Err(PkiError::ParseCertificate {
                 index: index + 1,
-                message: e.to_string(),
+                message: x509_message(&e),
             }),
         })
         .collect()
@@ -257,7 +239,7 @@ pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool, PkiError> {
     let ders = certificate_ders(cert_pem)?;
     let (_, cert) = parse_first(&ders)?;
     let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| PkiError::ParseKey {
-        message: e.to_string(),
+        message: key_message(&e),
     })?;
     Ok(cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
 }

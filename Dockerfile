@@ -35,6 +35,8 @@ RUN arch="$(uname -m)" \
 WORKDIR /src
 # Dependencies first, so a source change does not refetch them.
 COPY Cargo.toml Cargo.lock ./
+# AWS-LC's build settings (its entropy sources; never a system libcrypto): see the file.
+COPY .cargo/config.toml ./.cargo/config.toml
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && cargo fetch --locked --target "$(cat /rust-target)" \
  && rm -rf src

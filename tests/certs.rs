@@ -451,7 +451,15 @@ fn inspect_prints_a_table_and_json() {
     let (tmp, certs) = generated(&["--namespace", "ci", "--san", "10.0.0.7", "--now", NOW]);
     let out = kiln()
         .current_dir(tmp.path())
-        .args(["certs", "inspect", ".certs", "--now", "2026-03-11T00:00:00Z"])
+        .args([
+            "certs",
+            "inspect",
+            ".certs",
+            "--now",
+            "2026-03-11T00:00:00Z",
+            "-o",
+            "wide",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1236,7 +1244,8 @@ fn overlay_settings_feed_generate_and_flags_win() {
         kiln::yaml::from_str(&read(&certs.join("buildkit-daemon-certs.yaml")), "daemon").unwrap();
     assert_eq!(secret.metadata.name.as_deref(), Some("prod-daemon-certs"));
     assert_eq!(secret.metadata.namespace.as_deref(), Some("buildkit-prod"));
-    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    // The type of the shells render writes for the overlay (see generate_overlay_type_is_the_shells').
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
 
     // A flag wins over the overlay.
     let out = run_generate(

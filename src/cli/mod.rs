@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod build;
@@ -25,6 +26,89 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// Write `text` to stdout. A reader that went away (`kiln render --stdout | head`) makes
+/// this fail with a broken pipe, which [`exit_code`] turns into a quiet exit 0.
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("failed to write to stdout")
+}
+
+/// The width tables are fitted to: `COLUMNS` when it holds a number, else the terminal's
+/// width when stdout is a terminal, else 100 (piped into a file or another program).
+pub(crate) fn table_width() -> usize {
+    if let Some(columns) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return columns;
+    }
+    // SAFETY: isatty and TIOCGWINSZ only read the state of fd 1 into a zeroed winsize.
+    unsafe {
+        if libc::isatty(libc::STDOUT_FILENO) == 1 {
+            let mut size: libc::winsize = std::mem::zeroed();
+            if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_col > 0 {
+                return usize::from(size.ws_col);
+            }
+        }
+    }
+    100
+}
+
+/// True when `err` comes from writing to a pipe whose reader has gone.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// True when stdout is a pipe or socket whose reader has gone.
+fn stdout_is_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Make a closed stdout end the process quietly with exit 0, as ripgrep does, also where a
+/// `print!` (which panics on a write error) meets it: the panic hook exits 0 for exactly that
+/// panic, when stdout is indeed closed, and leaves every other panic to the default hook.
+pub fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && stdout_is_closed() {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// The exit code for a failed run, after printing the error with its whole chain: 0 for a
+/// broken pipe on stdout (the reader has all it wanted), 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> ExitCode {
+    if is_broken_pipe(err) {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {err:#}");
+    ExitCode::from(EXIT_FAILURE)
+}
 
 /// Parse a `--now` value (RFC 3339). The error says how to write one; callers add the flag.
 pub(crate) fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
@@ -116,6 +200,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions(args) => completions::completions(args, &mut Cli::command()),
     };
     match result {
+        Err(err) if is_broken_pipe(&err) => Ok(ExitCode::SUCCESS),
         Err(err) if err.downcast_ref::<UsageError>().is_some() => {
             eprintln!("error: {err:#}");
             Ok(ExitCode::from(EXIT_USAGE))

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::Overlay;
 use super::validate::validate;
-use crate::names::{is_dns1123_label, is_dns1123_subdomain};
+use crate::names::{is_dns1123_label, is_dns1123_subdomain, is_kind, quoted};
 use crate::object::Object;
 use crate::yaml::{self, Node, NodeValue};
 
@@ -167,7 +167,19 @@ impl Sources {
         };
         let mut unreadable = BTreeMap::new();
         let mut read = |owner: &str, path: &Path| -> String {
-            std::fs::read_to_string(path).unwrap_or_else(|e| {
+            // Never open a directory, a FIFO or a device: say what it is instead.
+            let text = match std::fs::metadata(path) {
+                Ok(meta) if !meta.is_file() => Err(std::io::Error::other(format!(
+                    "it is {}, not a file; rename it or move it out of the overlays directory",
+                    if meta.is_dir() {
+                        "a directory"
+                    } else {
+                        "not a regular file"
+                    }
+                ))),
+                _ => std::fs::read_to_string(path),
+            };
+            text.unwrap_or_else(|e| {
                 unreadable
                     .entry(owner.to_string())
                     .or_insert((path.to_path_buf(), e.kind(), e.to_string()));
@@ -180,16 +192,13 @@ impl Sources {
             };
             if file.ends_with(".yml") {
                 sources.ignored.push(path.display().to_string());
-            } else if let Some(name) = file.strip_suffix(".yaml")
-                && path.is_file()
-            {
+            } else if let Some(name) = file.strip_suffix(".yaml") {
                 sources.files.insert(name.to_string(), read(name, &path));
             } else if path.is_dir() && path.join("extra").is_dir() {
                 let mut extras = Vec::new();
                 for extra in list(&path.join("extra"))? {
                     if let Some(name) = extra.file_name().and_then(|n| n.to_str())
                         && name.ends_with(".yaml.hbs")
-                        && extra.is_file()
                     {
                         extras.push((name.to_string(), read(file, &extra)));
                     }
@@ -544,6 +553,12 @@ impl<'s> Resolver<'s> {
             let Some(kind) = text_at("/kind") else {
                 return Err(err(format!("document {n} has no kind")));
             };
+            if !is_kind(kind) {
+                return Err(err(format!(
+                    "document {n}: kind {} is not a Kubernetes kind: a letter, then letters, digits or '-', at most 63 characters",
+                    quoted(kind)
+                )));
+            }
             let Some(name) = text_at("/metadata/name") else {
                 return Err(err(format!("document {n} ({kind}) has no metadata.name")));
             };

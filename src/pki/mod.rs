@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 pub mod generate;
 pub mod inspect;
 mod parse;
+pub mod table;
 
 pub use parse::{
     CertSummary, Verified, fingerprint, fingerprint_der, key_matches, parse_bundle, verify_chain,

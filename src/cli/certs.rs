@@ -265,9 +265,9 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let now = args.now.unwrap_or_else(OffsetDateTime::now_utc);
     let rows = inspect::inspect(&args.path, now)?;
     match args.output {
-        OutputFormat::Table => super::print(&inspect::table(&rows, Some(super::table_width())))?,
-        OutputFormat::Wide => super::print(&inspect::table(&rows, None))?,
-        OutputFormat::Json => super::print(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?,
+        OutputFormat::Table => super::print_report(&inspect::table(&rows, Some(super::table_width())))?,
+        OutputFormat::Wide => super::print_report(&inspect::table(&rows, None))?,
+        OutputFormat::Json => super::print_report(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?,
     }
     let problems = inspect::problems(&rows, now);
     if problems.is_empty() {

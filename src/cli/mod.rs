@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 mod build;
 mod certs;
@@ -58,6 +58,16 @@ pub(crate) fn table_width() -> usize {
         }
     }
     100
+}
+
+/// [`print`] for a command whose exit code says more than its output (`kiln check`, `kiln
+/// certs inspect`): a reader that has gone is not an error, so a stale tree still exits 1
+/// under `kiln check | head`.
+pub(crate) fn print_report(text: &str) -> anyhow::Result<()> {
+    match print(text) {
+        Err(err) if is_broken_pipe(&err) => Ok(()),
+        other => other,
+    }
 }
 
 /// True when `err` comes from writing to a pipe whose reader has gone.
@@ -160,11 +170,13 @@ pub enum Command {
 
 /// Parse the process arguments.
 ///
+/// Run by a completion script (`COMPLETE` set), kiln prints completions and exits here.
 /// Two invocations are not plain subcommands: run under the name `BuildkitStack` (the
 /// link `kiln install-plugin` places), kiln is the legacy Kustomize exec plugin and
 /// argv[1] is its config file; run with no arguments but data on stdin (a KRM `exec.path`
 /// with no `args`), kiln is the KRM function.
 pub fn parse() -> Cli {
+    completions::complete_from_env();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let invoked_as = args
         .first()
@@ -197,7 +209,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build::build(*args),
         Command::Krm(args) => krm::krm(args),
         Command::InstallPlugin(args) => krm::install_plugin(args),
-        Command::Completions(args) => completions::completions(args, &mut Cli::command()),
+        Command::Completions(args) => completions::completions(args),
     };
     match result {
         Err(err) if is_broken_pipe(&err) => Ok(ExitCode::SUCCESS),
@@ -212,6 +224,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory as _;
 
     #[test]
     fn cli_definition_is_consistent() {

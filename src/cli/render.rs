@@ -121,7 +121,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     for d in &drift {
         let _ = write!(text, "{d}");
     }
-    super::print(&text)?;
+    super::print_report(&text)?;
     for flavor in ["argocd", "flux"] {
         let prefix = format!("{flavor}/");
         let stale = drift

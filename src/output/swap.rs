@@ -1,8 +1,9 @@
 //! Replacing a directory atomically: [`replace_dir`], the one writer of `kiln render`'s tree
 //! and of `kiln certs generate`'s, and [`recover`], which cleans up after a run that died.
 //!
-//! The new tree is written into `.<name>.kiln-tmp-<pid>` beside the directory, every file and
-//! directory is fsynced, and the two trade places in one `renameat2(RENAME_EXCHANGE)`: there is
+//! The new tree is written into `.<name>.kiln-tmp-<pid>` beside the directory, what was
+//! written is put on disk (an fsync per file and directory, or one `syncfs` when there are
+//! many), and the two trade places in one `renameat2(RENAME_EXCHANGE)`: there is
 //! no moment without the directory. Where the file system cannot exchange (not Linux, or a file
 //! system without it), the old tree is renamed aside to `.<name>.kiln-old-<pid>` and the new one
 //! renamed in; a run killed between those two renames leaves no directory, and [`recover`] (run
@@ -34,6 +35,8 @@ pub struct Stage {
     dirs: BTreeSet<PathBuf>,
     /// Files whose mode is set after they are written: (relative path, mode).
     modes: Vec<(PathBuf, u32)>,
+    /// Files written (not linked), to be synced before the swap.
+    written: Vec<PathBuf>,
 }
 
 impl Stage {
@@ -68,7 +71,7 @@ impl Stage {
         Ok(self.root.join(rel))
     }
 
-    /// Write a new file at `rel`, synced to disk.
+    /// Write a new file at `rel` (synced to disk before the swap).
     pub fn write(&mut self, rel: &Path, contents: &[u8]) -> Result<(), OutputError> {
         use std::io::Write as _;
         let path = self.place(rel)?;
@@ -82,9 +85,9 @@ impl Stage {
             .mode(mode)
             .open(&path)
             .map_err(io("create", &path))?;
-        file.write_all(contents)
-            .and_then(|()| file.sync_all())
-            .map_err(io("write", &path))
+        file.write_all(contents).map_err(io("write", &path))?;
+        self.written.push(path);
+        Ok(())
     }
 
     /// Give the file at `rel` this mode once everything is written (a rewritten file keeps
@@ -108,9 +111,8 @@ impl Stage {
             Ok(()) => Ok(()),
             Err(_) if meta.is_file() => {
                 std::fs::copy(from, &to).map_err(io("copy", from))?;
-                std::fs::File::open(&to)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io("sync", &to))
+                self.written.push(to);
+                Ok(())
             }
             Err(error) => Err(OutputError::Io {
                 action: "keep (hard link)",
@@ -167,6 +169,7 @@ pub fn replace_dir(
         access,
         dirs: BTreeSet::new(),
         modes: Vec::new(),
+        written: Vec::new(),
     };
     let result = (|| {
         fill(&mut stage)?;
@@ -182,8 +185,13 @@ pub fn replace_dir(
 const TMP: &str = ".kiln-tmp-";
 const OLD: &str = ".kiln-old-";
 
-/// Set the stage's modes and sync its directories, deepest first, so that what the swap
-/// makes visible is on disk.
+/// Past this many files and directories to sync, one `syncfs` of the file system is cheaper
+/// than an `fsync` each (each costs a journal commit: 7 ms apiece on the build machine's
+/// ext4 under load, against 150–250 ms for one `syncfs`).
+const SYNC_EACH_MAX: usize = 32;
+
+/// Set the stage's modes and put what it holds on disk (the files written and every
+/// directory), so that what the swap makes visible is durable.
 fn finish(stage: &Stage, out: &Path) -> Result<(), OutputError> {
     let set = |path: &Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -192,21 +200,57 @@ fn finish(stage: &Stage, out: &Path) -> Result<(), OutputError> {
     for (rel, mode) in &stage.modes {
         set(&stage.root.join(rel), *mode)?;
     }
-    let mut dirs: Vec<&PathBuf> = stage.dirs.iter().collect();
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    for rel in dirs {
-        let path = stage.root.join(rel);
-        sync_dir(&path)?;
-        if stage.access == Access::Shared {
-            set(&path, dir_mode(&out.join(rel)).unwrap_or_else(default_dir_mode))?;
+    if stage.access == Access::Shared {
+        for rel in &stage.dirs {
+            set(
+                &stage.root.join(rel),
+                dir_mode(&out.join(rel)).unwrap_or_else(default_dir_mode),
+            )?;
         }
     }
-    sync_dir(&stage.root)?;
     let root_mode = match stage.access {
         Access::Private => 0o700,
         Access::Shared => dir_mode(out).unwrap_or_else(default_dir_mode),
     };
-    set(&stage.root, root_mode)
+    set(&stage.root, root_mode)?;
+    let syncs = stage.written.len() + stage.dirs.len() + 1;
+    if syncs > SYNC_EACH_MAX && sync_file_system(&stage.root).is_ok() {
+        return Ok(());
+    }
+    for file in &stage.written {
+        sync(file)?;
+    }
+    let mut dirs: Vec<&PathBuf> = stage.dirs.iter().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for rel in dirs {
+        sync(&stage.root.join(rel))?;
+    }
+    sync(&stage.root)
+}
+
+/// `syncfs(2)`: everything of the file system that holds `path`, in one call.
+#[cfg(target_os = "linux")]
+fn sync_file_system(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let dir = std::fs::File::open(path)?;
+    // SAFETY: a valid open file descriptor for the duration of the call.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_file_system(_: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// fsync a file or a directory by path.
+fn sync(path: &Path) -> Result<(), OutputError> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io("sync", path))
 }
 
 /// The mode of the directory (not a symlink) at `path`, if there is one.
@@ -228,22 +272,16 @@ fn default_dir_mode() -> u32 {
     0o777 & !(mask as u32)
 }
 
-fn sync_dir(path: &Path) -> Result<(), OutputError> {
-    std::fs::File::open(path)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io("sync", path))
-}
-
 /// Put the staged `tmp` where `out` is; see the module docs.
 fn swap(out: &Path, tmp: &Path, old: &Path, parent: &Path) -> Result<(), OutputError> {
     let exists = std::fs::symlink_metadata(out).is_ok();
     if !exists {
         std::fs::rename(tmp, out).map_err(io("move into place", out))?;
-        return sync_dir(parent);
+        return sync(parent);
     }
     match exchange(tmp, out) {
         Ok(()) => {
-            sync_dir(parent)?;
+            sync(parent)?;
             // `tmp` now holds the old tree.
             return remove_tree(tmp).map_err(io("remove the previous tree", tmp));
         }
@@ -251,7 +289,7 @@ fn swap(out: &Path, tmp: &Path, old: &Path, parent: &Path) -> Result<(), OutputE
         Err(e) => return Err(io("move into place", out)(e)),
     }
     rename_twice(out, tmp, old)?;
-    sync_dir(parent)?;
+    sync(parent)?;
     remove_tree(old).map_err(io("remove the previous tree", old))
 }
 

@@ -381,12 +381,21 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
         });
     }
     std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    // A file whose content stays the same is linked, not rewritten: it keeps its inode, mode
+    // and time, and there is nothing new of it to sync.
+    let changed: BTreeSet<&str> = report.changed.iter().map(String::as_str).collect();
     swap::replace_dir(out, Access::Shared, |stage| {
         for (path, content) in &tree.files {
-            stage.write(path.as_ref(), content.as_bytes())?;
+            if changed.contains(path.as_str()) {
+                stage.write(path.as_ref(), content.as_bytes())?;
+            } else {
+                stage.carry(&out.join(path.as_str()), path.as_ref())?;
+            }
         }
         for (path, mode) in &plan.modes {
-            stage.set_mode(Path::new(path), *mode);
+            if changed.contains(path.as_str()) || path == MANIFEST {
+                stage.set_mode(Path::new(path), *mode);
+            }
         }
         stage.write(Path::new(MANIFEST), plan.manifest.as_bytes())?;
         for path in &plan.carried {
@@ -431,6 +440,8 @@ impl std::fmt::Display for Drift {
 /// the first differing line. The diff costs about the product of the lengths when most lines
 /// differ, so this bounds it.
 pub const DIFF_MAX_LINES: usize = 20_000;
+/// How much of the first differing line such a report shows.
+const DIFF_LINE_MAX: usize = 200;
 
 /// A unified diff from `old` (on disk) to `new` (rendered), bounded by [`DIFF_MAX_LINES`].
 fn unified_diff(path: &str, old: &str, new: &str) -> String {
@@ -449,7 +460,10 @@ fn unified_diff(path: &str, old: &str, new: &str) -> String {
         .unwrap_or(a.min(b));
     let line = |text: &str| {
         let line = text.lines().nth(first).unwrap_or("(end of file)");
-        crate::names::quoted(line)
+        match line.char_indices().nth(DIFF_LINE_MAX) {
+            Some((at, _)) => format!("{}…", &line[..at]),
+            None => line.to_string(),
+        }
     };
     format!(
         "--- a/{path}\n+++ b/{path}\ndiffers: {a} lines on disk, {b} rendered (too long to diff: more than \

@@ -169,14 +169,20 @@ impl Sources {
         let mut read = |owner: &str, path: &Path| -> String {
             // Never open a directory, a FIFO or a device: say what it is instead.
             let text = match std::fs::metadata(path) {
-                Ok(meta) if !meta.is_file() => Err(std::io::Error::other(format!(
-                    "it is {}, not a file; rename it or move it out of the overlays directory",
-                    if meta.is_dir() {
+                Ok(meta) if !meta.is_file() => {
+                    use std::os::unix::fs::FileTypeExt as _;
+                    let kind = meta.file_type();
+                    let what = if kind.is_dir() {
                         "a directory"
+                    } else if kind.is_fifo() {
+                        "a FIFO"
                     } else {
-                        "not a regular file"
-                    }
-                ))),
+                        "a special file"
+                    };
+                    Err(std::io::Error::other(format!(
+                        "it is {what}, not a file; rename it or move it out of the overlays directory"
+                    )))
+                }
                 _ => std::fs::read_to_string(path),
             };
             text.unwrap_or_else(|e| {

@@ -63,6 +63,27 @@ fn ok(out: &Output) -> String {
     stderr(out)
 }
 
+/// Give the shipped dev overlay `replicas` daemons: a change that rewrites a few files.
+fn set_dev_replicas(ws: &Path, replicas: u32) {
+    let dev = ws.join("overlays/dev.yaml");
+    let text = fs::read_to_string(&dev).unwrap();
+    let text = text
+        .lines()
+        .map(|l| match l.strip_prefix("  replicas: ") {
+            Some(_) => format!("  replicas: {replicas}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect::<String>();
+    fs::write(&dev, text).unwrap();
+}
+
+/// Assert that `kiln args` fails with exit 1 and an error that holds `needle`.
+fn fails(dir: &Path, args: &[&str], needle: &str) {
+    let out = run(dir, args);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+    assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+}
+
 fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
 }
@@ -141,11 +162,7 @@ fn modes_of_directories_and_files_are_kept() {
     fs::set_permissions(&kustomization, fs::Permissions::from_mode(0o640)).unwrap();
     fs::set_permissions(&out, fs::Permissions::from_mode(0o751)).unwrap();
     // A change to dev, so that the tree is written again.
-    let dev = ws.path().join("overlays/dev.yaml");
-    let text = fs::read_to_string(&dev)
-        .unwrap()
-        .replace("replicas: 1", "replicas: 2");
-    fs::write(&dev, text).unwrap();
+    set_dev_replicas(ws.path(), 2);
     let log = ok(&run(ws.path(), &["render"]));
     assert!(!log.contains(": 0 files changed"), "{log}");
     assert!(
@@ -285,23 +302,19 @@ fn an_overlay_file_that_is_a_directory_is_an_error() {
     // A FIFO in its place fails the same way, without waiting for a writer.
     fs::remove_dir(&dev).unwrap();
     mkfifo(&dev);
-    let out = run(ws.path(), &["render"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("overlays/dev.yaml: it is a FIFO, not a file"),
-        "{}",
-        stderr(&out)
+    fails(
+        ws.path(),
+        &["render"],
+        "overlays/dev.yaml: it is a FIFO, not a file",
     );
     // And so does an extra manifest that is a FIFO.
     fs::remove_file(&dev).unwrap();
     fs::write(&dev, "extends: base\n").unwrap();
     mkfifo(&ws.path().join("overlays/prod/extra/pipe.yaml.hbs"));
-    let out = run(ws.path(), &["render"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("overlays/prod/extra/pipe.yaml.hbs: it is a FIFO, not a file"),
-        "{}",
-        stderr(&out)
+    fails(
+        ws.path(),
+        &["render"],
+        "overlays/prod/extra/pipe.yaml.hbs: it is a FIFO, not a file",
     );
 }
 
@@ -311,11 +324,7 @@ fn a_fifo_in_the_output_directory_is_never_opened() {
     ok(&run(ws.path(), &["render"]));
     let out = ws.path().join("rendered");
     mkfifo(&out.join("dev/pipe"));
-    let dev = ws.path().join("overlays/dev.yaml");
-    let text = fs::read_to_string(&dev)
-        .unwrap()
-        .replace("replicas: 1", "replicas: 2");
-    fs::write(&dev, text).unwrap();
+    set_dev_replicas(ws.path(), 2);
     let log = ok(&run(ws.path(), &["render"]));
     assert!(
         log.contains("kiln: warning: kept rendered/dev/pipe: it is a FIFO, which kiln never opens"),
@@ -334,25 +343,17 @@ fn a_fifo_in_the_output_directory_is_never_opened() {
     fs::remove_file(out.join("dev/service-buildkitd.yaml")).unwrap();
     mkfifo(&out.join("dev/service-buildkitd.yaml"));
     for args in [&["render"][..], &["check"]] {
-        let out = run(ws.path(), args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(
-            stderr(&out).contains(
-                "rendered/dev/service-buildkitd.yaml: it is a FIFO, which kiln never opens; move it away"
-            ),
-            "{}",
-            stderr(&out)
-        );
+        let needle =
+            "rendered/dev/service-buildkitd.yaml: it is a FIFO, which kiln never opens; move it away";
+        fails(ws.path(), args, needle);
     }
     // A symlink there is refused too, and never followed.
     fs::remove_file(out.join("dev/service-buildkitd.yaml")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", out.join("dev/service-buildkitd.yaml")).unwrap();
-    let out = run(ws.path(), &["render"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("it is a symlink, which kiln never follows"),
-        "{}",
-        stderr(&out)
+    fails(
+        ws.path(),
+        &["render"],
+        "it is a symlink, which kiln never follows",
     );
 }
 
@@ -399,8 +400,6 @@ fn the_output_directory_never_disappears_during_a_render() {
     let ws = shipped();
     ok(&run(ws.path(), &["render"]));
     let out = ws.path().join("rendered");
-    let dev = ws.path().join("overlays/dev.yaml");
-    let original = fs::read_to_string(&dev).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let (out, stop) = (out.clone(), stop.clone());
@@ -418,11 +417,7 @@ fn the_output_directory_never_disappears_during_a_render() {
     };
     for i in 0..20 {
         // A different dev each time, so that every render swaps the tree.
-        fs::write(
-            &dev,
-            original.replace("replicas: 1", &format!("replicas: {}", i % 2 + 1)),
-        )
-        .unwrap();
+        set_dev_replicas(ws.path(), i % 2 + 2);
         ok(&run(ws.path(), &["render"]));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -481,14 +476,7 @@ fn what_a_render_writes_is_synced_before_it_is_swapped_in() {
     );
 
     // A render that changes a few files: an fsync each (and each directory), then the exchange.
-    let dev = ws.path().join("overlays/dev.yaml");
-    fs::write(
-        &dev,
-        fs::read_to_string(&dev)
-            .unwrap()
-            .replace("replicas: 1", "replicas: 2"),
-    )
-    .unwrap();
+    set_dev_replicas(ws.path(), 2);
     let (log, calls) = traced_render(&strace, ws.path());
     let changed: usize = log
         .split(": ")

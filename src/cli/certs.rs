@@ -223,10 +223,14 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     })?;
     let out = &args.out;
     output::replace_dir(out, Access::Private, |stage| {
-        generated
-            .files
-            .iter()
-            .try_for_each(|file| stage.write(&file.path, &file.contents))
+        generated.files.iter().try_for_each(|file| {
+            let path =
+                output::FilePath::from_path(&file.path).map_err(|error| output::OutputError::Path {
+                    what: file.path.display().to_string(),
+                    error,
+                })?;
+            stage.write(&path, &file.contents)
+        })
     })?;
 
     let mut report = format!(

@@ -1,8 +1,9 @@
 //! The one place where render's file names are made.
 //!
-//! Every path kiln renders into `<out>/` is a [`FilePath`], and [`FilePath::new`] is its only
-//! constructor: each part must be lowercase letters, digits, `.` and `-`, start with a letter
-//! or a digit, and fit a file name. So no name from the input (an overlay, an object's kind,
+//! Every file kiln writes (render's tree, `certs generate`'s) is named by a [`FilePath`]
+//! ([`super::Stage::write`] takes nothing else), and [`FilePath::new`] is its constructor:
+//! each part must be lowercase letters, digits, `.` and `-`, start with a letter or a digit,
+//! and fit a file name ([`FilePath::kiln_file`] adds kiln's own two dot files). So no name from the input (an overlay, an object's kind,
 //! name or namespace) can climb out of the output directory, hide a file, or hold `/` or NUL,
 //! whichever object type it comes from. [`object_file`] checks an object's names against the
 //! Kubernetes rules first, so that its error names the field.
@@ -51,11 +52,46 @@ impl FilePath {
         Ok(Self(path))
     }
 
+    /// The same for a relative path, split at `/`: no `..`, no root, every part safe (or
+    /// the path is one of [`KILN_FILES`]).
+    pub fn from_path(path: &std::path::Path) -> Result<Self, PathError> {
+        if let Some(name) = path.to_str().filter(|p| KILN_FILES.contains(p)) {
+            return Self::kiln_file(name);
+        }
+        let parts = path
+            .components()
+            .map(|c| match c {
+                std::path::Component::Normal(part) => Ok(part.to_string_lossy().into_owned()),
+                other => Err(PathError {
+                    part: echo(&other.as_os_str().to_string_lossy()),
+                    reason: "a path inside the output is relative and plain",
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(&parts)
+    }
+
+    /// One of the files kiln keeps at the top of a directory it writes, whose names start
+    /// with `.` ([`KILN_FILES`]); any other name is refused.
+    pub fn kiln_file(name: &str) -> Result<Self, PathError> {
+        if KILN_FILES.contains(&name) {
+            Ok(Self(name.to_string()))
+        } else {
+            Err(PathError {
+                part: echo(name),
+                reason: "it is not one of kiln's own files",
+            })
+        }
+    }
+
     /// The path, `/`-separated.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
+
+/// The dot files kiln writes itself: render's manifest and certs generate's `.gitignore`.
+pub const KILN_FILES: [&str; 2] = [super::MANIFEST, ".gitignore"];
 
 impl Borrow<str> for FilePath {
     fn borrow(&self) -> &str {
@@ -166,6 +202,21 @@ mod tests {
         }
         assert!(FilePath::new(&[&"a".repeat(256)]).is_err());
         assert!(FilePath::new::<&str>(&[]).is_err());
+        let from = |p: &str| FilePath::from_path(std::path::Path::new(p)).map(|p| p.to_string());
+        assert_eq!(from("daemon/ca.pem").unwrap(), "daemon/ca.pem");
+        assert_eq!(from(".gitignore").unwrap(), ".gitignore");
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/../b",
+            "./a",
+            ".git",
+            "daemon/.gitignore",
+        ] {
+            assert!(from(bad).is_err(), "{bad}");
+        }
+        assert_eq!(FilePath::kiln_file(".gitignore").unwrap().as_str(), ".gitignore");
+        assert!(FilePath::kiln_file(".git").is_err());
         let e = FilePath::new(&["../../etc"]).unwrap_err().to_string();
         assert_eq!(
             e,

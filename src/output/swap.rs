@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use super::{OutputError, io};
+use super::{FilePath, OutputError, io};
 
 /// Who may read the tree [`replace_dir`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +71,11 @@ impl Stage {
         Ok(self.root.join(rel))
     }
 
-    /// Write a new file at `rel` (synced to disk before the swap).
-    pub fn write(&mut self, rel: &Path, contents: &[u8]) -> Result<(), OutputError> {
+    /// Write a new file at `rel` (synced to disk before the swap). Only a checked
+    /// [`FilePath`] names a file kiln writes.
+    pub fn write(&mut self, rel: &FilePath, contents: &[u8]) -> Result<(), OutputError> {
         use std::io::Write as _;
-        let path = self.place(rel)?;
+        let path = self.place(rel.as_ref())?;
         let mode = match self.access {
             Access::Shared => 0o666,
             Access::Private => 0o600,
@@ -261,15 +262,20 @@ fn dir_mode(path: &Path) -> Option<u32> {
         .map(|m| m.permissions().mode() & 0o7777)
 }
 
-/// 0777 less the umask: what `mkdir` would have made.
-fn default_dir_mode() -> u32 {
+/// The process's umask.
+pub(super) fn umask() -> u32 {
     // SAFETY: umask only swaps the process's mask; it is set back at once.
     let mask = unsafe {
         let mask = libc::umask(0o022);
         libc::umask(mask);
         mask
     };
-    0o777 & !(mask as u32)
+    mask as u32
+}
+
+/// 0777 less the umask: what `mkdir` would have made.
+fn default_dir_mode() -> u32 {
+    0o777 & !umask()
 }
 
 /// Put the staged `tmp` where `out` is; see the module docs.
@@ -548,7 +554,7 @@ mod tests {
         std::fs::set_permissions(out.join("mine/deep"), std::fs::Permissions::from_mode(0o500)).unwrap();
         replace_dir(&out, Access::Shared, |stage| {
             stage.dir(Path::new("mine/deep"))?;
-            stage.write(Path::new("mine/f"), b"x")?;
+            stage.write(&FilePath::new(&["mine", "f"]).unwrap(), b"x")?;
             stage.set_mode(Path::new("mine/f"), 0o640);
             Ok(())
         })
@@ -559,7 +565,10 @@ mod tests {
         assert_eq!(mode("mine/deep"), 0o500);
         assert_eq!(mode("mine/f"), 0o640);
         // And a read-only directory in the old tree does not stop the next swap.
-        replace_dir(&out, Access::Shared, |stage| stage.write(Path::new("g"), b"y")).unwrap();
+        replace_dir(&out, Access::Shared, |stage| {
+            stage.write(&FilePath::new(&["g"]).unwrap(), b"y")
+        })
+        .unwrap();
         assert_eq!(std::fs::read_to_string(out.join("g")).unwrap(), "y");
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use super::manifest::{self, MAX_READ, Manifest};
 use super::swap::{self, Access};
-use super::{HEADER_PREFIX, MANIFEST, OutputError, Tree, in_scope, io};
+use super::{FilePath, HEADER_PREFIX, MANIFEST, OutputError, Tree, in_scope, io};
 
 /// An entry of the output directory that is not a directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,13 +176,7 @@ struct Plan {
 
 /// The mode a new file gets: 0666 less the umask.
 fn default_file_mode() -> u32 {
-    // SAFETY: umask only swaps the process's mask; it is set back at once.
-    let mask = unsafe {
-        let mask = libc::umask(0o022);
-        libc::umask(mask);
-        mask
-    };
-    0o666 & !(mask as u32)
+    0o666 & !swap::umask()
 }
 
 fn plan(out: &Path, tree: &Tree, existing: &Existing) -> Result<Plan, OutputError> {
@@ -387,7 +381,7 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
     swap::replace_dir(out, Access::Shared, |stage| {
         for (path, content) in &tree.files {
             if changed.contains(path.as_str()) {
-                stage.write(path.as_ref(), content.as_bytes())?;
+                stage.write(path, content.as_bytes())?;
             } else {
                 stage.carry(&out.join(path.as_str()), path.as_ref())?;
             }
@@ -397,7 +391,11 @@ pub fn write(out: &Path, tree: &Tree) -> Result<WriteReport, OutputError> {
                 stage.set_mode(Path::new(path), *mode);
             }
         }
-        stage.write(Path::new(MANIFEST), plan.manifest.as_bytes())?;
+        let manifest = FilePath::kiln_file(MANIFEST).map_err(|error| OutputError::Path {
+            what: MANIFEST.into(),
+            error,
+        })?;
+        stage.write(&manifest, plan.manifest.as_bytes())?;
         for path in &plan.carried {
             stage.carry(&out.join(path), Path::new(path))?;
         }

@@ -586,7 +586,7 @@ fn one_gitops_layout_replaces_another_and_says_so() {
 // ---------------------------------------------------------------- check
 
 #[test]
-fn check_reports_a_huge_change_without_diffing_it() {
+fn check_diffs_a_small_change_in_a_huge_file_but_only_reports_a_huge_one() {
     let tolerations = |value: &str| {
         let mut text = String::from("buildkit:\n  tolerations:\n");
         for i in 0..20_000 {
@@ -609,10 +609,25 @@ fn check_reports_a_huge_change_without_diffing_it() {
         "{}",
         &diff[..diff.len().min(2000)]
     );
-    assert!(diff.contains("rendered (too long to diff: more than 20000 lines); first difference at line"));
+    assert!(
+        diff.contains("in the changed region (too many to diff: more than 10000); first difference at line")
+    );
     assert!(
         diff.contains(":\n-        value: a\n+        value: b\n--- a/big/deployment-buildkitd.yaml"),
         "{}",
         &diff[..diff.len().min(2000)]
+    );
+
+    // One value changed in the same huge files: a real diff, with its hunk.
+    let one = tolerations("a").replacen("value: a", "value: z", 1);
+    fs::write(ws.path().join("overlays/big.yaml"), one).unwrap();
+    let check = run(ws.path(), &["check"]);
+    assert_eq!(check.status.code(), Some(1));
+    let diff = stdout(&check);
+    assert!(!diff.contains("too many to diff"), "{diff}");
+    assert!(diff.contains("@@ -"), "{diff}");
+    assert!(
+        diff.contains("\n-        value: a\n+        value: z\n"),
+        "{diff}"
     );
 }

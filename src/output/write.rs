@@ -434,41 +434,47 @@ impl std::fmt::Display for Drift {
     }
 }
 
-/// The most lines (both sides together) `kiln check` diffs; beyond, it reports the sizes and
-/// the first differing line. The diff costs about the product of the lengths when most lines
-/// differ, so this bounds it.
-pub const DIFF_MAX_LINES: usize = 20_000;
+/// The most changed lines `kiln check` diffs: the lines between the first and the last
+/// difference, both sides together. Beyond, it reports the sizes and the first differing line.
+/// A diff costs about the product of the lengths of that region when most of its lines
+/// differ, so this bounds it, while a small edit in a huge file still gets its diff.
+pub const DIFF_MAX_LINES: usize = 10_000;
 /// How much of the first differing line such a report shows.
 const DIFF_LINE_MAX: usize = 200;
 
 /// A unified diff from `old` (on disk) to `new` (rendered), bounded by [`DIFF_MAX_LINES`].
 fn unified_diff(path: &str, old: &str, new: &str) -> String {
-    let (a, b) = (old.lines().count(), new.lines().count());
-    if a + b <= DIFF_MAX_LINES {
+    let (a, b): (Vec<&str>, Vec<&str>) = (old.lines().collect(), new.lines().collect());
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let suffix = a[prefix..]
+        .iter()
+        .rev()
+        .zip(b[prefix..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let changed = (a.len() - prefix - suffix) + (b.len() - prefix - suffix);
+    if changed <= DIFF_MAX_LINES {
         return similar::TextDiff::from_lines(old, new)
             .unified_diff()
             .context_radius(3)
             .header(&format!("a/{path}"), &format!("b/{path}"))
             .to_string();
     }
-    let first = old
-        .lines()
-        .zip(new.lines())
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.min(b));
-    let line = |text: &str| {
-        let line = text.lines().nth(first).unwrap_or("(end of file)");
+    let line = |lines: &[&str]| {
+        let line = lines.get(prefix).copied().unwrap_or("(end of file)");
         match line.char_indices().nth(DIFF_LINE_MAX) {
             Some((at, _)) => format!("{}…", &line[..at]),
             None => line.to_string(),
         }
     };
     format!(
-        "--- a/{path}\n+++ b/{path}\ndiffers: {a} lines on disk, {b} rendered (too long to diff: more than \
-         {DIFF_MAX_LINES} lines); first difference at line {}:\n-{}\n+{}\n",
-        first + 1,
-        line(old),
-        line(new),
+        "--- a/{path}\n+++ b/{path}\ndiffers: {} lines on disk, {} rendered, {changed} of them in the changed \
+         region (too many to diff: more than {DIFF_MAX_LINES}); first difference at line {}:\n-{}\n+{}\n",
+        a.len(),
+        b.len(),
+        prefix + 1,
+        line(&a),
+        line(&b),
     )
 }
 

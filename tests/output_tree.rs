@@ -465,7 +465,7 @@ fn what_a_render_writes_is_synced_before_it_is_swapped_in() {
             .position(|l| l.contains(what))
             .unwrap_or_else(|| panic!("no {what} in:\n{}", calls.join("\n")))
     };
-    // The first render writes 59 files: one syncfs, then the rename into place, then the parent.
+    // The first render: one syncfs, the rename into place, then an fsync of the parent.
     let (_, calls) = traced_render(&strace, ws.path());
     let rename = position(&calls, ".rendered.kiln-tmp-");
     assert!(position(&calls, "syncfs(") < rename, "{}", calls.join("\n"));
@@ -475,27 +475,16 @@ fn what_a_render_writes_is_synced_before_it_is_swapped_in() {
         calls.join("\n")
     );
 
-    // A render that changes a few files: an fsync each (and each directory), then the exchange.
+    // A render that changes a few files: the same, around the exchange.
     set_dev_replicas(ws.path(), 2);
     let (log, calls) = traced_render(&strace, ws.path());
-    let changed: usize = log
-        .split(": ")
-        .nth(2)
-        .and_then(|s| s.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{log}"));
-    assert!((2..10).contains(&changed), "{log}");
+    assert!(!log.contains(": 0 files changed"), "{log}");
     let exchange = position(&calls, "RENAME_EXCHANGE");
-    let synced = calls[..exchange].iter().filter(|l| l.contains("fsync(")).count();
-    // The changed files, the manifest, and the directories (root, dev, prod, staging).
-    assert!(
-        synced >= changed + 1 + 4,
-        "{synced} fsyncs for {changed} changed files:\n{}",
-        calls.join("\n")
-    );
+    assert!(position(&calls, "syncfs(") < exchange, "{}", calls.join("\n"));
     assert!(
         calls[exchange..].iter().any(|l| l.contains("fsync(")),
-        "the parent, after the exchange"
+        "the parent, after the exchange: {}",
+        calls.join("\n")
     );
 }
 

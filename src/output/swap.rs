@@ -448,7 +448,7 @@ pub fn interrupted(out: &Path, is_ours: impl Fn(&Path) -> bool) -> Option<PathBu
 
 /// Before a run reads `out`: put back the tree of an interrupted swap ([`interrupted`]), and
 /// remove what runs that died left beside it (staging directories; old trees that `is_ours`
-/// accepts, once `out` is back). Returns the directory restored, if any.
+/// accepts, when `out` is one too). Returns the directory restored, if any.
 pub fn recover(out: &Path, is_ours: impl Fn(&Path) -> bool) -> Result<Option<PathBuf>, OutputError> {
     let restored = match interrupted(out, &is_ours) {
         Some(old) => {
@@ -457,14 +457,16 @@ pub fn recover(out: &Path, is_ours: impl Fn(&Path) -> bool) -> Result<Option<Pat
         }
         None => None,
     };
-    let out_exists = std::fs::symlink_metadata(out).is_ok();
+    // An old tree beside a finished one is the rest of a swap that completed; beside anything
+    // else (a directory the user made again, say) it may be the only copy, and stays.
+    let out_done = ours(out, &is_ours);
     for leftover in leftovers(out) {
         if !gone(leftover.pid) {
             continue;
         }
         let is_dir = std::fs::symlink_metadata(&leftover.path).is_ok_and(|m| m.is_dir());
         let remove = if leftover.old {
-            out_exists && ours(&leftover.path, &is_ours)
+            out_done && ours(&leftover.path, &is_ours)
         } else {
             is_dir
         };
@@ -523,6 +525,18 @@ mod tests {
             dir.path().join(".rendered.kiln-old-999999997").is_dir(),
             "so is a stranger's directory"
         );
+
+        // A kiln tree aside while `out` is a directory that is not one: kept, it may be the
+        // only copy.
+        let aside = dir.path().join(".rendered.kiln-old-999999996");
+        std::fs::rename(&out, &aside).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        assert_eq!(recover(&out, has_manifest).unwrap(), None);
+        assert!(aside.join("NOTES.md").is_file());
+        // Once `out` is a kiln tree again, the leftover goes.
+        std::fs::write(out.join(".kiln-manifest"), "").unwrap();
+        recover(&out, has_manifest).unwrap();
+        assert!(!aside.exists());
     }
 
     #[test]

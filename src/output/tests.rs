@@ -201,3 +201,45 @@ fn files(list: &[(&str, &str)]) -> BTreeMap<FilePath, String> {
         })
         .collect()
 }
+
+#[test]
+fn objects_of_other_namespaces_go_below_their_namespace() {
+    let mut r = resolved("dev");
+    r.overlay.namespace = "buildkit-dev".into();
+    let mut home = object("Secret", "client");
+    home.namespace = Some("buildkit-dev".into());
+    let mut tenant = home.clone();
+    tenant.namespace = Some("team-a".into());
+    let unit = Unit {
+        resolved: &r,
+        objects: vec![home, tenant],
+        flavor: Flavor::Kustomize,
+    };
+    let tree = layout(&[unit], "rendered", None).unwrap();
+    let paths: Vec<&str> = tree.files.keys().map(FilePath::as_str).collect();
+    assert_eq!(
+        paths,
+        [
+            "dev/kustomization.yaml",
+            "dev/secret-client.yaml",
+            "dev/team-a/secret-client.yaml"
+        ]
+    );
+    assert!(
+        tree.files["dev/kustomization.yaml"]
+            .ends_with("resources:\n- secret-client.yaml\n- team-a/secret-client.yaml\n")
+    );
+
+    let mut bad = object("Secret", "client");
+    bad.namespace = Some("../../up".into());
+    let unit = Unit {
+        resolved: &r,
+        objects: vec![bad],
+        flavor: Flavor::Kustomize,
+    };
+    let e = layout(&[unit], "rendered", None).unwrap_err().to_string();
+    assert!(
+        e.starts_with("failed to lay out overlay dev (overlays/dev.yaml): metadata.namespace \"../../up\" is not a DNS-1123 label"),
+        "{e}"
+    );
+}

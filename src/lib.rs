@@ -6,7 +6,7 @@
 //! | module | pure or IO | what it holds |
 //! |---|---|---|
 //! | [`cli`] | IO | clap definitions, one module per command: parse flags, call the core, print; the only place with `anyhow` |
-//! | [`output`] | IO at the edge | laying objects out as files and one YAML stream (pure); [`output::write`], [`output::check`] and [`output::replace_dir`], the one atomic directory writer (render's tree, `certs generate`) |
+//! | [`output`] | IO at the edge | laying objects out as files and one YAML stream (pure; every file name through [`output::path::FilePath`]); [`output::write`], [`output::check`] and [`output::replace_dir`], the one atomic directory writer (render's tree, `certs generate`) |
 //! | [`krm`] | pure | the KRM function and legacy Kustomize plugin protocol; the render is handed in |
 //! | [`render`] | pure | overlay → Kubernetes objects: the daemon, its Services, the Secret shells, the Namespace, the `kiln-config` ConfigMap, rotation RBAC and jobs, the Tasks, GitOps wrappers |
 //! | [`rotate`] | pure, but [`rotate::executor`] | state from Secret annotations, the planner and its applier over a `Cluster` trait; the executor talks to the Kubernetes API |

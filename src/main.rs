@@ -1,12 +1,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    kiln::cli::quiet_broken_pipe();
     let cli = kiln::cli::parse();
-    match kiln::cli::run(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {}", kiln::cli::error_line(&err));
-            ExitCode::from(kiln::cli::EXIT_FAILURE)
-        }
-    }
+    kiln::cli::run(cli).unwrap_or_else(|err| kiln::cli::exit_code(&err))
 }

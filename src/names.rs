@@ -6,6 +6,19 @@
 /// What a DNS-1123 label may hold, for messages: `invalid --namespace "X": {LABEL_RULE}`.
 pub const LABEL_RULE: &str = "use lowercase letters, digits and '-', at most 63 characters";
 
+/// How much of a value an error echoes.
+const QUOTE_MAX: usize = 80;
+
+/// `value` quoted for an error message, cut to 80 characters (with its length in bytes when
+/// cut), control characters escaped: an error never echoes a whole hostile value.
+pub fn quoted(value: &str) -> String {
+    if value.chars().count() <= QUOTE_MAX {
+        return format!("{value:?}");
+    }
+    let cut: String = value.chars().take(QUOTE_MAX).collect();
+    format!("{cut:?}… ({} bytes)", value.len())
+}
+
 /// True for a DNS-1123 label: at most 63 lowercase alphanumerics or `-`, alphanumeric at both ends.
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
@@ -19,6 +32,17 @@ pub fn is_dns1123_label(s: &str) -> bool {
 /// True for a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
 pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// True for a Kubernetes kind (`ConfigMap`, `Task`): the API server requires its lowercase form
+/// to be a DNS-1035 label, so a letter first, then letters, digits or `-`, at most 63 characters,
+/// not ending in `-`. Mixed case is allowed.
+pub fn is_kind(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && !s.ends_with('-')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// True for a label value: empty, or at most 63 alphanumerics, `-`, `_`, `.`, alphanumeric at both ends.
@@ -52,6 +76,26 @@ mod tests {
         }
         assert!(is_dns1123_subdomain("buildkit.ca-1"));
         assert!(!is_dns1123_subdomain("a..b"));
+    }
+
+    #[test]
+    fn kinds() {
+        for good in ["ConfigMap", "Task", "v1Thing", "Odd-Kind", "lowercase"] {
+            assert!(is_kind(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "1Kind",
+            "-Kind",
+            "Kind-",
+            "../x",
+            "Con fig",
+            "Kind.x",
+            "a/b",
+            &"K".repeat(64),
+        ] {
+            assert!(!is_kind(bad), "{bad:?}");
+        }
     }
 
     #[test]

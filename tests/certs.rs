@@ -451,7 +451,15 @@ fn inspect_prints_a_table_and_json() {
     let (tmp, certs) = generated(&["--namespace", "ci", "--san", "10.0.0.7", "--now", NOW]);
     let out = kiln()
         .current_dir(tmp.path())
-        .args(["certs", "inspect", ".certs", "--now", "2026-03-11T00:00:00Z"])
+        .args([
+            "certs",
+            "inspect",
+            ".certs",
+            "--now",
+            "2026-03-11T00:00:00Z",
+            "-o",
+            "wide",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1235,7 +1243,8 @@ fn overlay_settings_feed_generate_and_flags_win() {
         kiln::yaml::from_str(&read(&certs.join("buildkit-daemon-certs.yaml")), "daemon").unwrap();
     assert_eq!(secret.metadata.name.as_deref(), Some("prod-daemon-certs"));
     assert_eq!(secret.metadata.namespace.as_deref(), Some("buildkit-prod"));
-    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    // The type of the shells render writes for the overlay (see generate_overlay_type_is_the_shells').
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
 
     // A flag wins over the overlay.
     let out = run_generate(
@@ -1828,4 +1837,146 @@ fn inspect_reports_an_expired_leaf_as_expired_not_as_a_chain_failure() {
         assert!(!ok, "{text}");
         assert!(text.contains("certificate has expired"), "{text}");
     }
+}
+
+// ------------------------------------------------------------------ issue 15 and issue 10 point 6:
+// keys out of git, the Secret type of --overlay, a table that fits
+
+#[test]
+fn generate_keeps_its_keys_out_of_git() {
+    let tmp = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(tmp.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    git(&["init", "-q"]);
+    fs::write(tmp.path().join("README.md"), "repo\n").unwrap();
+    let out = run_generate(tmp.path(), &["--now", NOW]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let certs = tmp.path().join(".certs");
+    assert_eq!(read(&certs.join(".gitignore")).lines().last(), Some("*"));
+    assert_eq!(
+        fs::metadata(certs.join(".gitignore"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    git(&["add", "-A"]);
+    assert_eq!(git(&["diff", "--cached", "--name-only"]), "README.md\n");
+    assert_eq!(git(&["status", "--porcelain", "--ignored=no"]), "A  README.md\n");
+    // --force replaces a directory that holds the .gitignore too.
+    let out = run_generate(tmp.path(), &["--force", "--now", NOW]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(certs.join(".gitignore").is_file());
+}
+
+#[test]
+fn generate_overlay_type_is_the_shells() {
+    let tmp = tempfile::tempdir().unwrap();
+    let overlays = tmp.path().join("overlays");
+    fs::create_dir(&overlays).unwrap();
+    fs::write(
+        overlays.join("prod.yaml"),
+        "namespace: buildkit-prod\ncerts:\n  format: tls\n",
+    )
+    .unwrap();
+    let out = run_generate(tmp.path(), &["--overlay", "prod", "--now", NOW]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let render = kiln()
+        .current_dir(tmp.path())
+        .args(["render", "--stdout", "--overlay", "prod"])
+        .output()
+        .unwrap();
+    assert!(render.status.success(), "{}", stderr(&render));
+    let shells: Vec<serde_json::Value> = kiln::yaml::from_str_multi(&stdout(&render), "render").unwrap();
+    for (file, name) in [
+        ("buildkit-ca.yaml", "buildkit-ca"),
+        ("buildkit-daemon-certs.yaml", "buildkit-daemon-certs"),
+        ("buildkit-client-certs.yaml", "buildkit-client-certs"),
+    ] {
+        let shell = shells
+            .iter()
+            .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no rendered shell {name}"));
+        let secret: Secret =
+            kiln::yaml::from_str(&read(&tmp.path().join(".certs").join(file)), file).unwrap();
+        assert_eq!(
+            secret.type_.as_deref(),
+            shell["type"].as_str(),
+            "{file}: a Secret's type is immutable, so it must be the shell's"
+        );
+        assert!(
+            secret.data.unwrap().contains_key("tls.crt"),
+            "the key names still follow the format"
+        );
+    }
+    // Without --overlay, --format tls keeps the seed flow's kubernetes.io/tls.
+    let out = run_generate(tmp.path(), &["--format", "tls", "--out", "seed", "--now", NOW]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let secret: Secret = kiln::yaml::from_str(
+        &read(&tmp.path().join("seed/buildkit-daemon-certs.yaml")),
+        "daemon",
+    )
+    .unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+}
+
+#[test]
+fn inspect_table_fits_the_terminal() {
+    let (tmp, _) = generated(&["--san", "builder.example.com", "--now", NOW]);
+    let inspect = |columns: Option<&str>, extra: &[&str]| {
+        let mut cmd = kiln();
+        cmd.current_dir(tmp.path())
+            .args(["certs", "inspect", ".certs", "--now", NOW])
+            .args(extra)
+            .env_remove("COLUMNS");
+        if let Some(columns) = columns {
+            cmd.env("COLUMNS", columns);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let widest = |text: &str| text.lines().map(|l| l.chars().count()).max().unwrap();
+    // Piped: 100 columns, as kubectl does.
+    let piped = inspect(None, &[]);
+    assert!(widest(&piped) <= 100, "{piped}");
+    assert!(piped.starts_with("NAME "), "{piped}");
+    for header in ["SUBJECT", "NOT AFTER", "DAYS LEFT", "CHAIN", "KEY"] {
+        assert!(piped.lines().next().unwrap().contains(header), "{piped}");
+    }
+    assert_eq!(
+        piped.lines().count(),
+        6,
+        "a header and five certificates: {piped}"
+    );
+    assert!(
+        piped
+            .lines()
+            .any(|l| l.starts_with('…') && l.contains("-certs.yaml:cert.pem ")),
+        "long names keep their end: {piped}"
+    );
+    let narrow = inspect(Some("80"), &[]);
+    assert!(widest(&narrow) <= 80, "{narrow}");
+    // -o wide: every column, nothing shortened.
+    let wide = inspect(Some("80"), &["-o", "wide"]);
+    assert!(widest(&wide) > 200, "{wide}");
+    for needle in [
+        "SANS",
+        "USAGE",
+        "ISSUER",
+        "builder.example.com",
+        ".certs/buildkit-client-certs.yaml:cert.pem",
+    ] {
+        assert!(wide.contains(needle), "{needle}: {wide}");
+    }
+    assert!(!wide.contains('…'));
 }

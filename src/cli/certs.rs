@@ -79,9 +79,12 @@ pub struct GenerateArgs {
 /// How `kiln certs inspect` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {
-    /// An aligned table.
+    /// An aligned table fitted to the terminal (`COLUMNS`, else its width, else 100 when
+    /// piped): issuer and usage left out, long names shortened with `…`.
     #[default]
     Table,
+    /// The table with every column in full.
+    Wide,
     /// A JSON array, one object per certificate.
     Json,
 }
@@ -120,6 +123,7 @@ fn settings(args: &GenerateArgs, overlay: &Overlay) -> Result<Settings, UsageErr
     let certs = &overlay.certs;
     let mut extra_sans = certs.extra_sans.clone();
     extra_sans.extend(args.sans.iter().cloned());
+    let format = args.format.unwrap_or(certs.format);
     let settings = Settings {
         namespace: args
             .namespace
@@ -130,7 +134,13 @@ fn settings(args: &GenerateArgs, overlay: &Overlay) -> Result<Settings, UsageErr
             .clone()
             .unwrap_or_else(|| overlay.buildkit.service_name.clone()),
         extra_sans,
-        format: args.format.unwrap_or(certs.format),
+        format,
+        // With an overlay, the Secrets go over the shells render wrote, and a Secret's type
+        // is immutable: take theirs.
+        secret_type: match &args.overlay {
+            Some(_) => crate::render::secrets::SHELL_TYPE.to_string(),
+            None => format.secret_type().to_string(),
+        },
         algorithm: args.algorithm.unwrap_or(certs.algorithm),
         ca_validity: args.ca_validity.unwrap_or(certs.ca_validity),
         validity: args.validity.unwrap_or(certs.validity),
@@ -201,6 +211,12 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     let settings = settings(&args, &overlay)?;
     let now = args.now.unwrap_or_else(OffsetDateTime::now_utc);
+    // A run killed mid-swap (where the file system cannot swap in one step) left the previous
+    // directory aside: put it back, so that --force decides about it as about any other.
+    output::recover(&args.out, |dir| {
+        dir.join(generate::GITIGNORE.0).is_file()
+            && output::foreign_entry(dir, generate::is_generated_path).is_ok_and(|e| e.is_none())
+    })?;
     check_out(&args)?;
     let generated = generate::generate(&settings, now).map_err(|e| match e {
         GenerateError::Invalid(e) => anyhow::Error::new(UsageError(e.to_string())),
@@ -208,10 +224,14 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     })?;
     let out = &args.out;
     output::replace_dir(out, Access::Private, |stage| {
-        generated
-            .files
-            .iter()
-            .try_for_each(|file| stage.write(&file.path, &file.contents))
+        generated.files.iter().try_for_each(|file| {
+            let path =
+                output::FilePath::from_path(&file.path).map_err(|error| output::OutputError::Path {
+                    what: file.path.display().to_string(),
+                    error,
+                })?;
+            stage.write(&path, &file.contents)
+        })
     })?;
 
     let mut report = format!(
@@ -240,7 +260,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let _ = writeln!(report, "daemon SANs: {}", generated.daemon.sans.join(", "));
-    print!("{report}");
+    super::print(&report)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -250,8 +270,9 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let now = args.now.unwrap_or_else(OffsetDateTime::now_utc);
     let rows = inspect::inspect(&args.path, now)?;
     match args.output {
-        OutputFormat::Table => print!("{}", inspect::table(&rows)),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        OutputFormat::Table => super::print_report(&inspect::table(&rows, Some(super::table_width())))?,
+        OutputFormat::Wide => super::print_report(&inspect::table(&rows, None))?,
+        OutputFormat::Json => super::print_report(&format!("{}\n", serde_json::to_string_pretty(&rows)?))?,
     }
     let problems = inspect::problems(&rows, now);
     if problems.is_empty() {

@@ -6,7 +6,8 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 
 mod build;
 mod certs;
@@ -25,6 +26,99 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// Write `text` to stdout. A reader that went away (`kiln render --stdout | head`) makes
+/// this fail with a broken pipe, which [`exit_code`] turns into a quiet exit 0.
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("failed to write to stdout")
+}
+
+/// The width tables are fitted to: `COLUMNS` when it holds a number, else the terminal's
+/// width when stdout is a terminal, else 100 (piped into a file or another program).
+pub(crate) fn table_width() -> usize {
+    if let Some(columns) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return columns;
+    }
+    // SAFETY: isatty and TIOCGWINSZ only read the state of fd 1 into a zeroed winsize.
+    unsafe {
+        if libc::isatty(libc::STDOUT_FILENO) == 1 {
+            let mut size: libc::winsize = std::mem::zeroed();
+            if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_col > 0 {
+                return usize::from(size.ws_col);
+            }
+        }
+    }
+    100
+}
+
+/// [`print`] for a command whose exit code says more than its output (`kiln check`, `kiln
+/// certs inspect`): a reader that has gone is not an error, so a stale tree still exits 1
+/// under `kiln check | head`.
+pub(crate) fn print_report(text: &str) -> anyhow::Result<()> {
+    match print(text) {
+        Err(err) if is_broken_pipe(&err) => Ok(()),
+        other => other,
+    }
+}
+
+/// True when `err` comes from writing to a pipe whose reader has gone.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// True when stdout is a pipe or socket whose reader has gone.
+fn stdout_is_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Make a closed stdout end the process quietly with exit 0, as ripgrep does, also where a
+/// `print!` (which panics on a write error) meets it: the panic hook exits 0 for exactly that
+/// panic, when stdout is indeed closed, and leaves every other panic to the default hook.
+pub fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && stdout_is_closed() {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
+/// The exit code for a failed run, after printing the error with its whole chain: 0 for a
+/// broken pipe on stdout (the reader has all it wanted), 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> ExitCode {
+    if is_broken_pipe(err) {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("error: {}", error_line(err));
+    ExitCode::from(EXIT_FAILURE)
+}
 
 /// Parse a `--now` value (RFC 3339). The error says how to write one; callers add the flag.
 pub(crate) fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
@@ -76,11 +170,13 @@ pub enum Command {
 
 /// Parse the process arguments.
 ///
+/// Run by a completion script (`COMPLETE` set), kiln prints completions and exits here.
 /// Two invocations are not plain subcommands: run under the name `BuildkitStack` (the
 /// link `kiln install-plugin` places), kiln is the legacy Kustomize exec plugin and
 /// argv[1] is its config file; run with no arguments but data on stdin (a KRM `exec.path`
 /// with no `args`), kiln is the KRM function.
 pub fn parse() -> Cli {
+    completions::complete_from_env();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let invoked_as = args
         .first()
@@ -119,9 +215,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Build(args) => build::build(*args),
         Command::Krm(args) => krm::krm(args),
         Command::InstallPlugin(args) => krm::install_plugin(args),
-        Command::Completions(args) => completions::completions(args, &mut Cli::command()),
+        Command::Completions(args) => completions::completions(args),
     };
     match result {
+        Err(err) if is_broken_pipe(&err) => Ok(ExitCode::SUCCESS),
         Err(err) if err.downcast_ref::<UsageError>().is_some() => {
             eprintln!("error: {}", error_line(&err));
             Ok(ExitCode::from(EXIT_USAGE))
@@ -133,6 +230,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory as _;
 
     #[test]
     fn cli_definition_is_consistent() {

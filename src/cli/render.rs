@@ -1,7 +1,7 @@
 //! `kiln render`, `kiln check` and `kiln schema`.
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
@@ -78,7 +78,7 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         opts.overlay.push(name);
     }
     let resolved = resolve(&opts)?;
-    let notes = || {
+    let tenant_notes = || {
         for note in resolved.iter().filter_map(tenants_note) {
             eprintln!("kiln: {note}");
         }
@@ -91,17 +91,14 @@ pub fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         if text.is_empty() {
             return Err(output::OutputError::Empty.into());
         }
-        let mut stdout = std::io::stdout().lock();
-        stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-            .context("failed to write to stdout")?;
-        notes();
+        super::print(&text)?;
+        tenant_notes();
         return Ok(ExitCode::SUCCESS);
     }
     let tree = layout(&opts, &resolved)?;
     let report = output::write(&opts.out, &tree)?;
-    notes();
+    tenant_notes();
+    write_notes(&opts.out, &tree, &report);
     let names: Vec<&str> = resolved.iter().map(|r| r.name.as_str()).collect();
     let names = match names.as_slice() {
         [first, .., last] if names.len() > 5 => format!("{} overlays ({first} … {last})", names.len()),
@@ -127,19 +124,20 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         eprintln!("kiln: {} is up to date", opts.out.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let mut stdout = std::io::stdout().lock();
+    let mut text = String::new();
     for d in &drift {
-        write!(stdout, "{d}").context("failed to write to stdout")?;
+        let _ = write!(text, "{d}");
     }
-    stdout.flush().context("failed to write to stdout")?;
+    super::print_report(&text)?;
     for flavor in ["argocd", "flux"] {
         let prefix = format!("{flavor}/");
         let stale = drift
             .iter()
             .any(|d| matches!(d, output::Drift::Stale { path } if path.starts_with(&prefix)));
-        if stale && !tree.files.keys().any(|p| p.starts_with(&prefix)) {
+        if stale && !tree.files.keys().any(|p| p.as_str().starts_with(&prefix)) {
             eprintln!(
-                "kiln: hint: {} holds {prefix} files: was it rendered with --gitops {flavor}?",
+                "kiln: hint: {} holds {prefix} files: was it rendered with --gitops {flavor}? Set \
+                 gitops.flavor: {flavor} in the overlays so that render and check agree without the flag",
                 opts.out.display()
             );
         }
@@ -155,8 +153,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 /// `kiln schema`.
 pub fn schema(_args: SchemaArgs) -> anyhow::Result<ExitCode> {
     let text = serde_json::to_string_pretty(&overlay::schema()).context("failed to serialize the schema")?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{text}").context("failed to write to stdout")?;
+    super::print(&format!("{text}\n"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -179,6 +176,52 @@ fn tenants_note(r: &Resolved) -> Option<String> {
          (Argo CD: the project's destinations must allow {them})",
         r.name
     ))
+}
+
+/// The lines a write owes its user: what it recovered, kept, upgraded, or replaced.
+fn write_notes(out: &Path, tree: &output::Tree, report: &output::WriteReport) {
+    let out = out.display();
+    if let Some(old) = &report.restored {
+        eprintln!(
+            "kiln: note: restored {out} from {} (an earlier render was interrupted)",
+            old.display()
+        );
+    }
+    if report.upgraded_manifest {
+        eprintln!(
+            "kiln: note: rewrote {out}/{} with a hash per file (its first format listed paths only; \
+             it was read once and replaced)",
+            output::MANIFEST
+        );
+    }
+    for path in &report.edited {
+        eprintln!(
+            "kiln: warning: kept {out}/{path}: kiln wrote it and no longer renders it, but it was \
+             edited since; delete it yourself if you do not need it"
+        );
+    }
+    for (path, what) in &report.special {
+        eprintln!("kiln: warning: kept {out}/{path}: it is {what}, which kiln never opens");
+    }
+    for flavor in ["argocd", "flux"] {
+        let prefix = format!("{flavor}/");
+        let removed: Vec<&String> = report.removed.iter().filter(|p| p.starts_with(&prefix)).collect();
+        let Some(first) = removed.first() else {
+            continue;
+        };
+        if tree.files.keys().any(|p| p.as_str().starts_with(&prefix)) {
+            continue;
+        }
+        let more = match removed.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        eprintln!(
+            "kiln: note: removed {out}/{first}{more}: one GitOps layout replaces another (the {flavor} \
+             layout is not rendered now); set gitops.flavor in the overlays so that `kiln render` and \
+             `kiln check` keep one layout without --gitops"
+        );
+    }
 }
 
 /// Resolve the selected overlays (or all of them).

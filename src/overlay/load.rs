@@ -14,7 +14,7 @@ use serde_json::json;
 use super::Overlay;
 use super::validate::validate;
 use crate::echo::{self, quote};
-use crate::names::{is_dns1123_label, is_dns1123_subdomain};
+use crate::names::{is_dns1123_label, is_dns1123_subdomain, is_kind, quoted};
 use crate::object::Object;
 use crate::template::{self, Budget, Dialect, Problem, TemplateError};
 use crate::yaml::{self, Node, NodeValue};
@@ -197,16 +197,13 @@ impl Sources {
             };
             if file.ends_with(".yml") {
                 sources.ignored.push(path.display().to_string());
-            } else if let Some(name) = file.strip_suffix(".yaml")
-                && path.is_file()
-            {
+            } else if let Some(name) = file.strip_suffix(".yaml") {
                 sources.files.insert(name.to_string(), read(name, &path));
             } else if path.is_dir() && path.join("extra").is_dir() {
                 let mut extras = Vec::new();
                 for extra in list(&path.join("extra"))? {
                     if let Some(name) = extra.file_name().and_then(|n| n.to_str())
                         && name.ends_with(".yaml.hbs")
-                        && extra.is_file()
                     {
                         extras.push((name.to_string(), read(file, &extra)));
                     }
@@ -290,6 +287,23 @@ pub fn resolve_all(sources: &Sources) -> Result<Vec<Resolved>, OverlayError> {
 fn read_source(path: &Path) -> Result<String, (std::io::ErrorKind, String)> {
     use std::io::Read as _;
     let io = |e: std::io::Error| (e.kind(), e.to_string());
+    // Never open a directory, a FIFO or a device (opening a FIFO blocks): say what it is.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let kind = meta.file_type();
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else {
+            "a special file"
+        };
+        return Err((
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {what}, not a file; rename it or move it out of the overlays directory"),
+        ));
+    }
     let file = std::fs::File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
     // Read at most one byte past the limit, whatever the size said (the file may grow).
@@ -633,6 +647,12 @@ impl<'s> Resolver<'s> {
             let Some(kind) = text_at("/kind") else {
                 return Err(err(format!("document {n} has no kind")));
             };
+            if !is_kind(kind) {
+                return Err(err(format!(
+                    "document {n}: kind {} is not a Kubernetes kind: a letter, then letters, digits or '-', at most 63 characters",
+                    quoted(kind)
+                )));
+            }
             let Some(name) = text_at("/metadata/name") else {
                 return Err(err(format!("document {n} ({kind}) has no metadata.name")));
             };

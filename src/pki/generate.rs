@@ -3,6 +3,7 @@
 //! for rotation). Pure apart from key and serial generation: nothing touches the disk here.
 //!
 //! The directory it describes:
+//! - `.gitignore` holding `*`, so that `git add -A` skips the keys;
 //! - `daemon/` and `client/`: CA bundle, certificate and key, under the format's names;
 //! - `buildkit-daemon-certs.yaml`, `buildkit-client-certs.yaml`, `buildkit-ca.yaml`.
 
@@ -21,6 +22,12 @@ use super::{
 use crate::duration::Duration;
 use crate::yaml::{self, YamlError};
 
+/// Written first into the output, so that `git add -A` never picks up a key: it ignores
+/// everything in the directory, itself included.
+pub const GITIGNORE: (&str, &str) = (
+    ".gitignore",
+    "# Written by kiln certs generate: this directory holds private keys. Keep it out of git.\n*\n",
+);
 /// The subdirectories of the output: one per leaf.
 const LEAF_DIRS: [&str; 2] = ["daemon", "client"];
 /// The Secret manifests at the top of the output.
@@ -41,6 +48,9 @@ pub struct Settings {
     pub extra_sans: Vec<String>,
     /// File and Secret key names.
     pub format: SecretFormat,
+    /// The Secrets' `type`: the format's ([`SecretFormat::secret_type`]), or that of the
+    /// shells `kiln render` writes, when the Secrets are meant to be applied over those.
+    pub secret_type: String,
     /// The key algorithm of all three certificates.
     pub algorithm: Algorithm,
     /// The CA's lifetime.
@@ -95,6 +105,7 @@ pub enum GenerateError {
 pub fn is_generated_path(rel: &Path, is_dir: bool) -> bool {
     let parts: Vec<&str> = rel.iter().map(|part| part.to_str().unwrap_or_default()).collect();
     match parts[..] {
+        [top] if top == GITIGNORE.0 => !is_dir,
         [top] if LEAF_DIRS.contains(&top) => is_dir,
         [top] => !is_dir && SECRET_FILES.contains(&top),
         [dir, file] => {
@@ -120,7 +131,7 @@ fn secret(name: &str, settings: &Settings, component: &str, data: [(&str, &str);
             ])),
             ..Default::default()
         },
-        type_: Some(settings.format.secret_type().to_string()),
+        type_: Some(settings.secret_type.clone()),
         data: Some(
             data.into_iter()
                 .map(|(key, value)| (key.to_string(), ByteString(value.as_bytes().to_vec())))
@@ -167,7 +178,10 @@ pub fn generate(settings: &Settings, now: OffsetDateTime) -> Result<Generated, G
     let client = leaf(LeafKind::Client, "buildkit-client", Vec::new()).map_err(issue)?;
 
     let (ca_name, cert_name, key_name) = settings.format.key_names();
-    let mut files = Vec::new();
+    let mut files = vec![File {
+        path: PathBuf::from(GITIGNORE.0),
+        contents: GITIGNORE.1.as_bytes().to_vec(),
+    }];
     for (dir, issued) in [("daemon", &daemon), ("client", &client)] {
         for (name, text) in [
             (ca_name, &ca.cert_pem),
@@ -223,6 +237,7 @@ mod tests {
             service: "buildkitd".into(),
             extra_sans: Vec::new(),
             format,
+            secret_type: format.secret_type().into(),
             algorithm: Algorithm::EcdsaP256,
             ca_validity: Duration::from_days(5 * 365),
             validity: Duration::from_days(90),
@@ -244,6 +259,7 @@ mod tests {
         assert_eq!(
             paths,
             [
+                ".gitignore",
                 "daemon/ca.crt",
                 "daemon/tls.crt",
                 "daemon/tls.key",
@@ -259,7 +275,7 @@ mod tests {
             assert!(is_generated_path(&file.path, false), "{}", file.path.display());
         }
         let daemon: Secret = yaml::from_str(
-            std::str::from_utf8(&generated.files[6].contents).unwrap(),
+            std::str::from_utf8(&generated.files[7].contents).unwrap(),
             "daemon",
         )
         .unwrap();
@@ -285,6 +301,9 @@ mod tests {
             ("daemon", true, true),
             ("daemon", false, false),
             ("buildkit-ca.yaml", false, true),
+            (".gitignore", false, true),
+            (".gitignore", true, false),
+            ("daemon/.gitignore", false, false),
             ("buildkit-ca.yaml", true, false),
             ("client/key.pem", false, true),
             ("client/tls.key", false, true),

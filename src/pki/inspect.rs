@@ -5,7 +5,6 @@
 //! and [`problems`] are pure.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -50,7 +49,10 @@ pub enum InspectError {
         "failed to read {path}: it holds no PEM block (-----BEGIN CERTIFICATE-----) and is not a Secret YAML{}",
         why.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()
     )]
-    NeitherPemNorSecret { path: PathBuf, why: Option<Box<InspectError>> },
+    NeitherPemNorSecret {
+        path: PathBuf,
+        why: Option<Box<InspectError>>,
+    },
     /// A directory with nothing to inspect.
     #[error(
         "failed to find certificates in {path}: expected ca/cert/key files (pem or tls names), Secret YAML or PEM files"
@@ -469,59 +471,39 @@ fn usage_text(summary: &CertSummary) -> String {
     }
 }
 
-/// The rows as an aligned table with a header line, one line per certificate.
-pub fn table(rows: &[Row]) -> String {
-    let header = [
-        "NAME",
-        "SUBJECT",
-        "SANS",
-        "USAGE",
-        "NOT AFTER",
-        "DAYS LEFT",
-        "ISSUER",
-        "CHAIN",
-        "KEY",
-    ];
-    let cells: Vec<[String; 9]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.name.clone(),
-                r.summary.subject.clone(),
+/// The rows as an aligned table with a header line, one line per certificate, fitted to
+/// `width` characters ([`super::table::render`]: SANS, USAGE and ISSUER only in the wide view,
+/// long names and subjects shortened), or every column in full when `width` is `None`.
+pub fn table(rows: &[Row], width: Option<usize>) -> String {
+    use super::table::{Column, Cut};
+    let cells = |f: &dyn Fn(&Row) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let check = |v: Option<bool>, bad: &str| match v {
+        Some(true) => "ok".to_string(),
+        Some(false) => bad.to_string(),
+        None => "-".to_string(),
+    };
+    let columns = vec![
+        Column::shrinkable("NAME", cells(&|r| r.name.clone()), Cut::Start),
+        Column::shrinkable("SUBJECT", cells(&|r| r.summary.subject.clone()), Cut::End),
+        Column::fixed(
+            "SANS",
+            cells(&|r| {
                 if r.summary.sans.is_empty() {
                     "-".into()
                 } else {
                     r.summary.sans.join(",")
-                },
-                usage_text(&r.summary),
-                rfc3339(r.summary.not_after),
-                r.days_left.to_string(),
-                r.summary.issuer.clone(),
-                r.status.text().into(),
-                match r.key_matches {
-                    Some(true) => "ok".into(),
-                    Some(false) => "MISMATCH".into(),
-                    None => "-".into(),
-                },
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cols: &[String]| {
-        let text: Vec<String> = cols.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        let _ = writeln!(out, "{}", text.join("  ").trim_end());
-    };
-    line(&header.map(String::from));
-    for row in &cells {
-        line(row);
-    }
-    out
+                }
+            }),
+        )
+        .wide(),
+        Column::fixed("USAGE", cells(&|r| usage_text(&r.summary))).wide(),
+        Column::fixed("NOT AFTER", cells(&|r| rfc3339(r.summary.not_after))),
+        Column::fixed("DAYS LEFT", cells(&|r| r.days_left.to_string())),
+        Column::fixed("ISSUER", cells(&|r| r.summary.issuer.clone())).wide(),
+        Column::fixed("CHAIN", cells(&|r| r.status.text().to_string())),
+        Column::fixed("KEY", cells(&|r| check(r.key_matches, "MISMATCH"))),
+    ];
+    super::table::render(columns, width)
 }
 
 /// One line per problem the rows show as of `now`; empty when all is well.

@@ -27,11 +27,12 @@ pub mod generate;
 pub mod inspect;
 mod parse;
 mod pem;
+pub mod table;
 mod verify;
 
 pub use parse::{CertSummary, fingerprint, fingerprint_der, key_matches, parse_bundle};
-pub use verify::{Purpose, TrustBundle, Verified, check_ca, issuer_of, verify_chain, verify_chain_for};
 pub use pem::{MAX_PEM_BYTES, pem_text};
+pub use verify::{Purpose, TrustBundle, Verified, check_ca, issuer_of, verify_chain, verify_chain_for};
 
 /// The key algorithm for the CA and leaf certificates.
 #[derive(

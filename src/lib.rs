@@ -12,6 +12,7 @@ pub mod overlay;
 pub mod pki;
 pub mod render;
 pub mod rotate;
+pub mod schedule;
 pub mod yaml;
 
 /// The kiln version, as stamped into `kiln.dev/generated-by`.

@@ -19,7 +19,7 @@ pub use load::{
     BASE_OVERLAY_NAME, DEFAULT_OVERLAY_NAME, OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES,
     load, load_all, resolve_all,
 };
-pub use validate::{Invalid, is_dns1123_label, is_dns1123_subdomain, validate};
+pub use validate::{Invalid, is_dns1123_label, is_dns1123_subdomain, rotation_timing, validate};
 
 /// The JSON Schema of an overlay file, as printed by `kiln schema`.
 pub fn schema() -> serde_json::Value {

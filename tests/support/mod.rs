@@ -65,3 +65,4 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     None
 }
 pub mod apiserver;
+pub mod tls;

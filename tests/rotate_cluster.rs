@@ -1602,13 +1602,20 @@ fn the_rendered_cronjob_runs_within_its_role() {
         "ecdsa-p384"
     );
     assert!(env.server.store().log.len() >= 8);
-    // What rotate writes into kiln.dev/secret-keys agrees with the rendered shells of the
-    // leaves (the CA shell of renders before this change still lists the leaf names).
-    let rendered = read("secret-buildkit-daemon-certs.yaml");
-    assert_eq!(
-        env.server.get("secrets", namespace, DAEMON).unwrap()["metadata"]["annotations"]["kiln.dev/secret-keys"],
-        rendered["metadata"]["annotations"]["kiln.dev/secret-keys"]
-    );
+    // What rotate writes into kiln.dev/secret-keys agrees with the rendered shells, so
+    // Argo CD sees no drift on them.
+    for (file, name) in [
+        ("secret-buildkit-ca.yaml", CA),
+        ("secret-buildkit-daemon-certs.yaml", DAEMON),
+        ("secret-buildkit-client-certs.yaml", CLIENT),
+    ] {
+        let rendered = read(file);
+        assert_eq!(
+            env.server.get("secrets", namespace, name).unwrap()["metadata"]["annotations"]["kiln.dev/secret-keys"],
+            rendered["metadata"]["annotations"]["kiln.dev/secret-keys"],
+            "{file}"
+        );
+    }
 }
 
 #[test]

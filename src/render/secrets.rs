@@ -12,6 +12,8 @@ use crate::yaml::{self, YamlError};
 pub const CONFIG_MAP: &str = "kiln-config";
 /// The key of the resolved overlay in [`CONFIG_MAP`], mounted at `/etc/kiln/overlay.yaml`.
 pub const CONFIG_KEY: &str = "overlay.yaml";
+/// `kiln.dev/secret-keys` of the CA Secret (the same value `kiln rotate` writes).
+pub const CA_SECRET_KEYS: &str = "ca.crt, ca.key";
 
 /// The Secret `type` of the shells.
 ///
@@ -29,10 +31,17 @@ pub fn secrets(meta: &Meta) -> Vec<Secret> {
         crate::pki::SecretFormat::Tls => "tls",
     };
     let (ca, cert, key) = certs.format.key_names();
-    let keys = format!("{ca}, {cert}, {key}");
+    let leaf_keys = format!("{ca}, {cert}, {key}");
     [&certs.secrets.ca, &certs.secrets.daemon, &certs.secrets.client]
         .into_iter()
         .map(|name| {
+            // The keys the Secret holds, as `kiln rotate` writes them (it checks them before
+            // its first write): the CA Secret holds the CA, the leaves the format's names.
+            let keys = if *name == certs.secrets.ca {
+                CA_SECRET_KEYS
+            } else {
+                leaf_keys.as_str()
+            };
             let mut metadata = meta.object(name, Component::Certs, Wave::Secrets);
             meta::annotate(
                 &mut metadata,
@@ -43,7 +52,7 @@ pub fn secrets(meta: &Meta) -> Vec<Secret> {
                          kiln-rotate CronJob) writes the data in-cluster with its own field manager",
                     ),
                     ("kiln.dev/secret-format", format),
-                    ("kiln.dev/secret-keys", &keys),
+                    ("kiln.dev/secret-keys", keys),
                     // Flux: create once, never overwrite or prune what kiln wrote.
                     ("kustomize.toolkit.fluxcd.io/ssa", "IfNotPresent"),
                     ("kustomize.toolkit.fluxcd.io/prune", "disabled"),
@@ -99,14 +108,19 @@ mod tests {
             names,
             ["buildkit-ca", "buildkit-daemon-certs", "buildkit-client-certs"]
         );
-        for secret in &secrets {
+        for (i, secret) in secrets.iter().enumerate() {
             assert!(secret.data.is_none() && secret.string_data.is_none());
             assert_eq!(secret.type_.as_deref(), Some("Opaque"));
             let a = secret.metadata.annotations.as_ref().unwrap();
             assert_eq!(a["kustomize.toolkit.fluxcd.io/ssa"], "IfNotPresent");
             assert_eq!(a["argocd.argoproj.io/sync-options"], "Prune=false");
             assert_eq!(a["argocd.argoproj.io/sync-wave"], "-1");
-            assert_eq!(a["kiln.dev/secret-keys"], "ca.crt, tls.crt, tls.key");
+            let keys = if i == 0 {
+                "ca.crt, ca.key"
+            } else {
+                "ca.crt, tls.crt, tls.key"
+            };
+            assert_eq!(a["kiln.dev/secret-keys"], keys);
         }
     }
 

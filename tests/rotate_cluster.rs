@@ -1619,6 +1619,18 @@ fn the_rendered_cronjob_runs_within_its_role() {
 }
 
 #[test]
+fn rotate_reads_the_configmap_render_writes() {
+    use kiln::render::secrets;
+    use kiln::rotate::executor;
+    assert_eq!(executor::CONFIG_MAP, secrets::CONFIG_MAP);
+    assert_eq!(executor::CONFIG_KEY, secrets::CONFIG_KEY);
+    assert_eq!(
+        kiln::rotate::state::CA_SECRET_KEYS_ANNOTATION,
+        secrets::CA_SECRET_KEYS
+    );
+}
+
+#[test]
 fn settings_come_from_a_named_overlay() {
     let mut env = Env::new();
     let overlays = env.dir.path().join("overlays");

@@ -242,6 +242,20 @@ fn object_status(code: u16, reason: &str, message: String, r: &Resource, name: &
     status(code, reason, message, details)
 }
 
+/// The 409 of a write whose resourceVersion is stale.
+fn modified(r: &Resource, name: &str) -> (u16, Value) {
+    object_status(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
+            r.qualified()
+        ),
+        r,
+        name,
+    )
+}
+
 fn not_found(r: &Resource, name: &str) -> (u16, Value) {
     object_status(
         404,
@@ -1176,16 +1190,7 @@ fn update(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) ->
         .as_str()
         .map(str::to_string);
     if sent.is_some() && sent != have {
-        return object_status(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
-                r.qualified()
-            ),
-            r,
-            name,
-        );
+        return modified(r, name);
     }
     if r.key == "secrets" && current.get("type") != object.get("type") {
         return object_status(
@@ -1264,16 +1269,7 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
                 .and_then(|c| c["metadata"]["resourceVersion"].as_str())
                 != Some(sent)
         {
-            return object_status(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
-                    r.qualified()
-                ),
-                r,
-                name,
-            );
+            return modified(r, name);
         }
         if let Some(meta) = config["metadata"].as_object_mut() {
             meta.remove("resourceVersion");

@@ -47,6 +47,10 @@ pub enum ScheduleError {
     Never,
 }
 
+/// Every Gregorian calendar repeats after 400 years, which are 146,097 days (a whole number
+/// of weeks), so one cycle holds every gap there is.
+const CYCLE_DAYS: i64 = 146_097;
+
 /// One field: the allowed range and the names it accepts.
 struct Bounds {
     name: &'static str,
@@ -237,8 +241,27 @@ impl Schedule {
             month: field(month, &MONTH)?,
             day_of_week: field(day_of_week, &DAY_OF_WEEK)?,
         };
-        schedule.longest_gap()?;
+        if schedule.minutes_of_day().is_empty() || !schedule.fires_within_cycle() {
+            return Err(ScheduleError::Never);
+        }
         Ok(schedule)
+    }
+
+    /// True when some date of the 400-year cycle matches (stops at the first one).
+    fn fires_within_cycle(&self) -> bool {
+        let Ok(mut date) = Date::from_calendar_date(2000, Month::January, 1) else {
+            return false;
+        };
+        for _ in 0..CYCLE_DAYS {
+            if self.fires_on(date) {
+                return true;
+            }
+            match date.next_day() {
+                Some(next) => date = next,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// True when the schedule fires on `date` (at some minute).
@@ -276,9 +299,6 @@ impl Schedule {
     /// The longest time between two consecutive firings (one CronJob period, at worst).
     /// [`ScheduleError::Never`] when no date ever matches.
     pub fn longest_gap(&self) -> Result<Duration, ScheduleError> {
-        // Every Gregorian calendar repeats after 400 years, which are 146,097 days (a whole
-        // number of weeks), so one cycle holds every gap there is.
-        const CYCLE_DAYS: i64 = 146_097;
         let minutes = self.minutes_of_day();
         let (Some(&first), Some(&last)) = (minutes.first(), minutes.last()) else {
             return Err(ScheduleError::Never);

@@ -1181,7 +1181,7 @@ fn update(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) ->
     let Some(current) = store.objects.get(&key).cloned() else {
         return not_found(r, name);
     };
-    let mut object = match parse_json(r, name, call.body) {
+    let object = match parse_json(r, name, call.body) {
         Ok(v) => v,
         Err(e) => return e,
     };
@@ -1201,19 +1201,8 @@ fn update(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) ->
             name,
         );
     }
-    // managedFields sent back with the object are the server's to keep.
-    if let Some(meta) = object["metadata"].as_object_mut() {
-        meta.remove("managedFields");
-    }
-    let mut managers = managers_of(&current);
-    record_update(
-        &mut managers,
-        Some(&current),
-        &object,
-        &call.manager(),
-        r.api_version,
-    );
-    commit(store, key, object, managers, 200)
+    let managers = managers_of(&current);
+    commit_update(store, r, key, &current, object, managers, call)
 }
 
 fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> (u16, Value) {
@@ -1354,12 +1343,26 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
     };
     let mut object = current.clone();
     merge_patch(&mut object, &patch);
+    commit_update(store, r, key, &current, object, managers, call)
+}
+
+/// Store an Update (PUT or merge patch): the managedFields the client sent back are the
+/// server's to keep, and the caller takes over the fields it changed.
+fn commit_update(
+    store: &mut Store,
+    r: &Resource,
+    key: Key,
+    current: &Value,
+    mut object: Value,
+    mut managers: Vec<Manager>,
+    call: &Call,
+) -> (u16, Value) {
     if let Some(meta) = object["metadata"].as_object_mut() {
         meta.remove("managedFields");
     }
     record_update(
         &mut managers,
-        Some(&current),
+        Some(current),
         &object,
         &call.manager(),
         r.api_version,

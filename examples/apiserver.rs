@@ -1,8 +1,9 @@
 //! The in-process API server of the rotate tests, as a process, for scripts/bench-rotate.
 //!
-//! `cargo run --example apiserver -- DIR` starts it with the rendered Secret shells and a
-//! Deployment in namespace `buildkit`, writes `DIR/kubeconfig`, prints the port, and
-//! serves until stdin closes. Not part of the kiln CLI.
+//! `cargo run --example apiserver -- DIR` starts it with the rendered Secret shells, a
+//! Deployment and the `kiln-config` ConfigMap (the built-in defaults) in namespace
+//! `buildkit`, writes `DIR/kubeconfig`, prints the port, and serves until stdin closes.
+//! Not part of the kiln CLI.
 
 #[path = "../tests/support/apiserver.rs"]
 #[allow(dead_code)]
@@ -32,6 +33,13 @@ fn main() {
             "metadata": {"name": "buildkitd"},
             "spec": {"replicas": 2, "template": {"metadata": {}}},
         }),
+    );
+    let policy =
+        kiln::yaml::to_string(&kiln::overlay::Overlay::default()).expect("the default overlay as YAML");
+    server.insert(
+        "configmaps",
+        "buildkit",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kiln-config"}, "data": {"overlay.yaml": policy}}),
     );
     server.kubeconfig(std::path::Path::new(&dir), "buildkit");
     println!("{}", server.port);

@@ -13,6 +13,7 @@
 //! | [`build`] | pure, but preflight, history, buildctl and run | image refs, build args, the daemon choice ([`build::choose`]: rendezvous order and bounded-load walk); [`build::preflight`] reads the mounted certificates and shakes hands over the network, [`build::history`] asks daemons for their active builds over gRPC, [`build::buildctl`] runs buildctl and writes the Tekton results, [`build::run`] is one build's flow with its retries, [`build::resolve_dockerfile`] looks at the file system |
 //! | [`overlay`] | pure, but loading | the typed overlay model and its validation; [`overlay::load`] (and its siblings) read the overlay files |
 //! | [`pki`] | pure, but inspect | issue the CA and leaves, read them back, verify chains, lay out `certs generate`'s files; [`pki::inspect::inspect`] reads the certificates it is pointed at |
+//! | [`schedule`] | pure | the cron schedule grammar of `rotation.schedule`, and the longest gap between two runs (the rotation timing checks) |
 //! | [`yaml`] | pure | all YAML reading and writing |
 //! | [`names`] | pure | DNS-1123 and label name rules |
 //! | [`duration`] | pure | human durations (`90d`, `5y`) |
@@ -27,7 +28,7 @@
 //!  └─ output, krm
 //!      └─ render, rotate, build
 //!          └─ overlay
-//!              └─ pki
+//!              └─ pki, schedule
 //!                  └─ yaml, names, duration, object, template
 //!                      └─ echo
 //! ```
@@ -46,6 +47,7 @@ pub mod overlay;
 pub mod pki;
 pub mod render;
 pub mod rotate;
+pub mod schedule;
 pub mod template;
 pub mod yaml;
 

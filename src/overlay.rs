@@ -25,7 +25,7 @@ pub use load::{
     OverlayError, Resolved, Resolver, Sources, TEMPLATE_VARIABLES, load, load_all, read_overlay_file,
     resolve_all,
 };
-pub use validate::{Invalid, validate};
+pub use validate::{Invalid, rotation_timing, validate};
 
 /// The JSON Schema of an overlay file, as printed by `kiln schema`.
 pub fn schema() -> serde_json::Value {

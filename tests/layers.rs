@@ -20,8 +20,8 @@ const LAYERS: &[&[&str]] = &[
     &["render", "rotate", "build"],
     // The overlay model (its certificate settings use the PKI's types).
     &["overlay"],
-    // The PKI.
-    &["pki"],
+    // The PKI, and the cron schedule arithmetic the overlay's rotation timing checks use.
+    &["pki", "schedule"],
     // Parsers and small value types.
     &["yaml", "names", "duration", "object", "template"],
     // The leaf: how input appears in errors (used by the parsers); no crate imports at all.

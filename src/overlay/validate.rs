@@ -405,6 +405,131 @@ pub fn validate(o: &Overlay) -> Vec<Invalid> {
     if !g.controller_namespace.is_empty() {
         label(&mut out, "gitops.controllerNamespace", &g.controller_namespace);
     }
+    out.extend(rotation_timing(o));
+    out
+}
+
+/// A span as `1d1h5m`: the largest units first, the form an overlay accepts.
+fn span(secs: i64) -> String {
+    if secs <= 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    let mut rest = secs;
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
+}
+
+/// `secs` rounded up to a whole multiple of `unit` seconds.
+fn round_up(secs: i64, unit: i64) -> i64 {
+    secs.saturating_add(unit - 1) / unit * unit
+}
+
+/// Rotation timing that cannot work (issue 10, point 8), as errors naming the fields and a
+/// value that would work:
+/// - a CA rollover takes three steps, each after `rotation.propagationDelay`, and each lands
+///   on a CronJob run: the CA's renew window (the last third of `certs.caValidity`) must be
+///   at least 3 × the delay plus one CronJob period, or the CA expires mid-rollover (an
+///   outage every CA lifetime);
+/// - a leaf renewal must be written and rolled out before the leaf expires: the leaf renew
+///   window must be at least one CronJob period plus the time a rolling restart of every
+///   replica can take ([`super::Overlay::worst_case_restart`]).
+///
+/// One CronJob period is the longest gap between two firings of `rotation.schedule`
+/// ([`crate::schedule`]). A schedule that cannot be read is reported here only when the
+/// shape check above accepted it (so one field gets one error).
+pub fn rotation_timing(o: &Overlay) -> Vec<Invalid> {
+    let mut out = Vec::new();
+    let r = &o.rotation;
+    let c = &o.certs;
+    let period = match crate::schedule::Schedule::parse(&r.schedule).and_then(|s| s.longest_gap()) {
+        Ok(period) => period.as_secs(),
+        Err(e) => {
+            if is_cron_schedule(&r.schedule) {
+                out.push(invalid("rotation.schedule", format!("{:?}: {e}", r.schedule)));
+            }
+            return out;
+        }
+    };
+    if c.ca_validity.is_zero() || c.validity.is_zero() {
+        return out;
+    }
+    let delay = r.propagation_delay.as_secs();
+    let ca_window = c.ca_renew_before().as_secs();
+    let ca_need = delay.saturating_mul(3).saturating_add(period);
+    if ca_window < ca_need {
+        let day = 86_400;
+        let validity_needed = round_up(ca_need.saturating_mul(3), day);
+        let delay_fits = (ca_window - period) / 3;
+        let shorter_delay = if delay_fits >= 60 {
+            format!(
+                ", or a rotation.propagationDelay of at most {}",
+                span(delay_fits / 60 * 60)
+            )
+        } else {
+            String::new()
+        };
+        out.push(invalid(
+            "certs.caValidity",
+            format!(
+                "its renew window (a third: {}) is shorter than a CA rollover needs: 3 × rotation.propagationDelay {} \
+                 plus one rotation.schedule period {} = {}; the CA would expire mid-rollover; use certs.caValidity: {} \
+                 or more{shorter_delay}",
+                span(ca_window),
+                span(delay),
+                span(period),
+                span(ca_need),
+                span(validity_needed),
+            ),
+        ));
+    }
+    let restart = o.worst_case_restart().as_secs();
+    let leaf_window = c.leaf_renew_before().as_secs();
+    let leaf_need = period.saturating_add(restart);
+    if leaf_window < leaf_need {
+        let why = format!(
+            "one rotation.schedule period {} plus the restart time {} (tekton.timeout plus a {} drain margin, per replica, \
+             × buildkit.replicas {})",
+            span(period),
+            span(restart),
+            span(super::DRAIN_MARGIN.as_secs()),
+            o.buildkit.replicas.max(1)
+        );
+        let hour = 3_600;
+        let renew_needed = round_up(leaf_need, hour);
+        let (field, fix) = match c.renew_before {
+            Some(renew) => (
+                "certs.renewBefore",
+                format!(
+                    "{renew} is shorter than {why} = {}; use certs.renewBefore: {} or more{}",
+                    span(leaf_need),
+                    span(renew_needed),
+                    if renew_needed >= c.validity.as_secs() {
+                        format!(" with a certs.validity longer than that (now {})", c.validity)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            None => (
+                "certs.validity",
+                format!(
+                    "its renew window (a third: {}) is shorter than {why} = {}; use certs.validity: {} or more, \
+                     or set certs.renewBefore: {}",
+                    span(leaf_window),
+                    span(leaf_need),
+                    span(round_up(leaf_need.saturating_mul(3), 86_400)),
+                    span(renew_needed),
+                ),
+            ),
+        };
+        out.push(invalid(field, fix));
+    }
     out
 }
 
@@ -706,5 +831,87 @@ mod tests {
         o.certs.renew_before = Some(crate::duration::Duration::from_days(400 * 5));
         let fields: Vec<_> = validate(&o).into_iter().map(|i| i.field).collect();
         assert_eq!(fields, ["certs.validity", "certs.renewBefore"]);
+    }
+
+    #[test]
+    fn a_ca_renew_window_too_short_for_a_rollover_is_refused() {
+        let mut o = Overlay::default();
+        o.certs.ca_validity = "3d".parse().unwrap();
+        o.certs.validity = "1d".parse().unwrap();
+        o.certs.renew_before = Some("12h".parse().unwrap());
+        o.rotation.schedule = "0 * * * *".into();
+        o.tekton.timeout = "10m".parse().unwrap();
+        o.rotation.propagation_delay = "2d".parse().unwrap();
+        let errors = rotation_timing(&o);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "certs.caValidity");
+        let message = &errors[0].message;
+        assert!(
+            message.contains("3 × rotation.propagationDelay 2d plus one rotation.schedule period 1h = 6d1h"),
+            "{message}"
+        );
+        assert!(message.contains("use certs.caValidity: 19d or more"), "{message}");
+        // The value it suggests works.
+        o.certs.ca_validity = "19d".parse().unwrap();
+        assert_eq!(rotation_timing(&o), vec![]);
+        // So does the shorter delay it suggests.
+        o.certs.ca_validity = "3d".parse().unwrap();
+        o.rotation.propagation_delay = "7h".parse().unwrap();
+        assert_eq!(rotation_timing(&o), vec![]);
+        o.rotation.propagation_delay = "8h".parse().unwrap();
+        assert!(
+            rotation_timing(&o)[0]
+                .message
+                .contains("or a rotation.propagationDelay of at most 7h40m"),
+            "{:?}",
+            rotation_timing(&o)
+        );
+    }
+
+    #[test]
+    fn a_leaf_renew_window_shorter_than_a_period_and_a_restart_is_refused() {
+        let mut o = Overlay::default();
+        // Weekly runs, 3 replicas draining 2h5m each: 7d6h15m.
+        o.rotation.schedule = "0 3 * * 0".into();
+        o.buildkit.replicas = 3;
+        o.tekton.timeout = "2h".parse().unwrap();
+        o.certs.renew_before = Some("7d".parse().unwrap());
+        let errors = rotation_timing(&o);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "certs.renewBefore");
+        assert!(
+            errors[0]
+                .message
+                .contains("= 7d6h15m; use certs.renewBefore: 7d7h or more"),
+            "{}",
+            errors[0].message
+        );
+        o.certs.renew_before = Some("7d7h".parse().unwrap());
+        assert_eq!(rotation_timing(&o), vec![]);
+        // Without renewBefore the window is a third of the validity.
+        o.certs.renew_before = None;
+        o.certs.validity = "21d".parse().unwrap();
+        let errors = rotation_timing(&o);
+        assert_eq!(errors[0].field, "certs.validity");
+        assert!(
+            errors[0].message.contains("use certs.validity: 22d or more"),
+            "{}",
+            errors[0].message
+        );
+        o.certs.validity = "22d".parse().unwrap();
+        assert_eq!(rotation_timing(&o), vec![]);
+    }
+
+    #[test]
+    fn a_schedule_that_never_fires_is_refused_once() {
+        let mut o = Overlay::default();
+        o.rotation.schedule = "0 0 30 2 *".into();
+        let errors = validate(&o);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "rotation.schedule");
+        assert!(errors[0].message.contains("never fires"), "{}", errors[0].message);
+        // A shape error is reported by the shape check alone.
+        o.rotation.schedule = "every day".into();
+        assert_eq!(validate(&o).len(), 1);
     }
 }

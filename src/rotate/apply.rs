@@ -12,9 +12,12 @@ use time::OffsetDateTime;
 use crate::overlay::RestartStrategy;
 use crate::pki::{self, CaRequest, Issued, LeafKind, LeafRequest, Serial};
 
-use super::planner::{Action, CaRef, LeafCert, OtherRole, plan};
-use super::state::{self, CaSecret, Phase, Slot, Snapshot, State, content_version, read_state};
-use super::{Config, RotateError};
+use super::planner::{Action, CaRef, LeafCert, OtherRole, Severity, plan, waiting_for, wants_observation};
+use super::state::{
+    self, CaSecret, KeyPem, OtherCa, Phase, RawObservation, Slot, Snapshot, State, content_version,
+    read_observation, read_state,
+};
+use super::{Config, RotateError, precheck};
 
 /// How many times a run re-reads and re-plans after a write conflict.
 pub const MAX_ATTEMPTS: u32 = 6;
@@ -93,6 +96,16 @@ pub struct EventRecord {
     pub warning: bool,
 }
 
+/// The client certificate presented to every replica when observing them. `Debug`
+/// never shows the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its key.
+    pub key_pem: KeyPem,
+}
+
 /// A failed cluster call. Messages are one line and name the object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClusterError {
@@ -129,6 +142,9 @@ pub trait Cluster {
     fn restart(&mut self, restart: &RestartWrite) -> Result<(), ClusterError>;
     /// Record an Event (best effort: failures are logged, not fatal).
     fn event(&mut self, event: &EventRecord) -> Result<(), ClusterError>;
+    /// Connect to every buildkitd replica over TLS, presenting `probe`, and report what
+    /// each serves. Never fails: what cannot be reached is reported per replica.
+    fn observe(&mut self, probe: Option<&Probe>) -> RawObservation;
 }
 
 /// Options of one run.
@@ -138,6 +154,57 @@ pub struct RunOptions {
     pub now: OffsetDateTime,
     /// Plan only; write nothing.
     pub dry_run: bool,
+}
+
+/// What one replica served, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaReport {
+    /// The pod name or address.
+    pub name: String,
+    /// `current` (serves the daemon Secret's certificate), `stale`, `unreachable`.
+    pub state: &'static str,
+    /// The serial of the certificate it serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Whether it accepted the probe client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepts_probe: Option<bool>,
+    /// Why it is unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The replicas as observed, for the report and `kiln status`.
+pub fn replica_reports(state: &State) -> Vec<ReplicaReport> {
+    let current = state.daemon.ok().map(|d| d.info.fingerprint.clone());
+    let Some(observed) = &state.observed else {
+        return Vec::new();
+    };
+    observed
+        .replicas
+        .iter()
+        .map(|replica| match &replica.result {
+            Err(why) => ReplicaReport {
+                name: replica.name.clone(),
+                state: "unreachable",
+                serial: None,
+                accepts_probe: None,
+                detail: Some(why.clone()),
+            },
+            Ok(served) => ReplicaReport {
+                name: replica.name.clone(),
+                state: if current.as_deref() == Some(served.fingerprint.as_str()) {
+                    "current"
+                } else {
+                    "stale"
+                },
+                serial: Some(served.serial.clone()),
+                accepts_probe: served.probe_accepted,
+                detail: None,
+            },
+        })
+        .collect()
 }
 
 /// One change made (or planned, in a dry run).
@@ -171,8 +238,16 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Conflicts that were retried.
     pub conflicts: u32,
+    /// The CA phase before the run (None: no usable CA yet).
+    pub phase_before: Option<Phase>,
     /// The CA phase after the run.
     pub phase: Option<Phase>,
+    /// The replicas as observed over TLS (empty when this run did not need to look).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaReport>,
+    /// During a rollover that took no step: what the next step waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// A write the run loop performs, in order.
@@ -224,6 +299,9 @@ fn issue_error(what: &str) -> impl Fn(pki::PkiError) -> RotateError + '_ {
     }
 }
 
+/// The warnings of a plan, with how loud each is.
+pub type Warnings = Vec<(String, Severity)>;
+
 /// Turn a plan into writes: issue the certificates it asks for and build each
 /// Secret's full content. Warnings are returned separately.
 pub fn materialize(
@@ -232,7 +310,7 @@ pub fn materialize(
     actions: &[Action],
     config: &Config,
     now: OffsetDateTime,
-) -> Result<(Vec<Write>, Vec<String>), RotateError> {
+) -> Result<(Vec<Write>, Warnings), RotateError> {
     let mut pool = state.ca.ok().map(pool_from_state).unwrap_or_default();
     let mut new_ca: Option<String> = None;
     let mut writes = Vec::new();
@@ -241,7 +319,7 @@ pub fn materialize(
     let now_text = crate::pki::rfc3339(now);
     for action in actions {
         match action {
-            Action::Warn { message } => warnings.push(message.clone()),
+            Action::Warn { message, severity } => warnings.push((message.clone(), *severity)),
             Action::IssueCa {
                 not_before,
                 not_after,
@@ -273,17 +351,15 @@ pub fn materialize(
                 reason,
             } => {
                 let signing = lookup(&pool, new_ca.as_deref(), signing)?;
-                let signing_key = signing
-                    .key_pem
-                    .as_ref()
-                    .ok_or_else(|| RotateError::Plan("the signing CA has no key".into()))?;
-                let mut data = BTreeMap::from([
-                    (
-                        state::CA_CERT_KEY.to_string(),
-                        signing.cert_pem.clone().into_bytes(),
-                    ),
-                    (state::CA_KEY_KEY.to_string(), signing_key.clone().into_bytes()),
-                ]);
+                let mut data = BTreeMap::from([(
+                    state::CA_CERT_KEY.to_string(),
+                    signing.cert_pem.clone().into_bytes(),
+                )]);
+                // A signing CA whose key is lost is kept without one while the rollover
+                // to a new CA carries the leaves over.
+                if let Some(key) = &signing.key_pem {
+                    data.insert(state::CA_KEY_KEY.to_string(), key.clone().into_bytes());
+                }
                 let mut annotations = BTreeMap::from([
                     (state::ANN_PHASE.to_string(), phase.as_str().to_string()),
                     (state::ANN_PHASE_SINCE.to_string(), now_text.clone()),
@@ -294,7 +370,14 @@ pub fn materialize(
                         crate::pki::rfc3339(signing.not_after),
                     ),
                     (state::ANN_UPDATED_AT.to_string(), now_text.clone()),
+                    (
+                        state::ANN_SECRET_KEYS.to_string(),
+                        state::CA_SECRET_KEYS_ANNOTATION.to_string(),
+                    ),
                 ]);
+                // The report names the CA this write brings in: the next CA when one is
+                // introduced, else the signing CA.
+                let mut reported = (signing.serial.clone(), signing.not_after);
                 if let Some((role, other)) = other {
                     let other = lookup(&pool, new_ca.as_deref(), other)?;
                     match role {
@@ -310,6 +393,7 @@ pub fn materialize(
                             data.insert(state::NEXT_CA_KEY_KEY.into(), key.clone().into_bytes());
                             annotations
                                 .insert(state::ANN_NEXT_CA_FINGERPRINT.into(), other.fingerprint.clone());
+                            reported = (other.serial.clone(), other.not_after);
                         }
                         OtherRole::Retiring => {
                             data.insert(
@@ -323,8 +407,7 @@ pub fn materialize(
                         }
                     }
                 }
-                let serial = signing.serial.clone();
-                let not_after = signing.not_after;
+                let (serial, not_after) = reported;
                 writes.push(Write::Secret(SecretWrite {
                     role: SecretRole::Ca,
                     name: config.ca_secret.clone(),
@@ -441,6 +524,10 @@ pub fn materialize(
                     (state::ANN_ISSUER.to_string(), issuer),
                     (state::ANN_BUNDLE.to_string(), bundle_fps.join(",")),
                     (state::ANN_UPDATED_AT.to_string(), now_text.clone()),
+                    (
+                        state::ANN_SECRET_KEYS.to_string(),
+                        format!("{ca_key}, {cert_key}, {key_key}"),
+                    ),
                 ]);
                 writes.push(Write::Secret(SecretWrite {
                     role,
@@ -518,56 +605,167 @@ fn emit(cluster: &mut impl Cluster, event: EventRecord) {
     }
 }
 
-/// One rotation run: read, plan, write; on a conflict re-read and re-plan, at most
-/// [`MAX_ATTEMPTS`] times. A failure part-way leaves a state the next run finishes.
+/// The probe client certificate for observing the replicas, and the fingerprint of the
+/// CA that signed it. In phase `introduced` it is a throwaway certificate from the next CA
+/// (does every daemon accept the clients of the next step?); otherwise the client Secret's
+/// own certificate (does every daemon accept today's clients?), or one from the signing CA.
+pub fn probe(
+    state: &State,
+    config: &Config,
+    now: OffsetDateTime,
+) -> Result<Option<(Probe, String)>, RotateError> {
+    let Some(ca) = state.ca.ok() else {
+        return Ok(None);
+    };
+    let issuer = match (&ca.other, state.client.ok()) {
+        (Some(OtherCa::Next(next)), _) => next,
+        (_, Some(client)) if client.info.not_after > now => {
+            return Ok(client.issuer.clone().map(|issuer| {
+                (
+                    Probe {
+                        cert_pem: client.cert_pem.clone(),
+                        key_pem: client.key_pem.clone(),
+                    },
+                    issuer,
+                )
+            }));
+        }
+        _ => &ca.signing,
+    };
+    let Some(key) = &issuer.key_pem else {
+        return Ok(None);
+    };
+    let signer = Issued {
+        cert_pem: issuer.cert_pem.clone(),
+        key_pem: key.0.clone(),
+    };
+    let issued = pki::issue_leaf(
+        &signer,
+        &LeafRequest {
+            kind: LeafKind::Client,
+            common_name: format!("kiln-rotate-probe:{}", config.namespace),
+            sans: Vec::new(),
+            // Only the signature matters to the daemon: the cheapest key will do.
+            algorithm: pki::Algorithm::EcdsaP256,
+            not_before: now.saturating_sub(super::planner::BACKDATE),
+            not_after: now.saturating_add(time::Duration::hours(1)),
+            serial: Serial::random().map_err(issue_error("the probe client certificate"))?,
+        },
+    )
+    .map_err(issue_error("the probe client certificate"))?;
+    Ok(Some((
+        Probe {
+            cert_pem: issued.cert_pem,
+            key_pem: KeyPem(issued.key_pem),
+        },
+        issuer.info.fingerprint.clone(),
+    )))
+}
+
+/// Observe the replicas into `state` (see [`Cluster::observe`]) and log what each serves.
+pub fn observe(
+    cluster: &mut impl Cluster,
+    state: &mut State,
+    config: &Config,
+    now: OffsetDateTime,
+) -> Result<(), RotateError> {
+    let probe = probe(state, config, now)?;
+    let raw = cluster.observe(probe.as_ref().map(|(p, _)| p));
+    state.observed = Some(read_observation(&raw, state, probe.map(|(_, ca)| ca)));
+    for replica in replica_reports(state) {
+        tracing::info!(
+            replica = %replica.name,
+            state = replica.state,
+            serial = replica.serial.as_deref().unwrap_or("-"),
+            accepts_probe = ?replica.accepts_probe,
+            detail = replica.detail.as_deref().unwrap_or(""),
+            "observed buildkitd"
+        );
+    }
+    if let Some(error) = &raw.error {
+        tracing::warn!(error = %error, "failed to list the buildkitd replicas");
+    }
+    Ok(())
+}
+
+fn record_warning(cluster: &mut impl Cluster, config: &Config, message: &str, severity: Severity) {
+    let reason = match severity {
+        Severity::Warning => {
+            tracing::warn!(secret = %config.ca_secret, "{message}");
+            "RotationWarning"
+        }
+        Severity::Outage => {
+            tracing::error!(secret = %config.ca_secret, "{message}");
+            "CertificatesStartedOver"
+        }
+    };
+    emit(
+        cluster,
+        EventRecord {
+            kind: "Secret",
+            name: config.ca_secret.clone(),
+            reason,
+            message: message.to_string(),
+            warning: true,
+        },
+    );
+}
+
+/// One rotation run: check the preconditions, read, plan, write; on a conflict re-read
+/// and re-plan, at most [`MAX_ATTEMPTS`] times. Nothing is written when the cluster does
+/// not match the policy, or when the workload is missing outside a bootstrap. A failure
+/// part-way leaves a state the next run finishes.
 pub fn run(cluster: &mut impl Cluster, config: &Config, options: RunOptions) -> Result<Report, RotateError> {
     let mut report = Report {
         dry_run: options.dry_run,
         ..Report::default()
     };
     let mut bootstrap = None;
-    for _attempt in 0..MAX_ATTEMPTS {
+    let mut observed = None;
+    for attempt in 0..MAX_ATTEMPTS {
         let snapshot = cluster.read()?;
-        let state = read_state(&snapshot, config.format);
+        precheck::check(&snapshot, config)?;
+        let mut state = read_state(&snapshot, config.format);
         // A missing workload is fine only while the daemon Secret was never filled:
         // nothing runs yet, and the pods load the certificates when they start.
         let bootstrap = *bootstrap.get_or_insert(state.daemon.is_blank());
+        check_workload(&state, config, bootstrap, &mut report)?;
+        if attempt == 0 {
+            report.phase_before = state.ca.ok().map(|ca| ca.phase());
+            if wants_observation(&state, options.now, &config.policy) {
+                observe(cluster, &mut state, config, options.now)?;
+                observed = state.observed.clone();
+            }
+        } else {
+            state.observed = observed.clone();
+        }
+        report.replicas = replica_reports(&state);
         let actions = plan(&state, options.now, &config.policy);
         report.phase = phase_after(&state, &actions);
+        let stepped = actions.iter().any(|a| matches!(a, Action::WriteCa { .. }));
+        report.waiting = (!stepped)
+            .then(|| waiting_for(&state, options.now, &config.policy))
+            .flatten();
         if options.dry_run {
             report.warnings = actions
                 .iter()
                 .filter_map(|a| match a {
-                    Action::Warn { message } => Some(message.clone()),
+                    Action::Warn { message, .. } => Some(message.clone()),
                     _ => None,
                 })
                 .collect();
             report.changes = actions.iter().filter_map(|a| describe(a, config)).collect();
-            check_workload(&state, config, bootstrap, &mut report)?;
             return Ok(report);
         }
         let (writes, warnings) = materialize(&snapshot, &state, &actions, config, options.now)?;
-        for message in warnings {
+        for (message, severity) in warnings {
             if !report.warnings.contains(&message) {
-                tracing::warn!(secret = %config.ca_secret, "{message}");
-                emit(
-                    cluster,
-                    EventRecord {
-                        kind: "Secret",
-                        name: config.ca_secret.clone(),
-                        reason: "RotationWarning",
-                        message: message.clone(),
-                        warning: true,
-                    },
-                );
+                record_warning(cluster, config, &message, severity);
                 report.warnings.push(message);
             }
         }
         match apply_writes(cluster, config, &state, bootstrap, writes, &mut report) {
-            Ok(()) => {
-                check_workload(&state, config, bootstrap, &mut report)?;
-                return Ok(report);
-            }
+            Ok(()) => return Ok(report),
             Err(RotateError::Cluster(ClusterError::Conflict { what })) => {
                 tracing::info!(object = %what, "write conflict; re-reading and re-planning");
                 report.conflicts += 1;

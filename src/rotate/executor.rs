@@ -7,7 +7,11 @@
 //! - A Secret that does not exist is created (POST); the rendered shells normally exist.
 //! - The restart is a server-side apply of two pod-template annotations with field
 //!   manager `kiln`, forced.
-//! - Events are core/v1 Events, best effort.
+//! - Events go through kube's `Recorder` (`events.k8s.io/v1`, as controller-rs does), best
+//!   effort.
+//! - The replicas are observed over TLS ([`super::observe`]): a StatefulSet's through its
+//!   per-pod DNS names, a Deployment's through the Service's EndpointSlices.
+//! - The policy can come from the `kiln-config` ConfigMap ([`Connection::read_policy`]).
 //!
 //! The trait is synchronous; this type owns a single-threaded tokio runtime.
 
@@ -15,19 +19,34 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PodTemplateSpec, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde::Serialize;
 
 use super::Config;
-use super::apply::{Cluster, ClusterError, EventRecord, RestartWrite, SecretWrite};
-use super::state::{self, RawSecret, RawWorkload, Snapshot};
+use super::apply::{Cluster, ClusterError, EventRecord, Probe, RestartWrite, SecretWrite};
+use super::observe::{self, Target};
+use super::state::{self, RawObservation, RawReplica, RawSecret, RawWorkload, Snapshot};
 use crate::overlay::Workload;
 
 /// kiln's field manager for writes and server-side apply.
 pub const FIELD_MANAGER: &str = "kiln";
+/// The ConfigMap that holds the overlay the CronJob runs with (rendered by `kiln render`).
+pub const CONFIG_MAP: &str = "kiln-config";
+/// Its key holding the resolved overlay YAML.
+pub const CONFIG_KEY: &str = "overlay.yaml";
+/// An Event's note is at most 1 kB.
+const NOTE_LIMIT: usize = 1000;
+
+/// A connection to the API server, before the policy is known.
+pub struct Connection {
+    runtime: tokio::runtime::Runtime,
+    client: kube::Client,
+}
 
 /// A [`Cluster`] backed by the Kubernetes API.
 pub struct KubeCluster {
@@ -37,7 +56,12 @@ pub struct KubeCluster {
     config: Config,
     /// The Secrets as last read, for read-modify-write.
     read: BTreeMap<String, Secret>,
-    events_sent: u32,
+    /// The uid of each object read, for Event references.
+    uids: BTreeMap<String, String>,
+    /// The StatefulSet's `spec.replicas` and `spec.serviceName` as last read.
+    statefulset: Option<(i32, String)>,
+    recorder: Recorder,
+    settings: observe::Settings,
 }
 
 fn other(verb: &'static str, what: &str, message: impl ToString) -> ClusterError {
@@ -81,6 +105,7 @@ fn one_line(text: &str) -> String {
 /// The workload's identity in a restart.
 #[derive(Debug, Serialize)]
 struct ApplyMeta {
+    #[serde(skip_serializing_if = "String::is_empty")]
     name: String,
     namespace: String,
 }
@@ -111,9 +136,9 @@ struct RestartPatch {
     spec: ApplySpec,
 }
 
-impl KubeCluster {
-    /// Connect with the in-cluster ServiceAccount or KUBECONFIG.
-    pub fn connect(config: &Config) -> Result<Self, ClusterError> {
+impl Connection {
+    /// Connect with KUBECONFIG or the in-cluster ServiceAccount (`kube::Config::infer`).
+    pub fn connect() -> Result<Self, ClusterError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -138,14 +163,56 @@ impl KubeCluster {
             kube_config.write_timeout = Some(std::time::Duration::from_secs(30));
             kube::Client::try_from(kube_config).map_err(|e| other("create", "the Kubernetes client", e))
         })?;
-        Ok(Self {
+        Ok(Self { runtime, client })
+    }
+
+    /// The overlay YAML in ConfigMap `kiln-config` of `namespace`; None when there is no
+    /// such ConfigMap.
+    pub fn read_policy(&self, namespace: &str) -> Result<Option<String>, ClusterError> {
+        let what = format!("ConfigMap {namespace}/{CONFIG_MAP}");
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let found = self.runtime.block_on(api.get_opt(CONFIG_MAP)).map_err(|e| {
+            map_error(
+                e,
+                "read",
+                &what,
+                &format!("the kiln-rotate Role must allow get on configmaps/{CONFIG_MAP}"),
+            )
+        })?;
+        let Some(config_map) = found else {
+            return Ok(None);
+        };
+        match config_map.data.and_then(|mut data| data.remove(CONFIG_KEY)) {
+            Some(text) => Ok(Some(text)),
+            None => Err(other(
+                "read",
+                &what,
+                format!("it has no key {CONFIG_KEY}; render it again with kiln render"),
+            )),
+        }
+    }
+}
+
+impl KubeCluster {
+    /// A cluster view for one run's config.
+    pub fn new(connection: Connection, config: &Config, settings: observe::Settings) -> Self {
+        let Connection { runtime, client } = connection;
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            // In a pod, the pod name; else the controller name.
+            instance: std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
             runtime,
             client,
             namespace: config.namespace.clone(),
             config: config.clone(),
             read: BTreeMap::new(),
-            events_sent: 0,
-        })
+            uids: BTreeMap::new(),
+            statefulset: None,
+            settings,
+        }
     }
 
     fn secrets(&self) -> Api<Secret> {
@@ -179,6 +246,9 @@ impl KubeCluster {
             self.read.remove(name);
             return Ok(RawSecret::default());
         };
+        if let Some(uid) = &secret.metadata.uid {
+            self.uids.insert(format!("Secret/{name}"), uid.clone());
+        }
         let raw = RawSecret {
             exists: true,
             resource_version: secret.metadata.resource_version.clone(),
@@ -196,68 +266,211 @@ impl KubeCluster {
         Ok(raw)
     }
 
-    fn read_workload(&self) -> Result<Option<RawWorkload>, ClusterError> {
+    fn read_workload(&mut self) -> Result<Option<RawWorkload>, ClusterError> {
         let what = self.what_workload();
-        let name = self.config.workload_name.as_str();
+        let name = self.config.workload_name.clone();
         let hint = format!(
             "the kiln-rotate Role must allow get on {}s/{name}",
             self.config.workload_kind()
         );
-        match self.config.workload {
+        let daemon_secret = self.config.daemon_secret.clone();
+        let raw = |meta: &ObjectMeta, replicas: Option<i32>, template: &PodTemplateSpec| RawWorkload {
+            generation: meta.generation.unwrap_or(0),
+            replicas: replicas.unwrap_or(1),
+            template_annotations: template
+                .metadata
+                .as_ref()
+                .and_then(|m| m.annotations.clone())
+                .unwrap_or_default(),
+            daemon_secret_items: mounted_items(template, &daemon_secret),
+            ..RawWorkload::default()
+        };
+        let found = match self.config.workload {
             Workload::Deployment => {
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
                 let found = self
                     .runtime
-                    .block_on(api.get_opt(name))
+                    .block_on(api.get_opt(&name))
                     .map_err(|e| map_error(e, "read", &what, &hint))?;
-                Ok(found.map(|d| {
+                found.map(|d| {
                     let spec = d.spec.unwrap_or_default();
                     let status = d.status.unwrap_or_default();
-                    RawWorkload {
-                        generation: d.metadata.generation.unwrap_or(0),
+                    let uid = d.metadata.uid.clone();
+                    let workload = RawWorkload {
                         observed_generation: status.observed_generation.unwrap_or(0),
-                        replicas: spec.replicas.unwrap_or(1),
                         updated_replicas: status.updated_replicas.unwrap_or(0),
                         ready_replicas: status.ready_replicas.unwrap_or(0),
                         available_replicas: status.available_replicas.unwrap_or(0),
                         status_replicas: status.replicas.unwrap_or(0),
-                        template_annotations: spec
-                            .template
-                            .metadata
-                            .and_then(|m| m.annotations)
-                            .unwrap_or_default(),
-                    }
-                }))
+                        ..raw(&d.metadata, spec.replicas, &spec.template)
+                    };
+                    (workload, uid)
+                })
             }
             Workload::Statefulset => {
                 let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
                 let found = self
                     .runtime
-                    .block_on(api.get_opt(name))
+                    .block_on(api.get_opt(&name))
                     .map_err(|e| map_error(e, "read", &what, &hint))?;
-                Ok(found.map(|s| {
+                found.map(|s| {
                     let spec = s.spec.unwrap_or_default();
                     let status = s.status.unwrap_or_default();
-                    RawWorkload {
-                        generation: s.metadata.generation.unwrap_or(0),
+                    let uid = s.metadata.uid.clone();
+                    let service = spec.service_name.clone().unwrap_or_else(|| name.clone());
+                    self.statefulset = Some((spec.replicas.unwrap_or(1), service));
+                    let workload = RawWorkload {
                         observed_generation: status.observed_generation.unwrap_or(0),
-                        replicas: spec.replicas.unwrap_or(1),
                         updated_replicas: status.updated_replicas.unwrap_or(0),
                         ready_replicas: status.ready_replicas.unwrap_or(0),
                         available_replicas: status
                             .available_replicas
                             .unwrap_or(status.ready_replicas.unwrap_or(0)),
                         status_replicas: status.replicas,
-                        template_annotations: spec
-                            .template
-                            .metadata
-                            .and_then(|m| m.annotations)
-                            .unwrap_or_default(),
-                    }
-                }))
+                        ..raw(&s.metadata, spec.replicas, &spec.template)
+                    };
+                    (workload, uid)
+                })
+            }
+        };
+        Ok(found.map(|(workload, uid)| {
+            if let Some(uid) = uid {
+                self.uids.insert(self.workload_object(), uid);
+            }
+            workload
+        }))
+    }
+
+    /// When the workload is missing: does one of the other kind exist under its name?
+    /// Errors (the Role allows only the configured kind) count as "no".
+    fn read_other_workload(&self) -> Option<&'static str> {
+        let name = self.config.workload_name.as_str();
+        match self.config.workload {
+            Workload::Deployment => {
+                let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
+                matches!(self.runtime.block_on(api.get_opt(name)), Ok(Some(_))).then_some("StatefulSet")
+            }
+            Workload::Statefulset => {
+                let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+                matches!(self.runtime.block_on(api.get_opt(name)), Ok(Some(_))).then_some("Deployment")
             }
         }
     }
+
+    fn workload_object(&self) -> String {
+        let kind = match self.config.workload {
+            Workload::Deployment => "Deployment",
+            Workload::Statefulset => "StatefulSet",
+        };
+        format!("{kind}/{}", self.config.workload_name)
+    }
+
+    /// The replicas to connect to: a StatefulSet's pods by their DNS names; a
+    /// Deployment's endpoints from the Service's EndpointSlices (endpoints that are
+    /// neither ready nor serving are reported as such, without a connection).
+    fn targets(&self) -> Result<(Vec<Target>, Vec<RawReplica>), String> {
+        let ns = &self.namespace;
+        let port = self.config.port;
+        let service = &self.config.workload_name;
+        if self.config.workload == Workload::Statefulset {
+            let (replicas, governing) = self.statefulset.clone().unwrap_or((0, service.clone()));
+            let targets = (0..replicas.max(0))
+                .map(|i| {
+                    let pod = format!("{service}-{i}");
+                    let host = format!("{pod}.{governing}.{ns}.svc");
+                    Target {
+                        name: pod,
+                        server_name: host.clone(),
+                        host,
+                        port,
+                    }
+                })
+                .collect();
+            return Ok((targets, Vec::new()));
+        }
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
+        let params = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+        let slices = self.runtime.block_on(api.list(&params)).map_err(|e| {
+            map_error(
+                e,
+                "list",
+                &format!("EndpointSlices of Service {ns}/{service}"),
+                "the kiln-rotate Role must allow list on endpointslices (discovery.k8s.io)",
+            )
+            .to_string()
+        })?;
+        let mut targets = Vec::new();
+        let mut not_ready = Vec::new();
+        for slice in slices.items {
+            let slice_port = slice
+                .ports
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.port)
+                .find(|p| *p == i32::from(port))
+                .or_else(|| {
+                    slice
+                        .ports
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .find_map(|p| p.port)
+                })
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(port);
+            for endpoint in slice.endpoints {
+                let Some(address) = endpoint.addresses.first().cloned() else {
+                    continue;
+                };
+                let name = endpoint
+                    .target_ref
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_else(|| address.clone());
+                let conditions = endpoint.conditions.unwrap_or_default();
+                let serving = conditions.serving.or(conditions.ready).unwrap_or(true);
+                if !serving {
+                    not_ready.push(RawReplica {
+                        name,
+                        result: Err("not ready yet (its EndpointSlice says so)".into()),
+                    });
+                    continue;
+                }
+                targets.push(Target {
+                    name,
+                    host: address,
+                    port: slice_port,
+                    // The daemon certificate names the Service, not the pod address.
+                    server_name: format!("{service}.{ns}.svc"),
+                });
+            }
+        }
+        Ok((targets, not_ready))
+    }
+}
+
+/// The keys a pod template mounts from `secret` (its volume's `items`); None when it
+/// mounts the whole Secret or does not mount it.
+fn mounted_items(template: &PodTemplateSpec, secret: &str) -> Option<Vec<String>> {
+    let volumes = template.spec.as_ref()?.volumes.as_ref()?;
+    let source = volumes
+        .iter()
+        .filter_map(|v| v.secret.as_ref())
+        .find(|s| s.secret_name.as_deref() == Some(secret))?;
+    let items = source.items.as_ref()?;
+    Some(items.iter().map(|i| i.key.clone()).collect())
+}
+
+fn capped_note(message: &str) -> String {
+    if message.len() <= NOTE_LIMIT {
+        return message.to_string();
+    }
+    let mut end = NOTE_LIMIT - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
 }
 
 fn merged_annotations(
@@ -284,11 +497,21 @@ impl Cluster for KubeCluster {
         let ca_name = self.config.ca_secret.clone();
         let daemon_name = self.config.daemon_secret.clone();
         let client_name = self.config.client_secret.clone();
+        let ca = self.read_secret(&ca_name)?;
+        let daemon = self.read_secret(&daemon_name)?;
+        let client = self.read_secret(&client_name)?;
+        let workload = self.read_workload()?;
+        let other_workload = if workload.is_none() {
+            self.read_other_workload()
+        } else {
+            None
+        };
         Ok(Snapshot {
-            ca: self.read_secret(&ca_name)?,
-            daemon: self.read_secret(&daemon_name)?,
-            client: self.read_secret(&client_name)?,
-            workload: self.read_workload()?,
+            ca,
+            daemon,
+            client,
+            workload,
+            other_workload,
         })
     }
 
@@ -402,58 +625,56 @@ impl Cluster for KubeCluster {
     }
 
     fn event(&mut self, event: &EventRecord) -> Result<(), ClusterError> {
-        // An Event records when it happened: the real clock, even under --now.
-        let now = time::OffsetDateTime::now_utc();
-        self.events_sent += 1;
-        let name = format!(
-            "{}.{:x}{:04x}",
-            event.name,
-            now.unix_timestamp_nanos(),
-            self.events_sent
-        );
-        let stamp = k8s_openapi::jiff::Timestamp::from_second(now.unix_timestamp()).ok();
         let api_version = if event.kind == "Secret" { "v1" } else { "apps/v1" };
-        let body = Event {
-            metadata: ObjectMeta {
-                name: Some(name),
-                namespace: Some(self.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            involved_object: ObjectReference {
-                api_version: Some(api_version.into()),
-                kind: Some(event.kind.into()),
-                name: Some(event.name.clone()),
-                namespace: Some(self.namespace.clone()),
-                ..ObjectReference::default()
-            },
-            reason: Some(event.reason.into()),
-            message: Some(event.message.clone()),
-            type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
-            first_timestamp: stamp.map(Time),
-            last_timestamp: stamp.map(Time),
-            event_time: stamp.map(MicroTime),
-            count: Some(1),
-            reporting_component: Some("kiln".into()),
-            reporting_instance: Some("kiln-rotate".into()),
-            action: Some("Rotate".into()),
-            source: Some(EventSource {
-                component: Some("kiln".into()),
-                host: None,
-            }),
-            ..Event::default()
+        let reference = ObjectReference {
+            api_version: Some(api_version.into()),
+            kind: Some(event.kind.into()),
+            name: Some(event.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            uid: self.uids.get(&format!("{}/{}", event.kind, event.name)).cloned(),
+            ..ObjectReference::default()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let published = Event {
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: event.reason.into(),
+            note: Some(capped_note(&event.message)),
+            action: "Rotate".into(),
+            secondary: None,
+        };
         let what = format!("Event for {} {}", event.kind, event.name);
         self.runtime
-            .block_on(api.create(&PostParams::default(), &body))
-            .map(|_| ())
+            .block_on(self.recorder.publish(&published, &reference))
             .map_err(|e| {
                 map_error(
                     e,
                     "create",
                     &what,
-                    "the kiln-rotate Role must allow create on events",
+                    "the kiln-rotate Role must allow create and patch on events (events.k8s.io)",
                 )
             })
+    }
+
+    fn observe(&mut self, probe: Option<&Probe>) -> RawObservation {
+        let (targets, mut not_ready) = match self.targets() {
+            Ok(found) => found,
+            Err(error) => {
+                return RawObservation {
+                    replicas: Vec::new(),
+                    error: Some(error),
+                };
+            }
+        };
+        let mut replicas = self
+            .runtime
+            .block_on(observe::probe_all(&targets, probe, &self.settings));
+        replicas.append(&mut not_ready);
+        RawObservation {
+            replicas,
+            error: None,
+        }
     }
 }

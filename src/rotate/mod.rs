@@ -5,12 +5,18 @@
 //! - [`apply`] turns actions into Secret writes and restarts and runs them against
 //!   any [`apply::Cluster`], with conflict retries. The simulation and the real
 //!   executor share it.
-//! - [`executor`] is the [`apply::Cluster`] over the Kubernetes API (`kube`).
+//! - [`precheck`] compares the live objects with the policy before the first write (pure).
+//! - [`executor`] is the [`apply::Cluster`] over the Kubernetes API (`kube`); [`observe`]
+//!   connects to the buildkitd replicas over TLS for it (IO edges).
+//! - [`namespace`] picks the namespace the way kubectl does (pure rules, thin IO).
 //! - [`status`] summarizes the state for `kiln status`.
 
 pub mod apply;
 pub mod executor;
+pub mod namespace;
+pub mod observe;
 pub mod planner;
+pub mod precheck;
 pub mod state;
 pub mod status;
 
@@ -47,6 +53,9 @@ pub enum RotateError {
         #[source]
         source: pki::PkiError,
     },
+    /// The cluster does not match the policy (checked before the first write).
+    #[error("failed the checks before the first write: {0}")]
+    Mismatch(#[from] precheck::Mismatch),
     /// The workload to restart does not exist.
     #[error(
         "failed to find {kind} {name} in namespace {namespace}: it does not exist; check buildkit.workload and buildkit.serviceName in the overlay"
@@ -84,6 +93,8 @@ pub struct Config {
     pub daemon_sans: Vec<San>,
     /// The planner policy.
     pub policy: Policy,
+    /// The daemon's TLS port (`buildkit.port`), where replicas are observed.
+    pub port: u16,
 }
 
 impl Config {
@@ -149,6 +160,7 @@ impl Config {
             algorithm: certs.algorithm,
             daemon_sans,
             policy,
+            port: overlay.buildkit.port,
         })
     }
 

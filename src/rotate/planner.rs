@@ -1,10 +1,9 @@
 //! The pure rotation planner: `plan(state, now, policy) -> Vec<Action>`.
 //!
-//! One run does at most one step of the CA rollover, and only once the previous step
-//! is complete (every Secret matches the phase, the restart is done, the rollout is
-//! over). Within a step the order is fixed: CA Secret, client Secret, daemon Secret,
-//! restart. Each Secret write moves toward a target that is derived from the CA
-//! Secret alone, so a crash between any two writes leaves a state whose next plan
+//! One run does at most one step of the CA rollover, and takes a step only once the
+//! previous one is complete. Within a step the order is fixed: CA Secret, client Secret,
+//! daemon Secret, restart. Each Secret write moves toward a target that is derived from
+//! the CA Secret alone, so a crash between any two writes leaves a state whose next plan
 //! finishes the step.
 //!
 //! Rollover, with old CA A and new CA B (bundles are listed oldest first):
@@ -16,9 +15,20 @@
 //! | leaves-reissued  | `ca` = B, `retiring-ca` = A| B           | [A, B]  |
 //! | stable           | `ca` = B                   | B           | [B]     |
 //!
-//! A step is taken only after the propagation delay has passed since the last
-//! leaf-Secret write (every running client loaded the current bundle) and the daemon
-//! rollout is complete (every running daemon loaded the current daemon Secret).
+//! Step 1 (stable → introduced) only adds trust, so it needs no gate: it is taken as soon
+//! as the rollover is due, together with any leaf renewal that is due (from A, with the
+//! bundle [A, B]). Steps 2 and 3 are gated ([`step_settled`]): the leaf Secrets match the
+//! phase, buildkitd was restarted for the daemon Secret and the rollout is over
+//! (`restartStrategy: rollout`), every replica was *seen* over TLS serving the current
+//! daemon certificate (and, before step 2, accepting a client certificate from B), and
+//! the propagation delay has passed since the last leaf-Secret write (every running
+//! client loaded the current bundle).
+//!
+//! A signing CA whose key is lost (or does not match) is rolled over the same way while
+//! both leaves are valid and signed by it: nothing in steps 1–3 needs the old key. Only
+//! when that is impossible (a leaf expired, broken or from an unknown CA, or the CA
+//! certificate itself unusable or expired) does kiln start over with a new CA, which
+//! breaks trust until every process uses the new certificates.
 
 use time::OffsetDateTime;
 
@@ -31,13 +41,16 @@ use super::state::{CaSecret, Leaf, OtherCa, Phase, Slot, State};
 /// behind (clock skew of minutes) still accepts them.
 pub const BACKDATE: time::Duration = time::Duration::hours(1);
 
+/// Beyond this many replicas, messages name the first ones and count the rest.
+const NAMED_REPLICAS: usize = 3;
+
 /// What `--force-renew` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ForceRenew {
     /// Reissue the daemon and client certificates now.
     Leaf,
-    /// Start a CA rollover now (its phases still wait for their delays).
+    /// Start a CA rollover now (its later phases still wait for their gates).
     Ca,
 }
 
@@ -96,6 +109,15 @@ pub enum LeafCert {
     },
 }
 
+/// How loud a warning is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Something to look at: a repair, a stalled rollover.
+    Warning,
+    /// Trust breaks until the restarts are through (kiln starts over with a new CA).
+    Outage,
+}
+
 /// One step of a plan, in the order it must run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -137,7 +159,16 @@ pub enum Action {
     Warn {
         /// The one-line message.
         message: String,
+        /// How loud.
+        severity: Severity,
     },
+}
+
+fn warn(message: impl Into<String>) -> Action {
+    Action::Warn {
+        message: message.into(),
+        severity: Severity::Warning,
+    }
 }
 
 /// The CA layout a plan converges the leaves to.
@@ -145,8 +176,13 @@ struct Target {
     signing: CaRef,
     signing_not_before: OffsetDateTime,
     signing_not_after: OffsetDateTime,
+    /// False when the signing CA's key is lost: leaves cannot be issued from it.
+    signing_has_key: bool,
     /// (CA, not_before) oldest first.
     bundle: Vec<(CaRef, OffsetDateTime)>,
+    /// True while a rollover moves leaves from one CA to the other: a leaf from the
+    /// other CA is reissued as a routine step, not as a repair.
+    rollover: bool,
 }
 
 impl Target {
@@ -164,7 +200,9 @@ impl Target {
             signing,
             signing_not_before: ca.signing.info.not_before,
             signing_not_after: ca.signing.info.not_after,
+            signing_has_key: ca.signing.key_pem.is_some(),
             bundle,
+            rollover: ca.other.is_some(),
         }
     }
 
@@ -185,6 +223,27 @@ impl Target {
     fn signed_by_signing(&self, leaf: &Leaf) -> bool {
         matches!(&self.signing, CaRef::Existing(fp) if leaf.issuer.as_deref() == Some(fp.as_str()))
     }
+
+    /// True when `leaf` was signed by a CA of this target's bundle.
+    fn signed_by_bundle(&self, leaf: &Leaf) -> bool {
+        self.bundle
+            .iter()
+            .any(|(ca, _)| matches!(ca, CaRef::Existing(fp) if leaf.issuer.as_deref() == Some(fp.as_str())))
+    }
+
+    fn signing_short(&self) -> String {
+        match &self.signing {
+            CaRef::New => "new".into(),
+            CaRef::Existing(fp) => super::short_hex(fp).to_string(),
+        }
+    }
+}
+
+fn role_name(kind: LeafKind) -> &'static str {
+    match kind {
+        LeafKind::Daemon => "daemon",
+        LeafKind::Client => "client",
+    }
 }
 
 /// Decide what to do with one leaf Secret. Returns the action and, for repairs, a warning.
@@ -195,10 +254,7 @@ fn leaf_action(
     now: OffsetDateTime,
     policy: &Policy,
 ) -> (Option<Action>, Option<String>) {
-    let name = match kind {
-        LeafKind::Daemon => "daemon",
-        LeafKind::Client => "client",
-    };
+    let name = role_name(kind);
     let not_before = now.saturating_sub(BACKDATE).max(target.signing_not_before);
     let not_after = now
         .saturating_add(policy.leaf_validity)
@@ -230,14 +286,31 @@ fn leaf_action(
         Slot::Ok(leaf) => leaf,
     };
     if !target.signed_by_signing(leaf) {
-        let reason = match target.signing {
-            CaRef::New => format!("the {name} certificate must come from the new CA"),
-            CaRef::Existing(ref fp) => format!(
-                "the {name} certificate is not signed by the signing CA {}",
-                super::short_hex(fp)
+        return match &target.signing {
+            CaRef::New => (
+                Some(issue(format!("issuing the {name} certificate from the new CA"))),
+                None,
             ),
+            CaRef::Existing(_) if target.rollover && target.signed_by_bundle(leaf) => (
+                Some(issue(format!(
+                    "CA rollover: issuing the {name} certificate from the new CA {}",
+                    target.signing_short()
+                ))),
+                None,
+            ),
+            CaRef::Existing(_) => {
+                let warning = format!(
+                    "the {name} certificate was not signed by any CA in the CA Secret; reissuing it from the signing CA {}",
+                    target.signing_short()
+                );
+                (
+                    Some(issue(format!(
+                        "repair: the {name} certificate comes from an unknown CA"
+                    ))),
+                    Some(warning),
+                )
+            }
         };
-        return (Some(issue(reason)), None);
     }
     if leaf.info.not_after <= now {
         let warning = format!(
@@ -252,36 +325,29 @@ fn leaf_action(
     let left = leaf.info.not_after - now;
     // A new leaf cannot outlive its CA; renewing is pointless when it would not last longer.
     let renewal_helps = not_after > leaf.info.not_after.saturating_add(time::Duration::hours(1));
+    // Without the signing key nothing can be reissued; the rollover to a new CA reissues
+    // the leaves at its second step (the caller made sure they are still valid).
+    let mut reissue = None;
     if policy.force == Some(ForceRenew::Leaf) {
-        return (
-            Some(issue(format!(
-                "--force-renew leaf: reissuing the {name} certificate"
-            ))),
-            None,
-        );
-    }
-    if left < policy.leaf_renew_before && renewal_helps {
-        return (
-            Some(issue(format!(
-                "renew: the {name} certificate expires in {} days",
-                left.whole_days()
-            ))),
-            None,
-        );
-    }
-    if kind == LeafKind::Daemon {
+        reissue = Some(format!("--force-renew leaf: reissuing the {name} certificate"));
+    } else if left < policy.leaf_renew_before && renewal_helps {
+        reissue = Some(format!(
+            "renew: the {name} certificate expires in {} days",
+            left.whole_days()
+        ));
+    } else if kind == LeafKind::Daemon {
         let mut have = leaf.sans.clone();
         let mut want = policy.daemon_sans.clone();
         have.sort();
         want.sort();
         if have != want {
-            return (
-                Some(issue(
-                    "the daemon certificate's SANs differ from the overlay".into(),
-                )),
-                None,
-            );
+            reissue = Some("the daemon certificate's SANs differ from the overlay".into());
         }
+    }
+    if let Some(reason) = reissue
+        && target.signing_has_key
+    {
+        return (Some(issue(reason)), None);
     }
     if !target.bundle_matches(leaf) {
         return (Some(keep(format!("update the {name} trust bundle"))), None);
@@ -304,7 +370,7 @@ fn converge(state: &State, target: &Target, now: OffsetDateTime, policy: &Policy
     ] {
         let (action, warning) = leaf_action(slot, kind, target, now, policy);
         if let Some(message) = warning {
-            out.push(Action::Warn { message });
+            out.push(warn(message));
         }
         if let Some(action) = action {
             daemon_written |= kind == LeafKind::Daemon;
@@ -313,10 +379,9 @@ fn converge(state: &State, target: &Target, now: OffsetDateTime, policy: &Policy
     }
     if policy.restart == RestartStrategy::None {
         if daemon_written {
-            out.push(Action::Warn {
-                message: "restartStrategy is none: restart buildkitd yourself so it loads the new daemon certificate"
-                    .into(),
-            });
+            out.push(warn(
+                "restartStrategy is none: restart buildkitd yourself so it loads the new daemon certificate",
+            ));
         }
         return;
     }
@@ -333,9 +398,78 @@ fn converge(state: &State, target: &Target, now: OffsetDateTime, policy: &Policy
     }
 }
 
-/// True when the Secrets match the current phase, the restart happened and the
-/// rollout is over, and the propagation delay has passed since the last leaf write.
-fn step_settled(state: &State, now: OffsetDateTime, policy: &Policy) -> Result<(), String> {
+/// Names the first few replicas and counts the rest.
+fn replica_list(items: &[String]) -> String {
+    let mut text = items
+        .iter()
+        .take(NAMED_REPLICAS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > NAMED_REPLICAS {
+        text.push_str(&format!("; and {} more", items.len() - NAMED_REPLICAS));
+    }
+    text
+}
+
+/// Every replica serves the current daemon certificate (and, in phase `introduced`,
+/// accepts a client certificate from the next CA). Err names the replicas that hold
+/// the rollover back, and why.
+pub fn replicas_settled(state: &State, ca: &CaSecret, daemon: &Leaf) -> Result<(), String> {
+    let Some(observed) = &state.observed else {
+        return Err("the buildkitd replicas were not observed over TLS".into());
+    };
+    if let Some(error) = &observed.error {
+        return Err(format!("the buildkitd replicas cannot be listed: {error}"));
+    }
+    if observed.replicas.is_empty() {
+        return Err("no buildkitd replica was found to connect to".into());
+    }
+    let next_ca = match &ca.other {
+        Some(OtherCa::Next(next)) => Some(next.info.fingerprint.as_str()),
+        _ => None,
+    };
+    let mut holding = Vec::new();
+    for replica in &observed.replicas {
+        match &replica.result {
+            Err(why) => holding.push(format!("{} cannot be reached: {why}", replica.name)),
+            Ok(served) if served.fingerprint != daemon.info.fingerprint => holding.push(format!(
+                "{} serves daemon certificate {} (expires {}), not the current {}",
+                replica.name,
+                super::short_hex(&served.serial),
+                crate::pki::rfc3339(served.not_after),
+                super::short_hex(&daemon.info.serial)
+            )),
+            Ok(served)
+                if next_ca.is_some()
+                    && (observed.probe_ca.as_deref() != next_ca || served.probe_accepted != Some(true)) =>
+            {
+                holding.push(format!(
+                    "{} does not accept a client certificate from the next CA",
+                    replica.name
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    if observed.replicas.len() < observed.expected {
+        holding.push(format!(
+            "only {} of {} replicas were found",
+            observed.replicas.len(),
+            observed.expected
+        ));
+    }
+    if holding.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("waiting for buildkitd: {}", replica_list(&holding)))
+    }
+}
+
+/// True when the Secrets match the current phase, the restart happened and the rollout
+/// is over, every replica serves what the phase expects, and the propagation delay has
+/// passed since the last leaf write.
+fn step_settled(state: &State, ca: &CaSecret, now: OffsetDateTime, policy: &Policy) -> Result<(), String> {
     let (Slot::Ok(daemon), Slot::Ok(client)) = (&state.daemon, &state.client) else {
         return Err("the leaf Secrets are not complete".into());
     };
@@ -361,21 +495,97 @@ fn step_settled(state: &State, now: OffsetDateTime, policy: &Policy) -> Result<(
             crate::pki::rfc3339(ready_at)
         ));
     }
+    replicas_settled(state, ca, daemon)
+}
+
+/// During a rollover: what its next step waits for (None when nothing holds it back, or
+/// when there is no rollover).
+pub fn waiting_for(state: &State, now: OffsetDateTime, policy: &Policy) -> Option<String> {
+    let ca = state.ca.ok()?;
+    if ca.phase() == Phase::Stable {
+        return None;
+    }
+    step_settled(state, ca, now, policy).err()
+}
+
+/// True when a run should look at the replicas over TLS before planning: a rollover step
+/// is in progress or due. Renewals never wait for it.
+pub fn wants_observation(state: &State, now: OffsetDateTime, policy: &Policy) -> bool {
+    match state.ca.ok() {
+        Some(ca) => ca.phase() != Phase::Stable || rollover_due(ca, now, policy).is_some(),
+        None => false,
+    }
+}
+
+/// Why a stable CA should be rolled over now, if it should.
+fn rollover_due(ca: &CaSecret, now: OffsetDateTime, policy: &Policy) -> Option<String> {
+    let left = ca.signing.info.not_after - now;
+    if let Some(problem) = &ca.key_problem {
+        Some(format!(
+            "CA rollover: the CA key is unusable ({problem}); introducing a new CA beside the old certificate, which stays trusted until every leaf is reissued (no outage)"
+        ))
+    } else if left < policy.ca_renew_before {
+        Some(format!(
+            "CA rollover: the CA expires in {} days; introducing the next CA",
+            left.whole_days()
+        ))
+    } else if policy.force == Some(ForceRenew::Ca) {
+        Some("CA rollover (--force-renew ca): introducing the next CA".into())
+    } else {
+        None
+    }
+}
+
+/// Can the leaves be carried to a new CA without the signing CA's key? They must be
+/// valid and signed by a CA every bundle will keep trusting. Err says why not.
+fn keyless_viable(state: &State, target: &Target, now: OffsetDateTime) -> Result<(), String> {
+    for (slot, kind) in [
+        (&state.client, LeafKind::Client),
+        (&state.daemon, LeafKind::Daemon),
+    ] {
+        let name = role_name(kind);
+        let leaf = match slot {
+            Slot::Ok(leaf) => leaf,
+            Slot::Missing | Slot::Empty => return Err(format!("the {name} Secret is empty")),
+            Slot::Broken(why) => return Err(format!("the {name} Secret is broken ({why})")),
+        };
+        if leaf.info.not_after <= now {
+            return Err(format!(
+                "the {name} certificate expired at {}",
+                crate::pki::rfc3339(leaf.info.not_after)
+            ));
+        }
+        if !target.signed_by_bundle(leaf) {
+            return Err(format!("the {name} certificate comes from an unknown CA"));
+        }
+        if !target.signing_has_key && !target.signed_by_signing(leaf) {
+            return Err(format!(
+                "the {name} certificate is not signed by the signing CA, whose key is lost"
+            ));
+        }
+    }
     Ok(())
 }
 
+const START_OVER: &str = "starting over with a new CA: clients and daemons do not trust each other until both use the new certificates (an outage of builds until the restart has rolled through)";
+
 /// Plan one run. Pure: the same state, time and policy give the same actions.
 pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> {
-    let mut out: Vec<Action> = state
-        .warnings
-        .iter()
-        .map(|message| Action::Warn {
-            message: message.clone(),
-        })
-        .collect();
+    let mut out: Vec<Action> = state.warnings.iter().map(warn).collect();
     let new_ca_not_before = now.saturating_sub(BACKDATE);
     let new_ca_not_after = now.saturating_add(policy.ca_validity);
-    let issue_new_ca = |out: &mut Vec<Action>, reason: String| {
+    let start_over = |out: &mut Vec<Action>, reason: String, alarm: Option<String>| {
+        if let Some(why) = alarm {
+            out.push(Action::Warn {
+                message: format!("{why}; {START_OVER}"),
+                severity: Severity::Outage,
+            });
+        }
+        if policy.force == Some(ForceRenew::Ca) {
+            out.push(warn(
+                "--force-renew ca: a new CA is created in this run anyway; there is nothing to roll over",
+            ));
+        }
         out.push(Action::IssueCa {
             not_before: new_ca_not_before,
             not_after: new_ca_not_after,
@@ -386,114 +596,144 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
             phase: Phase::Stable,
             reason,
         });
-        Target {
+        let target = Target {
             signing: CaRef::New,
             signing_not_before: new_ca_not_before,
             signing_not_after: new_ca_not_after,
+            signing_has_key: true,
             bundle: vec![(CaRef::New, new_ca_not_before)],
-        }
+            rollover: false,
+        };
+        converge(state, &target, now, policy, out);
     };
 
     let ca = match &state.ca {
         Slot::Missing | Slot::Empty => {
             let has_leaves = state.daemon.ok().is_some() || state.client.ok().is_some();
-            if has_leaves {
-                out.push(Action::Warn {
-                    message: "the CA Secret is empty but the leaf Secrets hold certificates: the CA key is lost; starting over with a new CA (clients and daemons trust each other again once both use the new certificates)".into(),
-                });
-            }
-            let target = issue_new_ca(&mut out, "bootstrap: no CA yet".into());
-            converge(state, &target, now, policy, &mut out);
+            let alarm = has_leaves.then(|| {
+                "the CA Secret is empty but the leaf Secrets hold certificates: the CA is lost".to_string()
+            });
+            start_over(&mut out, "bootstrap: no CA yet".into(), alarm);
             return out;
         }
         Slot::Broken(why) => {
-            out.push(Action::Warn {
-                message: format!(
-                    "the CA Secret is unusable ({why}); starting over with a new CA (clients and daemons trust each other again once both use the new certificates)"
-                ),
-            });
-            let target = issue_new_ca(&mut out, format!("repair: {why}"));
-            converge(state, &target, now, policy, &mut out);
+            start_over(
+                &mut out,
+                format!("repair: {why}"),
+                Some(format!("the CA Secret is unusable ({why})")),
+            );
             return out;
         }
         Slot::Ok(ca) => ca,
     };
     if ca.signing.info.not_after <= now {
-        out.push(Action::Warn {
-            message: format!(
-                "the signing CA expired at {}; starting over with a new CA (clients and daemons trust each other again once both use the new certificates)",
+        start_over(
+            &mut out,
+            "repair: expired CA".into(),
+            Some(format!(
+                "the signing CA expired at {}",
                 crate::pki::rfc3339(ca.signing.info.not_after)
-            ),
-        });
-        let target = issue_new_ca(&mut out, "repair: expired CA".into());
-        converge(state, &target, now, policy, &mut out);
+            )),
+        );
         return out;
     }
 
     let current = Target::from_ca(ca);
-    let before = out.len();
-    converge(state, &current, now, policy, &mut out);
-    if out[before..]
-        .iter()
-        .any(|a| matches!(a, Action::WriteLeaf { .. } | Action::Restart { .. }))
+    if let Some(problem) = &ca.key_problem
+        && let Err(why) = keyless_viable(state, &current, now)
     {
-        // Finish the current step first; the next step waits for a later run.
+        start_over(
+            &mut out,
+            format!("repair: {problem}"),
+            Some(format!(
+                "the CA key is unusable ({problem}) and a rollover without it is impossible: {why}"
+            )),
+        );
+        return out;
+    }
+    if ca.key_problem.is_some() && policy.force == Some(ForceRenew::Leaf) {
+        out.push(warn(
+            "--force-renew leaf: the signing CA's key is lost, so nothing can be issued from it; the rollover to a new CA reissues the leaves",
+        ));
+    }
+
+    if ca.phase() == Phase::Stable
+        && let Some(reason) = rollover_due(ca, now, policy)
+    {
+        // Step 1 only adds trust: take it now, with any renewal that is due.
+        if ca.key_problem.is_some() {
+            out.push(warn(reason.trim_start_matches("CA rollover: ").to_string()));
+        }
+        out.push(Action::IssueCa {
+            not_before: new_ca_not_before,
+            not_after: new_ca_not_after,
+        });
+        out.push(Action::WriteCa {
+            signing: CaRef::Existing(ca.signing.info.fingerprint.clone()),
+            other: Some((OtherRole::Next, CaRef::New)),
+            phase: Phase::Introduced,
+            reason,
+        });
+        let mut bundle = current.bundle.clone();
+        bundle.push((CaRef::New, new_ca_not_before));
+        let next = Target {
+            bundle,
+            rollover: false,
+            ..current
+        };
+        converge(state, &next, now, policy, &mut out);
         return out;
     }
 
-    let ca_left = ca.signing.info.not_after - now;
-    let wants_step = match ca.phase() {
-        Phase::Stable => policy.force == Some(ForceRenew::Ca) || ca_left < policy.ca_renew_before,
-        Phase::Introduced | Phase::LeavesReissued => true,
-    };
-    if !wants_step {
+    let before = out.len();
+    converge(state, &current, now, policy, &mut out);
+    let unfinished = out[before..]
+        .iter()
+        .any(|a| matches!(a, Action::WriteLeaf { .. } | Action::Restart { .. }));
+    if ca.phase() == Phase::Stable {
         return out;
     }
-    if let Err(why) = step_settled(state, now, policy) {
-        if ca.phase() == Phase::Stable && policy.force == Some(ForceRenew::Ca) {
-            out.push(Action::Warn {
-                message: format!("--force-renew ca: the rollover cannot start yet: {why}"),
-            });
-        } else if ca_left < policy.propagation_delay.saturating_mul(2) {
-            out.push(Action::Warn {
-                message: format!(
-                    "the signing CA expires at {} and the rollover (phase {}) cannot proceed: {why}",
-                    crate::pki::rfc3339(ca.signing.info.not_after),
-                    ca.phase()
-                ),
-            });
+    let since = ca
+        .phase_since
+        .map(|t| format!(" since {}", crate::pki::rfc3339(t)))
+        .unwrap_or_default();
+    if unfinished {
+        if policy.force == Some(ForceRenew::Ca) {
+            out.push(warn(format!(
+                "--force-renew ca: a CA rollover is already in progress (phase {}{since}); this run finishes its current step",
+                ca.phase()
+            )));
+        }
+        return out;
+    }
+    if let Err(why) = step_settled(state, ca, now, policy) {
+        if policy.force == Some(ForceRenew::Ca) {
+            out.push(warn(format!(
+                "--force-renew ca: a CA rollover is already in progress (phase {}{since}); its next step waits: {why}",
+                ca.phase()
+            )));
+        }
+        let ca_left = ca.signing.info.not_after - now;
+        let stalled = ca
+            .phase_since
+            .is_some_and(|t| now >= t.saturating_add(policy.propagation_delay.saturating_mul(2)));
+        if ca_left < policy.propagation_delay.saturating_mul(2) {
+            out.push(warn(format!(
+                "the signing CA expires at {} and the rollover (phase {}) cannot proceed: {why}",
+                crate::pki::rfc3339(ca.signing.info.not_after),
+                ca.phase()
+            )));
+        } else if stalled {
+            out.push(warn(format!(
+                "the CA rollover has been in phase {}{since}, more than twice rotation.propagationDelay: {why}",
+                ca.phase()
+            )));
         }
         return out;
     }
     let signing_fp = ca.signing.info.fingerprint.clone();
-    let next = match ca.phase() {
-        Phase::Stable => {
-            out.push(Action::IssueCa {
-                not_before: new_ca_not_before,
-                not_after: new_ca_not_after,
-            });
-            let reason = if ca_left < policy.ca_renew_before {
-                format!(
-                    "CA rollover: the CA expires in {} days; introducing the next CA",
-                    ca_left.whole_days()
-                )
-            } else {
-                "CA rollover (--force-renew ca): introducing the next CA".into()
-            };
-            out.push(Action::WriteCa {
-                signing: CaRef::Existing(signing_fp.clone()),
-                other: Some((OtherRole::Next, CaRef::New)),
-                phase: Phase::Introduced,
-                reason,
-            });
-            let mut bundle = current.bundle.clone();
-            bundle.push((CaRef::New, new_ca_not_before));
-            Target { bundle, ..current }
-        }
-        Phase::Introduced => {
-            let Some(OtherCa::Next(next)) = &ca.other else {
-                return out;
-            };
+    let next = match &ca.other {
+        Some(OtherCa::Next(next)) => {
             out.push(Action::WriteCa {
                 signing: CaRef::Existing(next.info.fingerprint.clone()),
                 other: Some((OtherRole::Retiring, CaRef::Existing(signing_fp))),
@@ -505,10 +745,12 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
                 signing: CaRef::Existing(next.info.fingerprint.clone()),
                 signing_not_before: next.info.not_before,
                 signing_not_after: next.info.not_after,
+                signing_has_key: next.key_pem.is_some(),
                 bundle: current.bundle,
+                rollover: true,
             }
         }
-        Phase::LeavesReissued => {
+        Some(OtherCa::Retiring(_)) => {
             out.push(Action::WriteCa {
                 signing: CaRef::Existing(signing_fp.clone()),
                 other: None,
@@ -517,16 +759,18 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
             });
             Target {
                 bundle: vec![(CaRef::Existing(signing_fp), ca.signing.info.not_before)],
+                rollover: false,
                 ..current
             }
         }
+        None => return out,
     };
     converge(state, &next, now, policy, &mut out);
     out
 }
 
 /// The next time `plan` would do something, searching the dates where something can
-/// change (renewal windows, the CA window, the propagation delay), up to `horizon`.
+/// change (renewal windows, the CA window, the propagation delay).
 pub fn next_action(
     state: &State,
     now: OffsetDateTime,
@@ -563,7 +807,7 @@ pub fn next_action(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rotate::state::{Ca, CertInfo, KeyPem, Workload};
+    use crate::rotate::state::{Ca, CertInfo, KeyPem, Observed, ReplicaObservation, Served, Workload};
     use time::macros::datetime;
 
     const NOW: OffsetDateTime = datetime!(2030-06-01 03:17 UTC);
@@ -599,6 +843,15 @@ mod tests {
         }
     }
 
+    fn ca_secret(signing: Ca, other: Option<OtherCa>, since: Option<OffsetDateTime>) -> Slot<CaSecret> {
+        Slot::Ok(CaSecret {
+            signing,
+            other,
+            phase_since: since,
+            key_problem: None,
+        })
+    }
+
     fn leaf(fp: &str, issuer: &str, bundle: &[&str], born: OffsetDateTime, sans: &[&str]) -> Leaf {
         Leaf {
             info: info(fp, born, born.saturating_add(DAY * 90)),
@@ -611,23 +864,23 @@ mod tests {
         }
     }
 
+    const SANS: &[&str] = &["buildkitd", "buildkitd.ns"];
+
     /// A settled stable state: CA "A" born `ca_born`, leaves born `leaf_born`, rollout done.
     fn stable(ca_born: OffsetDateTime, leaf_born: OffsetDateTime) -> State {
-        let daemon = leaf("d1", "A", &["A"], leaf_born, &["buildkitd", "buildkitd.ns"]);
+        let daemon = leaf("d1", "A", &["A"], leaf_born, SANS);
         let workload = Workload {
             daemon_certs: Some(daemon.version()),
             rollout_complete: true,
+            replicas: 2,
         };
         State {
-            ca: Slot::Ok(CaSecret {
-                signing: ca("A", ca_born),
-                other: None,
-                phase_since: None,
-            }),
+            ca: ca_secret(ca("A", ca_born), None, None),
             daemon: Slot::Ok(daemon),
             client: Slot::Ok(leaf("c1", "A", &["A"], leaf_born, &[])),
             workload: Some(workload),
             warnings: Vec::new(),
+            observed: None,
         }
     }
 
@@ -639,15 +892,25 @@ mod tests {
                 Action::WriteCa { phase, .. } => format!("write-ca:{phase}"),
                 Action::WriteLeaf { kind, cert, .. } => format!(
                     "{}:{}",
-                    if *kind == LeafKind::Daemon {
-                        "daemon"
-                    } else {
-                        "client"
-                    },
+                    role_name(*kind),
                     if *cert == LeafCert::Keep { "keep" } else { "issue" }
                 ),
                 Action::Restart { .. } => "restart".into(),
+                Action::Warn {
+                    severity: Severity::Outage,
+                    ..
+                } => "OUTAGE".into(),
                 Action::Warn { .. } => "warn".into(),
+            })
+            .collect()
+    }
+
+    fn warnings(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Warn { message, .. } => Some(message.clone()),
+                _ => None,
             })
             .collect()
     }
@@ -659,12 +922,43 @@ mod tests {
         }
     }
 
+    fn ca_mut(state: &mut State) -> &mut CaSecret {
+        match &mut state.ca {
+            Slot::Ok(ca) => ca,
+            _ => panic!("no CA"),
+        }
+    }
+
     /// Mark the daemons as restarted and rolled out for the current daemon Secret.
     fn rolled_out(state: &mut State) {
         let version = state.daemon.ok().map(Leaf::version);
         state.workload = Some(Workload {
             daemon_certs: version,
             rollout_complete: true,
+            replicas: 2,
+        });
+    }
+
+    /// Both replicas seen serving the current daemon certificate; `probe_ca` signed the
+    /// probe, which they accept when `accepts`.
+    fn observed(state: &mut State, probe_ca: &str, accepts: bool) {
+        let daemon = state.daemon.ok().expect("daemon").info.clone();
+        state.observed = Some(Observed {
+            probe_ca: Some(probe_ca.into()),
+            replicas: (0..2)
+                .map(|i| ReplicaObservation {
+                    name: format!("buildkitd-{i}"),
+                    result: Ok(Served {
+                        fingerprint: daemon.fingerprint.clone(),
+                        serial: daemon.serial.clone(),
+                        not_after: daemon.not_after,
+                        issuer: None,
+                        probe_accepted: Some(accepts),
+                    }),
+                })
+                .collect(),
+            expected: 2,
+            error: None,
         });
     }
 
@@ -677,8 +971,10 @@ mod tests {
             workload: Some(Workload {
                 daemon_certs: None,
                 rollout_complete: true,
+                replicas: 1,
             }),
             warnings: Vec::new(),
+            observed: None,
         };
         let actions = plan(&state, NOW, &policy());
         assert_eq!(
@@ -705,6 +1001,7 @@ mod tests {
         };
         assert_eq!(*not_before, NOW - BACKDATE);
         assert_eq!(*not_after, NOW + DAY * 90);
+        assert!(!wants_observation(&state, NOW, &policy()));
     }
 
     #[test]
@@ -712,6 +1009,7 @@ mod tests {
         let state = stable(NOW - DAY * 100, NOW - DAY * 10);
         assert!(plan(&state, NOW, &policy()).is_empty());
         assert_eq!(plan(&state, NOW, &policy()), plan(&state, NOW, &policy()));
+        assert!(!wants_observation(&state, NOW, &policy()));
     }
 
     #[test]
@@ -740,10 +1038,7 @@ mod tests {
     #[test]
     fn pending_restart_is_finished() {
         let mut state = stable(NOW - DAY * 100, NOW - DAY * 10);
-        state.workload = Some(Workload {
-            daemon_certs: Some("stale".into()),
-            rollout_complete: true,
-        });
+        state.workload.as_mut().unwrap().daemon_certs = Some("stale".into());
         assert_eq!(kinds(&plan(&state, NOW, &policy())), ["restart"]);
     }
 
@@ -763,6 +1058,7 @@ mod tests {
         let p = policy();
         // CA born 4 years ago: in its last third.
         let mut state = stable(NOW - DAY * (4 * 365), NOW - DAY * 10);
+        assert!(wants_observation(&state, NOW, &p));
         let step1 = plan(&state, NOW, &p);
         assert_eq!(
             kinds(&step1),
@@ -781,11 +1077,11 @@ mod tests {
 
         // After step 1: both bundles [A, B], written at NOW.
         let t1 = NOW;
-        state.ca = Slot::Ok(CaSecret {
-            signing: ca("A", NOW - DAY * (4 * 365)),
-            other: Some(OtherCa::Next(ca("B", t1 - BACKDATE))),
-            phase_since: Some(t1),
-        });
+        state.ca = ca_secret(
+            ca("A", NOW - DAY * (4 * 365)),
+            Some(OtherCa::Next(ca("B", t1 - BACKDATE))),
+            Some(t1),
+        );
         for slot in [&mut state.client, &mut state.daemon] {
             let l = leaf_mut(slot);
             l.bundle = vec!["A".into(), "B".into()];
@@ -795,11 +1091,23 @@ mod tests {
         assert_eq!(kinds(&plan(&state, t1 + DAY * 3, &p)), ["restart"]);
         rolled_out(&mut state);
         // Rolled out, but the propagation delay has not passed.
+        observed(&mut state, "B", true);
         assert!(plan(&state, t1 + DAY, &p).is_empty());
         // Rollout incomplete: wait even after the delay.
         state.workload.as_mut().unwrap().rollout_complete = false;
         assert!(plan(&state, t1 + DAY * 3, &p).is_empty());
         state.workload.as_mut().unwrap().rollout_complete = true;
+        // Not observed, or a replica does not accept the next CA's clients yet: wait.
+        state.observed = None;
+        assert!(plan(&state, t1 + DAY * 3, &p).is_empty());
+        observed(&mut state, "B", false);
+        assert!(plan(&state, t1 + DAY * 3, &p).is_empty());
+        observed(&mut state, "A", true);
+        assert!(
+            plan(&state, t1 + DAY * 3, &p).is_empty(),
+            "a probe from the old CA proves nothing"
+        );
+        observed(&mut state, "B", true);
 
         let t2 = t1 + DAY * 3;
         let step2 = plan(&state, t2, &p);
@@ -812,7 +1120,10 @@ mod tests {
                 "restart"
             ]
         );
-        let Action::WriteLeaf { bundle, cert, .. } = &step2[1] else {
+        let Action::WriteLeaf {
+            bundle, cert, reason, ..
+        } = &step2[1]
+        else {
             panic!()
         };
         assert_eq!(
@@ -820,16 +1131,26 @@ mod tests {
             &vec![CaRef::Existing("A".into()), CaRef::Existing("B".into())]
         );
         assert!(matches!(cert, LeafCert::Issue { signer: CaRef::Existing(fp), .. } if fp == "B"));
+        // A routine step reads as one.
+        assert_eq!(
+            reason,
+            "CA rollover: issuing the client certificate from the new CA B"
+        );
 
         // After step 2.
-        state.ca = Slot::Ok(CaSecret {
-            signing: ca("B", t1 - BACKDATE),
-            other: Some(OtherCa::Retiring(ca("A", NOW - DAY * (4 * 365)))),
-            phase_since: Some(t2),
-        });
+        state.ca = ca_secret(
+            ca("B", t1 - BACKDATE),
+            Some(OtherCa::Retiring(ca("A", NOW - DAY * (4 * 365)))),
+            Some(t2),
+        );
         state.client = Slot::Ok(leaf("c2", "B", &["A", "B"], t2, &[]));
-        state.daemon = Slot::Ok(leaf("d2", "B", &["A", "B"], t2, &["buildkitd", "buildkitd.ns"]));
+        state.daemon = Slot::Ok(leaf("d2", "B", &["A", "B"], t2, SANS));
         rolled_out(&mut state);
+        // The replicas still serve the old daemon certificate: wait, and say which.
+        let old = state.observed.clone();
+        state.observed = old;
+        assert!(plan(&state, t2 + DAY * 3, &p).is_empty());
+        observed(&mut state, "B", true);
         assert!(plan(&state, t2 + DAY, &p).is_empty());
         let t3 = t2 + DAY * 2;
         let step3 = plan(&state, t3, &p);
@@ -844,13 +1165,99 @@ mod tests {
     }
 
     #[test]
+    fn the_replicas_that_hold_a_rollover_back_are_named() {
+        let mut state = stable(NOW - DAY * (4 * 365), NOW - DAY * 10);
+        state.ca = ca_secret(
+            ca("A", NOW - DAY * (4 * 365)),
+            Some(OtherCa::Next(ca("B", NOW - DAY * 5))),
+            Some(NOW - DAY * 5),
+        );
+        for slot in [&mut state.client, &mut state.daemon] {
+            let l = leaf_mut(slot);
+            l.bundle = vec!["A".into(), "B".into()];
+            l.updated_at = Some(NOW - DAY * 5);
+        }
+        rolled_out(&mut state);
+        observed(&mut state, "B", true);
+        let observed_state = state.observed.as_mut().unwrap();
+        observed_state.replicas[0].result = Err("cannot connect to 10.0.0.7:1234: connection refused".into());
+        if let Ok(served) = &mut observed_state.replicas[1].result {
+            served.fingerprint = "old".into();
+            served.serial = "0123456789abcdef0123".into();
+        }
+        let (ca, daemon) = (state.ca.ok().unwrap(), state.daemon.ok().unwrap());
+        let why = replicas_settled(&state, ca, daemon).unwrap_err();
+        assert!(
+            why.starts_with(
+                "waiting for buildkitd: buildkitd-0 cannot be reached: cannot connect to 10.0.0.7:1234"
+            ),
+            "{why}"
+        );
+        assert!(
+            why.contains("buildkitd-1 serves daemon certificate 0123456789abcdef"),
+            "{why}"
+        );
+        // Five days in phase introduced with a 2-day delay: the stall is warned about.
+        let actions = plan(&state, NOW, &policy());
+        assert_eq!(kinds(&actions), ["warn"]);
+        let message = &warnings(&actions)[0];
+        assert!(
+            message.starts_with("the CA rollover has been in phase introduced since 2030-05-27T03:17:00Z, more than twice rotation.propagationDelay: waiting for buildkitd: buildkitd-0"),
+            "{message}"
+        );
+        // Nothing reachable at all: still waiting, never advancing blindly.
+        state.observed.as_mut().unwrap().replicas.clear();
+        let (ca, daemon) = (state.ca.ok().unwrap(), state.daemon.ok().unwrap());
+        assert_eq!(
+            replicas_settled(&state, ca, daemon).unwrap_err(),
+            "no buildkitd replica was found to connect to"
+        );
+        // A replica missing from the list holds it back too.
+        observed(&mut state, "B", true);
+        state.observed.as_mut().unwrap().expected = 3;
+        let (ca, daemon) = (state.ca.ok().unwrap(), state.daemon.ok().unwrap());
+        assert!(
+            replicas_settled(&state, ca, daemon)
+                .unwrap_err()
+                .contains("only 2 of 3 replicas were found")
+        );
+    }
+
+    #[test]
+    fn restart_strategy_none_gates_on_observation_alone() {
+        let mut p = policy();
+        p.restart = RestartStrategy::None;
+        let mut state = stable(NOW - DAY * (4 * 365), NOW - DAY * 10);
+        state.ca = ca_secret(
+            ca("A", NOW - DAY * (4 * 365)),
+            Some(OtherCa::Next(ca("B", NOW - DAY * 3))),
+            Some(NOW - DAY * 3),
+        );
+        for slot in [&mut state.client, &mut state.daemon] {
+            let l = leaf_mut(slot);
+            l.bundle = vec!["A".into(), "B".into()];
+            l.updated_at = Some(NOW - DAY * 3);
+        }
+        // Nobody restarted the daemons: the template says nothing, which does not matter;
+        // what the replicas accept does.
+        state.workload = None;
+        observed(&mut state, "B", false);
+        assert!(plan(&state, NOW, &p).is_empty());
+        observed(&mut state, "B", true);
+        assert_eq!(
+            kinds(&plan(&state, NOW, &p))[..3],
+            ["write-ca:leaves-reissued", "client:issue", "daemon:issue"]
+        );
+    }
+
+    #[test]
     fn crash_after_the_ca_write_is_finished_by_the_next_run() {
         let mut state = stable(NOW - DAY * (4 * 365), NOW - DAY * 10);
-        state.ca = Slot::Ok(CaSecret {
-            signing: ca("A", NOW - DAY * (4 * 365)),
-            other: Some(OtherCa::Next(ca("B", NOW))),
-            phase_since: Some(NOW),
-        });
+        state.ca = ca_secret(
+            ca("A", NOW - DAY * (4 * 365)),
+            Some(OtherCa::Next(ca("B", NOW))),
+            Some(NOW),
+        );
         // The bundles still say [A]: finish step 1, do not start step 2.
         assert_eq!(
             kinds(&plan(&state, NOW + DAY * 5, &policy())),
@@ -859,14 +1266,75 @@ mod tests {
     }
 
     #[test]
-    fn broken_or_expired_ca_starts_over_loudly() {
-        let mut state = stable(NOW - DAY * 100, NOW - DAY * 10);
-        state.ca = Slot::Broken("key ca.key is missing: the CA key is lost".into());
+    fn a_lost_ca_key_rolls_over_while_the_leaves_are_valid() {
+        let mut state = stable(NOW - DAY * 100, NOW - DAY * 70);
+        ca_mut(&mut state).signing.key_pem = None;
+        ca_mut(&mut state).key_problem = Some("key ca.key is missing: the CA key is lost".into());
         let actions = plan(&state, NOW, &policy());
+        // The leaves are due for renewal (20 days left) but nothing can sign them: they
+        // are kept, with the new CA beside the old one in their bundles.
         assert_eq!(
             kinds(&actions),
             [
                 "warn",
+                "issue-ca",
+                "write-ca:introduced",
+                "client:keep",
+                "daemon:keep",
+                "restart"
+            ]
+        );
+        assert!(
+            warnings(&actions)[0].starts_with(
+                "the CA key is unusable (key ca.key is missing: the CA key is lost); introducing a new CA"
+            ),
+            "{:?}",
+            warnings(&actions)
+        );
+        let Action::WriteCa { signing, .. } = &actions[2] else {
+            panic!()
+        };
+        assert_eq!(signing, &CaRef::Existing("A".into()));
+
+        // In phase introduced the keyless CA still signs nothing; step 2 issues from B.
+        state.ca = Slot::Ok(CaSecret {
+            signing: Ca {
+                key_pem: None,
+                ..ca("A", NOW - DAY * 100)
+            },
+            other: Some(OtherCa::Next(ca("B", NOW))),
+            phase_since: Some(NOW),
+            key_problem: Some("key ca.key is missing: the CA key is lost".into()),
+        });
+        for slot in [&mut state.client, &mut state.daemon] {
+            let l = leaf_mut(slot);
+            l.bundle = vec!["A".into(), "B".into()];
+            l.updated_at = Some(NOW);
+        }
+        rolled_out(&mut state);
+        observed(&mut state, "B", true);
+        assert!(plan(&state, NOW + DAY, &policy()).is_empty());
+        assert_eq!(
+            kinds(&plan(&state, NOW + DAY * 3, &policy())),
+            [
+                "write-ca:leaves-reissued",
+                "client:issue",
+                "daemon:issue",
+                "restart"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_ca_key_with_expired_leaves_starts_over_loudly() {
+        let mut state = stable(NOW - DAY * 200, NOW - DAY * 100);
+        ca_mut(&mut state).signing.key_pem = None;
+        ca_mut(&mut state).key_problem = Some("key ca.key is missing: the CA key is lost".into());
+        let actions = plan(&state, NOW, &policy());
+        assert_eq!(
+            kinds(&actions),
+            [
+                "OUTAGE",
                 "issue-ca",
                 "write-ca:stable",
                 "client:issue",
@@ -874,13 +1342,33 @@ mod tests {
                 "restart"
             ]
         );
-        let Action::Warn { message } = &actions[0] else {
-            panic!()
-        };
+        let message = &warnings(&actions)[0];
+        assert!(
+            message.contains("a rollover without it is impossible: the client certificate expired at"),
+            "{message}"
+        );
         assert!(message.contains("starting over with a new CA"), "{message}");
+    }
 
+    #[test]
+    fn broken_or_expired_ca_starts_over_loudly() {
+        let mut state = stable(NOW - DAY * 100, NOW - DAY * 10);
+        state.ca = Slot::Broken("key ca.crt: no certificate".into());
+        let actions = plan(&state, NOW, &policy());
+        assert_eq!(
+            kinds(&actions),
+            [
+                "OUTAGE",
+                "issue-ca",
+                "write-ca:stable",
+                "client:issue",
+                "daemon:issue",
+                "restart"
+            ]
+        );
+        assert!(warnings(&actions)[0].contains("starting over with a new CA"));
         let state = stable(NOW - DAY * (6 * 365), NOW - DAY * 10);
-        assert_eq!(kinds(&plan(&state, NOW, &policy()))[..2], ["warn", "issue-ca"]);
+        assert_eq!(kinds(&plan(&state, NOW, &policy()))[..2], ["OUTAGE", "issue-ca"]);
     }
 
     #[test]
@@ -905,29 +1393,71 @@ mod tests {
             ["client:issue", "daemon:issue", "restart"]
         );
         p.force = Some(ForceRenew::Ca);
-        assert_eq!(
-            kinds(&plan(&state, NOW, &p))[..2],
-            ["issue-ca", "write-ca:introduced"]
-        );
-        // Within the propagation delay of the last write the rollover waits, and says so.
+        // Right after a leaf write the rollover starts anyway: adding trust is safe.
         let young = stable(NOW - DAY * 100, NOW - time::Duration::hours(1));
-        assert_eq!(kinds(&plan(&young, NOW, &p)), ["warn"]);
+        assert_eq!(
+            kinds(&plan(&young, NOW, &p)),
+            [
+                "issue-ca",
+                "write-ca:introduced",
+                "client:keep",
+                "daemon:keep",
+                "restart"
+            ]
+        );
+        // Leaves due at the same time: renewed (from the current CA) in the same step.
+        let due = stable(NOW - DAY * 100, NOW - DAY * 61);
+        let actions = plan(&due, NOW, &p);
+        assert_eq!(
+            kinds(&actions),
+            [
+                "issue-ca",
+                "write-ca:introduced",
+                "client:issue",
+                "daemon:issue",
+                "restart"
+            ]
+        );
+        let Action::WriteLeaf { bundle, cert, .. } = &actions[2] else {
+            panic!()
+        };
+        assert_eq!(bundle, &vec![CaRef::Existing("A".into()), CaRef::New]);
+        assert!(matches!(cert, LeafCert::Issue { signer: CaRef::Existing(fp), .. } if fp == "A"));
+        // A rollover in progress: one line says which phase and what it waits for.
+        let mut busy = stable(NOW - DAY * 100, NOW - DAY);
+        busy.ca = ca_secret(
+            ca("A", NOW - DAY * 100),
+            Some(OtherCa::Next(ca("B", NOW - DAY))),
+            Some(NOW - DAY),
+        );
+        for slot in [&mut busy.client, &mut busy.daemon] {
+            leaf_mut(slot).bundle = vec!["A".into(), "B".into()];
+        }
+        rolled_out(&mut busy);
+        let actions = plan(&busy, NOW, &p);
+        assert_eq!(kinds(&actions), ["warn"]);
+        assert_eq!(
+            warnings(&actions)[0],
+            "--force-renew ca: a CA rollover is already in progress (phase introduced since 2030-05-31T03:17:00Z); its next step waits: waiting for the propagation delay until 2030-06-02T03:17:00Z"
+        );
     }
 
     #[test]
     fn leaves_never_outlive_the_signing_ca() {
-        // The CA has 20 days left and the rollover is stuck (rollout never completes).
-        let mut state = stable(NOW - DAY * (5 * 365 - 20), NOW - DAY * 80);
-        state.workload.as_mut().unwrap().rollout_complete = false;
+        // The CA has 20 days left (a rollover starts) and the leaves are due.
+        let state = stable(NOW - DAY * (5 * 365 - 20), NOW - DAY * 80);
         let actions = plan(&state, NOW, &policy());
-        let Action::WriteLeaf {
-            cert: LeafCert::Issue { not_after, .. },
-            ..
-        } = &actions[0]
-        else {
-            panic!("{actions:?}")
-        };
-        assert_eq!(*not_after, NOW - DAY * (5 * 365 - 20) + DAY * (5 * 365));
+        let not_after = actions
+            .iter()
+            .find_map(|a| match a {
+                Action::WriteLeaf {
+                    cert: LeafCert::Issue { not_after, .. },
+                    ..
+                } => Some(*not_after),
+                _ => None,
+            })
+            .expect("a leaf issued");
+        assert_eq!(not_after, NOW - DAY * (5 * 365 - 20) + DAY * (5 * 365));
     }
 
     #[test]

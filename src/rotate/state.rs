@@ -33,6 +33,11 @@ pub const ANN_CA_FINGERPRINT: &str = "kiln.dev/ca-fingerprint";
 pub const ANN_NEXT_CA_FINGERPRINT: &str = "kiln.dev/next-ca-fingerprint";
 /// Annotation on the CA Secret: the fingerprint of the CA being retired.
 pub const ANN_RETIRING_CA_FINGERPRINT: &str = "kiln.dev/retiring-ca-fingerprint";
+/// Annotation: the data keys this Secret holds (`ca.crt, ca.key` on the CA Secret), written
+/// by render on the shells and by `kiln rotate` on every write; checked before the first write.
+pub const ANN_SECRET_KEYS: &str = "kiln.dev/secret-keys";
+/// Annotation on the rendered shells: the `certs.format` they were rendered for.
+pub const ANN_SECRET_FORMAT: &str = "kiln.dev/secret-format";
 /// Pod-template annotation: when kiln last restarted the workload.
 pub const ANN_RESTARTED_AT: &str = "kiln.dev/restartedAt";
 /// Pod-template annotation: the version of the daemon Secret the pods were started for.
@@ -51,6 +56,7 @@ pub const SECRET_ANNOTATIONS: &[&str] = &[
     ANN_CA_FINGERPRINT,
     ANN_NEXT_CA_FINGERPRINT,
     ANN_RETIRING_CA_FINGERPRINT,
+    ANN_SECRET_KEYS,
 ];
 
 /// Key in the CA Secret: the signing CA certificate.
@@ -63,6 +69,16 @@ pub const NEXT_CA_CERT_KEY: &str = "next-ca.crt";
 pub const NEXT_CA_KEY_KEY: &str = "next-ca.key";
 /// Key in the CA Secret: the CA being retired (rollover phase `leaves-reissued`; no key).
 pub const RETIRING_CA_CERT_KEY: &str = "retiring-ca.crt";
+/// Every key a CA Secret may hold.
+pub const CA_SECRET_KEYS: &[&str] = &[
+    CA_CERT_KEY,
+    CA_KEY_KEY,
+    NEXT_CA_CERT_KEY,
+    NEXT_CA_KEY_KEY,
+    RETIRING_CA_CERT_KEY,
+];
+/// The value of [`ANN_SECRET_KEYS`] on the CA Secret: the keys it always holds.
+pub const CA_SECRET_KEYS_ANNOTATION: &str = "ca.crt, ca.key";
 
 /// A private key in PEM. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
@@ -119,6 +135,9 @@ pub struct RawWorkload {
     pub status_replicas: i32,
     /// `spec.template.metadata.annotations`.
     pub template_annotations: BTreeMap<String, String>,
+    /// The keys the pod template mounts from the daemon Secret (`items` of its volume);
+    /// None when it mounts the whole Secret or does not mount it.
+    pub daemon_secret_items: Option<Vec<String>>,
 }
 
 /// Everything one run reads from the cluster.
@@ -132,6 +151,29 @@ pub struct Snapshot {
     pub client: RawSecret,
     /// The workload; None when it does not exist.
     pub workload: Option<RawWorkload>,
+    /// When the workload does not exist: the other kind (`StatefulSet` for a policy that
+    /// says Deployment) exists under the same name. None when absent or not readable.
+    pub other_workload: Option<&'static str>,
+}
+
+/// What one buildkitd replica served when kiln connected to it, as the executor saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawReplica {
+    /// The pod name (or the address, when the EndpointSlice names no pod).
+    pub name: String,
+    /// The served certificate (PEM) and whether the probe client certificate was
+    /// accepted (None when none was presented or the daemon did not answer in time);
+    /// or why the replica could not be reached.
+    pub result: Result<(String, Option<bool>), String>,
+}
+
+/// The replicas as observed over TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawObservation {
+    /// Every replica found.
+    pub replicas: Vec<RawReplica>,
+    /// Why the replicas could not be listed (such as a 403 on EndpointSlices).
+    pub error: Option<String>,
 }
 
 /// The facts about one certificate the planner needs.
@@ -203,8 +245,11 @@ pub struct CaSecret {
     pub signing: Ca,
     /// The other CA during a rollover.
     pub other: Option<OtherCa>,
-    /// When the current phase started (annotation; informational).
+    /// When the current phase started (annotation), for the stalled-rollover warning.
     pub phase_since: Option<OffsetDateTime>,
+    /// Why the signing CA has no key (lost, or not matching its certificate); None when
+    /// it has one.
+    pub key_problem: Option<String>,
 }
 
 impl CaSecret {
@@ -308,6 +353,45 @@ pub struct Workload {
     pub daemon_certs: Option<String>,
     /// Every replica runs the current template and is ready; no old pod is left.
     pub rollout_complete: bool,
+    /// `spec.replicas`.
+    pub replicas: usize,
+}
+
+/// What one replica serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The served certificate's fingerprint.
+    pub fingerprint: String,
+    /// Its serial (hex).
+    pub serial: String,
+    /// Its not-after.
+    pub not_after: OffsetDateTime,
+    /// The CA of the CA Secret that signed it; None for any other issuer.
+    pub issuer: Option<String>,
+    /// Whether the replica accepted the probe client certificate.
+    pub probe_accepted: Option<bool>,
+}
+
+/// One replica's observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaObservation {
+    /// The pod name or address.
+    pub name: String,
+    /// What it serves, or why it could not be reached.
+    pub result: Result<Served, String>,
+}
+
+/// The buildkitd replicas as seen over TLS, before the planner runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// The fingerprint of the CA that signed the probe client certificate.
+    pub probe_ca: Option<String>,
+    /// Every replica found.
+    pub replicas: Vec<ReplicaObservation>,
+    /// How many replicas the workload wants (`spec.replicas`).
+    pub expected: usize,
+    /// Why the replicas could not be listed.
+    pub error: Option<String>,
 }
 
 /// Everything the planner knows.
@@ -323,6 +407,8 @@ pub struct State {
     pub workload: Option<Workload>,
     /// Problems found while reading that the planner repairs around (a broken next CA).
     pub warnings: Vec<String>,
+    /// The replicas as observed over TLS (None when not observed in this run).
+    pub observed: Option<Observed>,
 }
 
 fn text<'a>(secret: &'a RawSecret, key: &str) -> Result<Option<&'a str>, String> {
@@ -355,29 +441,41 @@ fn cert_info(pem: &str, key: &str) -> Result<CertInfo, String> {
     })
 }
 
-fn read_ca(secret: &RawSecret, cert_key: &str, key_key: Option<&str>) -> Result<Option<Ca>, String> {
+/// A CA from the Secret. `Ok(None)` when the certificate key is absent. A key that is
+/// missing, unreadable or not matching comes back as `key_pem: None` with the reason.
+fn read_ca(
+    secret: &RawSecret,
+    cert_key: &str,
+    key_key: Option<&str>,
+) -> Result<Option<(Ca, Option<String>)>, String> {
     let Some(cert_pem) = text(secret, cert_key)? else {
         return Ok(None);
     };
     let info = cert_info(cert_pem, cert_key)?;
     pki::check_ca(cert_pem).map_err(|e| format!("key {cert_key}: {e}"))?;
-    let key_pem = match key_key {
-        None => None,
-        Some(key_key) => {
-            let key = text(secret, key_key)?
-                .ok_or_else(|| format!("key {key_key} is missing: the CA key is lost"))?;
-            match pki::key_matches(cert_pem, key) {
-                Ok(true) => Some(KeyPem(key.to_string())),
-                Ok(false) => return Err(format!("key {key_key} does not match {cert_key}")),
-                Err(e) => return Err(format!("key {key_key}: {e}")),
-            }
-        }
+    let (key_pem, key_problem) = match key_key {
+        None => (None, None),
+        Some(key_key) => match text(secret, key_key) {
+            Err(e) => (None, Some(e)),
+            Ok(None) => (
+                None,
+                Some(format!("key {key_key} is missing: the CA key is lost")),
+            ),
+            Ok(Some(key)) => match pki::key_matches(cert_pem, key) {
+                Ok(true) => (Some(KeyPem(key.to_string())), None),
+                Ok(false) => (None, Some(format!("key {key_key} does not match {cert_key}"))),
+                Err(e) => (None, Some(format!("key {key_key}: {e}"))),
+            },
+        },
     };
-    Ok(Some(Ca {
-        info,
-        cert_pem: cert_pem.to_string(),
-        key_pem,
-    }))
+    Ok(Some((
+        Ca {
+            info,
+            cert_pem: cert_pem.to_string(),
+            key_pem,
+        },
+        key_problem,
+    )))
 }
 
 fn read_ca_secret(secret: &RawSecret, warnings: &mut Vec<String>) -> Slot<CaSecret> {
@@ -387,7 +485,7 @@ fn read_ca_secret(secret: &RawSecret, warnings: &mut Vec<String>) -> Slot<CaSecr
     if secret.data.is_empty() {
         return Slot::Empty;
     }
-    let signing = match read_ca(secret, CA_CERT_KEY, Some(CA_KEY_KEY)) {
+    let (signing, key_problem) = match read_ca(secret, CA_CERT_KEY, Some(CA_KEY_KEY)) {
         Ok(Some(ca)) => ca,
         Ok(None) => return Slot::Broken(format!("key {CA_CERT_KEY} is missing")),
         Err(reason) => return Slot::Broken(reason),
@@ -395,8 +493,8 @@ fn read_ca_secret(secret: &RawSecret, warnings: &mut Vec<String>) -> Slot<CaSecr
     let next = read_ca(secret, NEXT_CA_CERT_KEY, Some(NEXT_CA_KEY_KEY));
     let retiring = read_ca(secret, RETIRING_CA_CERT_KEY, None);
     let other = match (next, retiring) {
-        (Ok(Some(next)), _) => Some(OtherCa::Next(next)),
-        (Err(reason), _) => {
+        (Ok(Some((next, None))), _) => Some(OtherCa::Next(next)),
+        (Ok(Some((_, Some(reason)))) | Err(reason), _) => {
             // Nothing was signed by the next CA yet, so dropping it is safe: the
             // rollover restarts with a fresh one.
             warnings.push(format!(
@@ -404,7 +502,7 @@ fn read_ca_secret(secret: &RawSecret, warnings: &mut Vec<String>) -> Slot<CaSecr
             ));
             None
         }
-        (Ok(None), Ok(Some(retiring))) => Some(OtherCa::Retiring(retiring)),
+        (Ok(None), Ok(Some((retiring, _)))) => Some(OtherCa::Retiring(retiring)),
         (Ok(None), Err(reason)) => {
             warnings.push(format!(
                 "the retiring CA in the CA Secret is unusable ({reason}); dropping it early"
@@ -417,6 +515,7 @@ fn read_ca_secret(secret: &RawSecret, warnings: &mut Vec<String>) -> Slot<CaSecr
         signing,
         other,
         phase_since: annotation_time(secret, ANN_PHASE_SINCE),
+        key_problem,
     })
 }
 
@@ -502,6 +601,7 @@ fn read_workload(raw: &RawWorkload) -> Workload {
     Workload {
         daemon_certs: raw.template_annotations.get(ANN_DAEMON_CERTS).cloned(),
         rollout_complete: complete,
+        replicas: usize::try_from(raw.replicas).unwrap_or(0),
     }
 }
 
@@ -519,7 +619,53 @@ pub fn read_state(snapshot: &Snapshot, format: SecretFormat) -> State {
         client,
         workload: snapshot.workload.as_ref().map(read_workload),
         warnings,
+        observed: None,
     }
+}
+
+/// Read an observation: fingerprints of what each replica serves and which of the CA
+/// Secret's CAs signed it. `probe_ca` is the CA that signed the probe client certificate.
+pub fn read_observation(raw: &RawObservation, state: &State, probe_ca: Option<String>) -> Observed {
+    let cas: Vec<&Ca> = state.ca.ok().map(|c| c.all()).unwrap_or_default();
+    let replicas = raw
+        .replicas
+        .iter()
+        .map(|replica| ReplicaObservation {
+            name: replica.name.clone(),
+            result: match &replica.result {
+                Err(why) => Err(why.clone()),
+                Ok((cert_pem, accepted)) => served(cert_pem, &cas, *accepted),
+            },
+        })
+        .collect();
+    Observed {
+        probe_ca,
+        replicas,
+        expected: state.workload.as_ref().map_or(0, |w| w.replicas),
+        error: raw.error.clone(),
+    }
+}
+
+fn served(cert_pem: &str, cas: &[&Ca], probe_accepted: Option<bool>) -> Result<Served, String> {
+    let summary = pki::parse_bundle(cert_pem)
+        .map_err(|e| format!("its certificate cannot be read: {e}"))?
+        .into_iter()
+        .next()
+        .ok_or("it presented no certificate")?;
+    let issuer = cas.iter().find_map(|ca| {
+        let joined = format!("{cert_pem}\n{}", ca.cert_pem);
+        pki::parse_bundle(&joined)
+            .ok()
+            .and_then(|parsed| parsed.first().and_then(|c| c.issuer_fingerprint.clone()))
+            .filter(|fp| *fp == ca.info.fingerprint)
+    });
+    Ok(Served {
+        fingerprint: summary.fingerprint,
+        serial: summary.serial,
+        not_after: summary.not_after,
+        issuer,
+        probe_accepted,
+    })
 }
 
 #[cfg(test)]
@@ -548,6 +694,7 @@ mod tests {
             daemon: shell(),
             client: shell(),
             workload: None,
+            other_workload: None,
         };
         let state = read_state(&snapshot, config.format);
         let actions = plan(&state, NOW, &config.policy);
@@ -610,12 +757,25 @@ mod tests {
             Slot::Broken("key key.pem does not match cert.pem".into())
         );
 
+        // A lost key leaves the certificate usable, without a key, and says why.
         let mut lost = snapshot.clone();
         lost.ca.data.remove(CA_KEY_KEY);
         let state = read_state(&lost, config.format);
-        assert!(matches!(&state.ca, Slot::Broken(why) if why.contains("the CA key is lost")));
-        // The leaves still parse: their issuer is found in their own bundle.
+        let ca = state.ca.ok().expect("the CA certificate still reads");
+        assert!(ca.signing.key_pem.is_none());
+        assert_eq!(
+            ca.key_problem.as_deref(),
+            Some("key ca.key is missing: the CA key is lost")
+        );
         assert!(state.daemon.ok().is_some());
+        let mut mismatched = snapshot.clone();
+        let client_key = mismatched.client.data["key.pem"].clone();
+        mismatched.ca.data.insert(CA_KEY_KEY.into(), client_key);
+        let state = read_state(&mismatched, config.format);
+        assert_eq!(
+            state.ca.ok().unwrap().key_problem.as_deref(),
+            Some("key ca.key does not match ca.crt")
+        );
 
         let mut not_utf8 = snapshot;
         not_utf8.ca.data.insert(CA_CERT_KEY.into(), vec![0xff, 0xfe]);

@@ -6,7 +6,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::Config;
-use super::planner::{Action, next_action};
+use super::apply::{ReplicaReport, replica_reports};
+use super::planner::{Action, next_action, plan, waiting_for};
 use super::state::{CertInfo, OtherCa, Phase, Slot, State};
 
 /// One certificate's line.
@@ -17,7 +18,8 @@ pub struct CertStatus {
     pub role: &'static str,
     /// The Secret it lives in.
     pub secret: String,
-    /// `ok`, `renew-due`, `expired`, `missing`, `empty` or `broken`.
+    /// `ok`, `renew-due`, `expired`, `missing`, `empty`, `broken` or `key-lost` (a CA
+    /// whose key is missing or does not match).
     pub state: &'static str,
     /// Why, for `broken`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,8 +70,20 @@ pub struct StatusReport {
     pub certs: Vec<CertStatus>,
     /// The workload exists.
     pub workload_found: bool,
-    /// Its rollout is complete and it runs the current daemon Secret.
+    /// `Deployment/buildkitd` or `StatefulSet/buildkitd`.
+    pub workload: String,
+    /// It was restarted for the current daemon Secret and its rollout is complete.
     pub workload_current: bool,
+    /// What each replica serves, as seen over TLS.
+    pub replicas: Vec<ReplicaReport>,
+    /// Why the replicas could not be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas_error: Option<String>,
+    /// During a rollover: what holds its next step back (None when nothing does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holding_back: Option<String>,
+    /// What `kiln rotate` would warn about now.
+    pub warnings: Vec<String>,
     /// The next action of `kiln rotate`, if any within the certificates' lifetime.
     pub next_action: Option<NextAction>,
     /// Nothing is expired, missing or broken.
@@ -156,6 +170,10 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
         }
         other => certs.push(blank_line("ca", &config.ca_secret, other)),
     }
+    if let Some(problem) = state.ca.ok().and_then(|ca| ca.key_problem.as_ref()) {
+        certs[0].state = "key-lost";
+        certs[0].detail = Some(problem.clone());
+    }
     for (role, secret, slot) in [
         ("daemon", &config.daemon_secret, &state.daemon),
         ("client", &config.client_secret, &state.client),
@@ -190,6 +208,18 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
         }
         _ => false,
     };
+    let holding_back = waiting_for(state, now, policy);
+    let warnings = plan(state, now, policy)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Warn { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    let workload = match config.workload {
+        crate::overlay::Workload::Deployment => format!("Deployment/{}", config.workload_name),
+        crate::overlay::Workload::Statefulset => format!("StatefulSet/{}", config.workload_name),
+    };
     StatusReport {
         namespace: config.namespace.clone(),
         now,
@@ -197,24 +227,42 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
         phase_since: state.ca.ok().and_then(|ca| ca.phase_since),
         certs,
         workload_found: state.workload.is_some(),
+        workload,
         workload_current,
+        replicas: replica_reports(state),
+        replicas_error: state.observed.as_ref().and_then(|o| o.error.clone()),
+        holding_back,
+        warnings,
         next_action: next,
         healthy,
     }
 }
 
+/// The CA phase as both `kiln status` and `kiln rotate` print it: `stable`,
+/// `introduced`, `leaves-reissued`, or `none` without a usable CA.
+pub fn phase_label(phase: Option<Phase>) -> String {
+    phase.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
+}
+
 /// The human table.
 pub fn table(report: &StatusReport) -> String {
     let mut out = String::new();
-    let phase = report
-        .phase
-        .map(|p| p.to_string())
-        .unwrap_or_else(|| "none".into());
     let since = report
         .phase_since
+        .filter(|_| report.phase.is_some())
         .map(|t| format!(" since {}", crate::pki::rfc3339(t)))
         .unwrap_or_default();
-    let _ = writeln!(out, "namespace {}: CA phase {phase}{since}", report.namespace);
+    let none = if report.phase.is_none() {
+        " (no usable CA)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "namespace {}: CA phase {}{since}{none}",
+        report.namespace,
+        phase_label(report.phase)
+    );
     let _ = writeln!(
         out,
         "{:<12} {:<28} {:<10} {:<22} {:>9}",
@@ -238,14 +286,52 @@ pub fn table(report: &StatusReport) -> String {
             let _ = writeln!(out, "  {detail}");
         }
     }
+    let daemon = report.certs.iter().find(|c| c.role == "daemon");
+    let expired = daemon
+        .filter(|d| d.state == "expired")
+        .and_then(|d| d.not_after)
+        .map(|t| format!("; that certificate expired at {}", crate::pki::rfc3339(t)))
+        .unwrap_or_default();
     let workload = if !report.workload_found {
-        "not found"
+        format!("{} not found", report.workload)
     } else if report.workload_current {
-        "running the current daemon certificate"
+        format!(
+            "{}: restarted for the current daemon Secret, rollout complete{expired}",
+            report.workload
+        )
     } else {
-        "restart or rollout pending"
+        format!("{}: restart or rollout pending", report.workload)
     };
     let _ = writeln!(out, "buildkitd: {workload}");
+    if let Some(error) = &report.replicas_error {
+        let _ = writeln!(out, "  replicas cannot be listed: {error}");
+    }
+    for replica in &report.replicas {
+        let what = match replica.state {
+            "unreachable" => format!("unreachable: {}", replica.detail.as_deref().unwrap_or_default()),
+            state => {
+                let serial = replica.serial.as_deref().map(super::short_hex).unwrap_or("-");
+                let accepts = match replica.accepts_probe {
+                    Some(true) => ", accepts the probe client certificate",
+                    Some(false) => ", REFUSES the probe client certificate",
+                    None => "",
+                };
+                let which = if state == "current" {
+                    "the current daemon certificate"
+                } else {
+                    "an old daemon certificate"
+                };
+                format!("serves {which} (serial {serial}){accepts}")
+            }
+        };
+        let _ = writeln!(out, "  replica {}: {what}", replica.name);
+    }
+    if let Some(holding) = &report.holding_back {
+        let _ = writeln!(out, "rollover held back: {holding}");
+    }
+    for warning in &report.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
     match &report.next_action {
         None => {
             let _ = writeln!(out, "next action: none scheduled");

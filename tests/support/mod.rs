@@ -87,3 +87,4 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     None
 }
 pub mod apiserver;
+pub mod tls;

@@ -474,10 +474,10 @@ fn cache_note(meta: &Meta) -> &'static str {
         }
         (CacheVolume::Persistent, Workload::Statefulset) => {
             "one PVC per replica (cache-<pod>). persistentVolumeClaimRetentionPolicy keeps them: on scale-down \
-             (whenScaled: Retain) because a replica that comes back gets the same repositories from the hash \
-             ring and starts warm; on delete (whenDeleted: Retain) because changing volumeClaimTemplates or the \
-             selector means deleting and recreating the StatefulSet, which adopts them again by name. \
-             To remove a farm for good, delete its PVCs by label app.kubernetes.io/instance"
+             (whenScaled: Retain) because a replica that comes back gets the same repositories back from \
+             rendezvous hashing and starts warm; on delete (whenDeleted: Retain) because changing \
+             volumeClaimTemplates or the selector means deleting and recreating the StatefulSet, which \
+             adopts them again by name. To remove a farm for good, delete its PVCs by label app.kubernetes.io/instance"
         }
         (CacheVolume::Persistent, Workload::Deployment) => {
             "one PVC (<serviceName>-cache) and the Recreate strategy: two buildkitd must never share one \
@@ -596,7 +596,7 @@ pub fn deployment(meta: &Meta, config: &Rendered) -> Deployment {
 /// The daemon as a StatefulSet: stable names `<service>-<i>.<service>.<ns>.svc` for cache affinity.
 ///
 /// It rolls one pod at a time (`RollingUpdate`, set explicitly): while one drains, `kiln build`
-/// falls over along the ring. A persistent cache is one PVC per replica from
+/// falls over to the next replica in the rendezvous order. A persistent cache is one PVC per replica from
 /// `volumeClaimTemplates`, kept on scale-down and on delete (see the `kiln.dev/cache` note).
 pub fn stateful_set(meta: &Meta, config: &Rendered) -> StatefulSet {
     let persistent = meta.overlay.buildkit.cache.volume == CacheVolume::Persistent;

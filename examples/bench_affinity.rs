@@ -848,7 +848,10 @@ fn month() {
             "kiln, bounded load (default: c = 1.25, all asked)",
             kiln_default(),
         ),
-        run("kiln before (c = 1.25, the first 3 asked)", kiln_three_asked(1.25)),
+        run(
+            "kiln before (c = 1.25, the first 3 asked)",
+            kiln_three_asked(1.25),
+        ),
         run(
             "kiln, --load-factor 1.5 (all asked)",
             Strategy::Kiln(Policy::with_load_factor(1.5)),

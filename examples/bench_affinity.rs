@@ -16,10 +16,12 @@
 //!
 //!    kiln's strategies call `kiln::build::choose` itself, the code `kiln build` runs: the
 //!    simulation answers the walk's load questions from its own replicas, as daemons do.
-//! 2. **Other rules** on the same month, to map what the bound can buy ([`Rule`]): the
-//!    paper's counting, two choices, and rules that know more than a daemon's active count
-//!    (which replica holds a repository's cache, which repositories are the most built).
-//!    None of them is kiln's code; they exist here only to compare.
+//! 2. **Other rules** on the same month, to map what the bound can buy: kiln's walk with
+//!    other load factors and the key's first 3 asked (kiln before), and [`Rule`]s that are
+//!    not kiln's: the paper's counting, two choices, key-blind rules that pass over the
+//!    farm's busiest replica, and rules that know more than a daemon's active count (which
+//!    replica holds a repository's cache, which repositories are the most built, which
+//!    repositories each daemon is building). They exist here only to compare.
 //! 3. **Sensitivity**: the same comparison with other cache sizes, build slots and rates.
 //! 4. **The hash function**: rendezvous hashing (kiln's) against the 512-point SHA-256
 //!    ring kiln used before (reproduced here): spread, keys moved by a rescale, and the cost

@@ -5,25 +5,40 @@
 //!    warm build duration, and a cold build (no cache for the repository on that replica)
 //!    takes 3× as long. 8 replicas, each an LRU cache of a fixed number of repositories and
 //!    a processor shared by its builds (a build runs at full speed while the replica runs at
-//!    most `CORES` builds, slower beyond). On day 9 the farm grows to 10 replicas; on day 17
-//!    one replica is down for a day (its builds are rerun elsewhere, it comes back with an
-//!    empty cache). Four strategies see the same arrivals, side by side:
+//!    most [`Farm::slots`] builds, slower beyond). On day 9 the farm grows to 10 replicas; on
+//!    day 17 one replica is down for a day (its builds are rerun elsewhere, it comes back with
+//!    an empty cache). Every strategy sees the same arrivals, side by side:
 //!    - `random`: a plain Service;
 //!    - `sticky`: buildx's sticky mode, hashing the context path alone over the running pods;
 //!    - `hash`: kiln's rendezvous hashing of `<repository>:<context>` (`--load-factor 0`);
-//!    - `bounded`: kiln's default, the same order with bounded load (c = 1.25).
+//!    - `kiln`: kiln's default, the same order with bounded load, and variants of its
+//!      [`Policy`] (load factor, replicas asked at once).
 //!
-//!    kiln's two call `kiln::build::choose` itself, the code `kiln build` runs: the
+//!    kiln's strategies call `kiln::build::choose` itself, the code `kiln build` runs: the
 //!    simulation answers the walk's load questions from its own replicas, as daemons do.
-//! 2. **The hash function**: rendezvous hashing (kiln's) against the 512-point SHA-256
+//! 2. **Other rules** on the same month, to map what the bound can buy: kiln's walk with
+//!    other load factors and the key's first 3 asked (kiln before), and [`Rule`]s that are
+//!    not kiln's: the paper's counting, two choices, key-blind rules that pass over the
+//!    farm's busiest replica, and rules that know more than a daemon's active count (which
+//!    replica holds a repository's cache, which repositories are the most built, which
+//!    repositories each daemon is building). They exist here only to compare.
+//! 3. **Sensitivity**: the same comparison with other cache sizes, build slots and rates.
+//! 4. **The hash function**: rendezvous hashing (kiln's) against the 512-point SHA-256
 //!    ring kiln used before (reproduced here): spread, keys moved by a rescale, and the cost
 //!    of one choice (a `kiln build` process computes it once) up to the replica cap.
+//! 5. **The load query's latency**: kiln's walk asking 1, 3, 8, 10 or 32 stand-in daemons
+//!    at once over mTLS (tests/support/daemon.rs), as `kiln build` does before a build.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kiln::build::choose::{self, Policy, Probe};
+use kiln::build::{Daemon, preflight, run};
+use kiln::pki::{self, Algorithm, CaRequest, LeafKind, LeafRequest, Serial};
+
+#[path = "../tests/support/daemon.rs"]
+mod daemon;
 
 // ---------------------------------------------------------------------------
 // Randomness: xorshift64*, seeded, so every run prints the same figures.
@@ -57,16 +72,12 @@ impl Rng {
 }
 
 // ---------------------------------------------------------------------------
-// The workload.
+// The workload and the farm's fixed parts (issue 13 fixes these).
 
 const REPOS: usize = 2_000;
 const ZIPF_S: f64 = 1.1;
 const REPLICAS: usize = 8;
 const GROWN: usize = 10;
-/// Builds a replica runs at full speed; beyond, they share it.
-const CORES: f64 = 4.0;
-/// Repositories whose cache one replica keeps (LRU).
-const CACHE: usize = 150;
 const COLD_FACTOR: f64 = 3.0;
 const DAY: f64 = 86_400.0;
 const MONTH: f64 = 30.0 * DAY;
@@ -74,10 +85,35 @@ const RESCALE_AT: f64 = 9.0 * DAY;
 const DOWN_REPLICA: usize = 3;
 const DOWN_AT: f64 = 17.0 * DAY + 9.0 * 3600.0;
 const UP_AT: f64 = DOWN_AT + DAY;
-/// Builds per second in weekday working hours.
-const PEAK_RATE: f64 = 3.6 / 60.0;
 /// The Tekton build timeout: a build still running after it is cancelled.
 const TIMEOUT: f64 = 3600.0;
+
+/// The parts issue 13 leaves open (docs/build.md says why these values).
+#[derive(Clone, Copy, Debug)]
+struct Farm {
+    /// Repositories whose cache one replica keeps (LRU): 150 GiB of usable cache (GC's
+    /// `maxUsedSpace`, 3/4 of a 200Gi PVC) at 1 GiB per repository.
+    cache: usize,
+    /// Builds a replica runs at full speed; beyond, they share it.
+    slots: f64,
+    /// Builds per minute in weekday working hours.
+    peak_per_minute: f64,
+}
+
+const BASE: Farm = Farm {
+    cache: 150,
+    slots: 4.0,
+    peak_per_minute: 3.6,
+};
+
+impl Farm {
+    fn describe(&self) -> String {
+        format!(
+            "cache {} repositories, {} build slots, {} builds/min at peak",
+            self.cache, self.slots, self.peak_per_minute
+        )
+    }
+}
 
 struct Repo {
     key: String,
@@ -99,22 +135,21 @@ fn working_hours(t: f64) -> bool {
     ((t / DAY) as u64) % 7 < 5 && (8.0..18.0).contains(&hour)
 }
 
-/// Day 0 is a Monday, 00:00.
-fn rate(t: f64) -> f64 {
+/// The share of the peak rate at `t`; day 0 is a Monday, 00:00.
+fn share(t: f64) -> f64 {
     let day = (t / DAY) as u64;
     let hour = (t % DAY) / 3600.0;
     let weekday = day % 7 < 5;
-    let share = match (weekday, hour) {
+    match (weekday, hour) {
         (true, h) if (8.0..18.0).contains(&h) => 1.0,
         (true, h) if (6.0..8.0).contains(&h) || (18.0..22.0).contains(&h) => 0.3,
         (true, _) => 0.05,
         (false, h) if (9.0..19.0).contains(&h) => 0.1,
         (false, _) => 0.03,
-    };
-    PEAK_RATE * share
+    }
 }
 
-fn workload() -> (Vec<Repo>, Vec<Arrival>) {
+fn workload(farm: &Farm) -> (Vec<Repo>, Vec<Arrival>) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     const SUBDIRS: [&str; 12] = [
         "services/api",
@@ -148,6 +183,7 @@ fn workload() -> (Vec<Repo>, Vec<Arrival>) {
             }
         })
         .collect();
+    // Repository i is the (i+1)-th most popular.
     let weights: Vec<f64> = (1..=REPOS).map(|rank| (rank as f64).powf(-ZIPF_S)).collect();
     let cumulative: Vec<f64> = weights
         .iter()
@@ -157,14 +193,15 @@ fn workload() -> (Vec<Repo>, Vec<Arrival>) {
         })
         .collect();
     let total = *cumulative.last().unwrap();
+    let peak = farm.peak_per_minute / 60.0;
     let mut arrivals = Vec::new();
     let mut t = 0.0;
     loop {
-        t += rng.exponential(PEAK_RATE);
+        t += rng.exponential(peak);
         if t >= MONTH {
             break;
         }
-        if rng.unit() * PEAK_RATE > rate(t) {
+        if rng.unit() > share(t) {
             continue;
         }
         let target = rng.unit() * total;
@@ -179,51 +216,132 @@ fn workload() -> (Vec<Repo>, Vec<Arrival>) {
 }
 
 // ---------------------------------------------------------------------------
-// The farm.
+// Strategies.
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Strategy {
     Random,
     Sticky,
     Hash,
-    Bounded(Policy2),
+    /// kiln's walk (`kiln::build::choose::walk`) with this policy.
+    Kiln(Policy),
+    /// A rule that is not kiln's, for comparison.
+    Other(Rule),
 }
 
-/// A bounded-load variant: c, and how many replicas one wave asks (0: all).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Policy2 {
-    c_percent: u32,
-    width: usize,
+/// Rules that are not kiln's. Each asks every replica (the farm's true total), holds
+/// replicas to the same bound `ceil(1.25 × (total + 1) / N)` kiln uses, and differs in
+/// which replica it takes. The oracles know what no daemon reports; they show what that
+/// knowledge would be worth.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rule {
+    /// The paper's counting: a replica takes the build while `active + 1 ≤ bound` (the
+    /// build being placed counted), else the first within the bound.
+    Counting,
+    /// Two choices: the less loaded of the key's first two replicas when both are within
+    /// the bound (the first on a tie), else the first within it.
+    TwoChoices,
+    /// Oracle: the first replica within the bound that holds the repository's cache, else
+    /// the first within it.
+    CacheAware,
+    /// Oracle: the `n` most built repositories use the paper's counting (they are warm
+    /// wherever they go), the others the issue's.
+    Popular(usize),
+    /// Oracle: `Popular(n)`, and every build prefers a replica that holds its cache.
+    PopularCacheAware(usize),
+    /// What-if: each daemon reports which repositories its active builds are for. A
+    /// repository with a build running is hot: it takes the first replica with room
+    /// (`active + 1 ≤ bound`) among those running it, else the first with room; the others
+    /// take the first within the bound.
+    Running,
+    /// Key-blind: the first within the bound, but a replica at the bound (no room for this
+    /// build) that is also the farm's busiest (strictly, when `true`) is passed over for
+    /// the first with room.
+    BusiestYields(bool),
 }
 
-impl Policy2 {
-    fn policy(&self, replicas: usize) -> Policy {
-        let width = if self.width == 0 { replicas } else { self.width };
-        Policy {
-            load_factor: f64::from(self.c_percent) / 100.0,
-            probe_width: width,
-            max_probed: if self.width == 0 {
-                replicas
-            } else {
-                choose::MAX_PROBED
-            },
+/// What a [`Rule`] sees of one build: for each replica in the key's order, its active
+/// builds (None: down), whether it holds the repository's cache, and how many of its
+/// active builds are for this repository; and the repository's popularity rank.
+struct View {
+    loads: Vec<Option<u32>>,
+    cached: Vec<bool>,
+    running: Vec<u32>,
+    rank: usize,
+}
+
+impl Rule {
+    /// The chosen position in the key's order.
+    fn choose(self, view: &View) -> usize {
+        let n = view.loads.len();
+        let answered: Vec<u32> = view.loads.iter().flatten().copied().collect();
+        let sum: f64 = answered.iter().map(|l| f64::from(*l)).sum();
+        let total = sum * n as f64 / answered.len().max(1) as f64;
+        let bound = choose::bound(choose::DEFAULT_LOAD_FACTOR, total, n);
+        let within = |p: usize| view.loads[p].is_some_and(|l| l <= bound);
+        let room = |p: usize| view.loads[p].is_some_and(|l| l < bound);
+        let first = (0..n).find(|p| within(*p)).unwrap_or(0);
+        let first_room = || (0..n).find(|p| room(*p));
+        match self {
+            Rule::Counting => first_room().unwrap_or(first),
+            Rule::TwoChoices => (0..n.min(2))
+                .filter(|p| within(*p))
+                .min_by_key(|p| (view.loads[*p], *p))
+                .unwrap_or(first),
+            Rule::CacheAware => (0..n).find(|p| within(*p) && view.cached[*p]).unwrap_or(first),
+            Rule::Popular(top) if view.rank < top => first_room().unwrap_or(first),
+            Rule::Popular(_) => first,
+            Rule::PopularCacheAware(top) if view.rank < top => (0..n)
+                .find(|p| room(*p) && view.cached[*p])
+                .or_else(first_room)
+                .unwrap_or(first),
+            Rule::PopularCacheAware(_) => (0..n).find(|p| within(*p) && view.cached[*p]).unwrap_or(first),
+            Rule::Running if view.running.iter().any(|r| *r > 0) => (0..n)
+                .find(|p| room(*p) && view.running[*p] > 0)
+                .or_else(first_room)
+                .unwrap_or(first),
+            Rule::Running => first,
+            Rule::BusiestYields(strict) => {
+                let busiest = view.loads.iter().flatten().copied().max().unwrap_or(0);
+                let others_below = |p: usize| {
+                    (0..n)
+                        .filter(|q| *q != p)
+                        .all(|q| view.loads[q].is_none_or(|l| l < busiest))
+                };
+                let yields =
+                    |p: usize| view.loads[p] == Some(busiest) && !room(p) && (!strict || others_below(p));
+                (0..n).find(|p| within(*p) && !yields(*p)).unwrap_or(first)
+            }
         }
     }
 }
 
-const KILN: Policy2 = Policy2 {
-    c_percent: 125,
-    width: choose::PROBE_WIDTH,
-};
+/// kiln's default: `Policy::with_load_factor(1.25)`.
+fn kiln_default() -> Strategy {
+    Strategy::Kiln(Policy::with_load_factor(choose::DEFAULT_LOAD_FACTOR))
+}
+
+/// kiln before this change: the key's first three asked, the total estimated from them.
+fn kiln_three_asked(load_factor: f64) -> Strategy {
+    Strategy::Kiln(Policy {
+        load_factor,
+        probe_width: 3,
+        max_probed: 12,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The farm.
 
 struct Replica {
     up: bool,
-    exists: bool,
     /// Running builds: (build id, remaining work in warm-seconds-at-full-speed).
     active: Vec<(usize, f64)>,
     last: f64,
     version: u64,
     cache: VecDeque<usize>,
+    capacity: usize,
+    slots: f64,
     busy: f64,
     uptime: f64,
     /// The same two, weekdays 8:00 to 18:00 only.
@@ -232,14 +350,15 @@ struct Replica {
 }
 
 impl Replica {
-    fn new(exists: bool) -> Self {
+    fn new(up: bool, farm: &Farm) -> Self {
         Self {
-            up: exists,
-            exists,
+            up,
             active: Vec::new(),
             last: 0.0,
             version: 0,
             cache: VecDeque::new(),
+            capacity: farm.cache,
+            slots: farm.slots,
             busy: 0.0,
             uptime: 0.0,
             busy_work: 0.0,
@@ -248,7 +367,7 @@ impl Replica {
     }
 
     fn speed(&self) -> f64 {
-        (CORES / self.active.len().max(1) as f64).min(1.0)
+        (self.slots / self.active.len().max(1) as f64).min(1.0)
     }
 
     fn advance(&mut self, now: f64) {
@@ -283,7 +402,7 @@ impl Replica {
             None => false,
         };
         self.cache.push_front(repo);
-        self.cache.truncate(CACHE);
+        self.cache.truncate(self.capacity);
         warm
     }
 }
@@ -323,27 +442,65 @@ struct Report {
     reruns: usize,
     timed_out: usize,
     peak_to_mean_work: f64,
+    /// Walks that estimated the total: choices where the key's home was over the bound
+    /// the true total gives, and of those, the ones where the estimate kept it eligible.
+    home_over_true_bound: usize,
+    home_kept_by_estimate: usize,
+    /// Per-minute samples in working hours: their count, the farm's active builds summed,
+    /// and the bound over the mean replica's load (`B·N/T`, samples with T > 0) summed.
+    work_samples: usize,
+    work_total: f64,
+    work_per_replica: f64,
+    work_bound_over_mean: f64,
+    work_busy_samples: usize,
 }
 
-fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report {
+type Heap = BinaryHeap<Reverse<(u64, u64, Event)>>;
+
+struct Queue {
+    heap: Heap,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, at: f64, event: Event) {
+        self.seq += 1;
+        self.heap.push(Reverse((at.to_bits(), self.seq, event)));
+    }
+
+    /// The next completion on `r` (its earlier one is stale once `version` moves).
+    fn schedule(&mut self, r: &mut Replica, index: usize, now: f64) {
+        r.version += 1;
+        if let Some(least) = r.active.iter().map(|(_, work)| *work).reduce(f64::min) {
+            let at = now + least.max(0.0) / r.speed();
+            self.push(
+                at,
+                Event::Done {
+                    replica: index,
+                    version: r.version,
+                },
+            );
+        }
+    }
+}
+
+fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy, farm: &Farm) -> Report {
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);
-    let mut replicas: Vec<Replica> = (0..GROWN).map(|i| Replica::new(i < REPLICAS)).collect();
+    let mut replicas: Vec<Replica> = (0..GROWN).map(|i| Replica::new(i < REPLICAS, farm)).collect();
     let mut count = REPLICAS;
-    let mut heap: BinaryHeap<Reverse<(u64, u64, Event)>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut push = |heap: &mut BinaryHeap<_>, at: f64, event: Event| {
-        seq += 1;
-        heap.push(Reverse((at.to_bits(), seq, event)));
+    let mut queue = Queue {
+        heap: BinaryHeap::new(),
+        seq: 0,
     };
     for (index, arrival) in arrivals.iter().enumerate() {
-        push(&mut heap, arrival.at, Event::Arrive(index));
+        queue.push(arrival.at, Event::Arrive(index));
     }
-    push(&mut heap, RESCALE_AT, Event::Rescale);
-    push(&mut heap, DOWN_AT, Event::Down);
-    push(&mut heap, UP_AT, Event::Up);
+    queue.push(RESCALE_AT, Event::Rescale);
+    queue.push(DOWN_AT, Event::Down);
+    queue.push(UP_AT, Event::Up);
     let mut minute = 60.0;
     while minute < MONTH {
-        push(&mut heap, minute, Event::Sample);
+        queue.push(minute, Event::Sample);
         minute += 60.0;
     }
     let mut builds: Vec<Build> = Vec::new();
@@ -353,7 +510,7 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
     let names: Vec<String> = (0..GROWN).map(|i| format!("buildkitd-{i}")).collect();
     let mut pending: Vec<usize> = Vec::new();
     let mut now = 0.0;
-    while let Some(Reverse((bits, _, event))) = heap.pop() {
+    while let Some(Reverse((bits, _, event))) = queue.heap.pop() {
         now = f64::from_bits(bits);
         match event {
             Event::Arrive(index) => {
@@ -366,7 +523,7 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
                     replica: usize::MAX,
                 });
                 pending.push(builds.len() - 1);
-                push(&mut heap, arrival.at + TIMEOUT, Event::Timeout(builds.len() - 1));
+                queue.push(arrival.at + TIMEOUT, Event::Timeout(builds.len() - 1));
             }
             Event::Done { replica, version } => {
                 let r = &mut replicas[replica];
@@ -384,7 +541,7 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
                 for id in finished {
                     report.times.push(now - builds[id].submitted);
                 }
-                schedule(&mut replicas[replica], replica, now, &mut heap, &mut push);
+                queue.schedule(&mut replicas[replica], replica, now);
             }
             Event::Timeout(id) => {
                 let replica = builds[id].replica;
@@ -394,7 +551,7 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
                     r.active.remove(at);
                     report.timed_out += 1;
                     report.times.push(TIMEOUT);
-                    schedule(&mut replicas[replica], replica, now, &mut heap, &mut push);
+                    queue.schedule(&mut replicas[replica], replica, now);
                 }
             }
             Event::Sample => {
@@ -402,11 +559,22 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
                 for r in &mut replicas {
                     r.advance(now);
                 }
+                if working_hours(now) {
+                    let up: Vec<&Replica> = replicas[..count].iter().filter(|r| r.up).collect();
+                    let total: usize = up.iter().map(|r| r.active.len()).sum();
+                    report.work_samples += 1;
+                    report.work_total += total as f64;
+                    report.work_per_replica += total as f64 / up.len().max(1) as f64;
+                    if total > 0 {
+                        let bound = choose::bound(choose::DEFAULT_LOAD_FACTOR, total as f64, up.len());
+                        report.work_busy_samples += 1;
+                        report.work_bound_over_mean += f64::from(bound) * up.len() as f64 / total as f64;
+                    }
+                }
             }
             Event::Rescale => {
                 for r in &mut replicas[REPLICAS..GROWN] {
                     r.advance(now);
-                    r.exists = true;
                     r.up = true;
                 }
                 count = GROWN;
@@ -432,27 +600,22 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
         for id in std::mem::take(&mut pending) {
             let repo = builds[id].repo;
             let up: Vec<usize> = (0..count).filter(|i| replicas[*i].up).collect();
+            let key_order = || -> Vec<usize> {
+                choose::replica_order("buildkitd", count as u32, &repos[repo].key)
+                    .into_iter()
+                    .map(|i| i as usize)
+                    .collect()
+            };
             let chosen = match strategy {
                 Strategy::Random => up[rng.below(up.len())],
                 Strategy::Sticky => {
                     let running: Vec<String> = up.iter().map(|i| names[*i].clone()).collect();
                     up[choose::order(&running, &repos[repo].context)[0]]
                 }
-                Strategy::Hash => {
-                    let order = choose::replica_order("buildkitd", count as u32, &repos[repo].key);
-                    order
-                        .into_iter()
-                        .map(|i| i as usize)
-                        .find(|i| replicas[*i].up)
-                        .unwrap()
-                }
-                Strategy::Bounded(variant) => {
-                    let order: Vec<usize> =
-                        choose::replica_order("buildkitd", count as u32, &repos[repo].key)
-                            .into_iter()
-                            .map(|i| i as usize)
-                            .collect();
-                    let choice = choose::walk(&variant.policy(count), count, |range| {
+                Strategy::Hash => key_order().into_iter().find(|i| replicas[*i].up).unwrap(),
+                Strategy::Kiln(policy) => {
+                    let order = key_order();
+                    let choice = choose::walk(&policy, count, |range| {
                         report.asked += range.len();
                         range
                             .map(|position| {
@@ -465,11 +628,51 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
                             })
                             .collect()
                     });
+                    if policy.probe_width < count {
+                        let up_loads: Vec<u32> =
+                            up.iter().map(|i| replicas[*i].active.len() as u32).collect();
+                        let true_total =
+                            f64::from(up_loads.iter().sum::<u32>()) * count as f64 / up.len() as f64;
+                        let true_bound = choose::bound(policy.load_factor, true_total, count);
+                        let home = &replicas[order[0]];
+                        if home.up && home.active.len() as u32 > true_bound {
+                            report.home_over_true_bound += 1;
+                            report.home_kept_by_estimate += usize::from(choice.chosen() == 0);
+                        }
+                    }
                     // The handshake then skips a down daemon, as `kiln build` does.
                     choice
                         .order
                         .iter()
                         .map(|position| order[*position])
+                        .find(|i| replicas[*i].up)
+                        .unwrap()
+                }
+                Strategy::Other(rule) => {
+                    let order = key_order();
+                    report.asked += count;
+                    let view = View {
+                        loads: order
+                            .iter()
+                            .map(|i| replicas[*i].up.then(|| replicas[*i].active.len() as u32))
+                            .collect(),
+                        cached: order.iter().map(|i| replicas[*i].cache.contains(&repo)).collect(),
+                        running: order
+                            .iter()
+                            .map(|i| {
+                                replicas[*i]
+                                    .active
+                                    .iter()
+                                    .filter(|(b, _)| builds[*b].repo == repo)
+                                    .count() as u32
+                            })
+                            .collect(),
+                        rank: repo,
+                    };
+                    let position = rule.choose(&view);
+                    // As kiln's: a down replica is never chosen.
+                    std::iter::once(order[position])
+                        .chain(order.iter().copied())
                         .find(|i| replicas[*i].up)
                         .unwrap()
                 }
@@ -487,7 +690,7 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
             } else if first_after[repo].is_none() {
                 first_after[repo] = Some(chosen);
             }
-            schedule(&mut replicas[chosen], chosen, now, &mut heap, &mut push);
+            queue.schedule(&mut replicas[chosen], chosen, now);
         }
     }
     for r in &mut replicas {
@@ -522,36 +725,20 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy) -> Report 
     report
 }
 
-type Push<'a> = dyn FnMut(&mut BinaryHeap<Reverse<(u64, u64, Event)>>, f64, Event) + 'a;
-
-fn schedule(
-    r: &mut Replica,
-    index: usize,
-    now: f64,
-    heap: &mut BinaryHeap<Reverse<(u64, u64, Event)>>,
-    push: &mut Push<'_>,
-) {
-    r.version += 1;
-    if let Some(least) = r.active.iter().map(|(_, work)| *work).reduce(f64::min) {
-        let at = now + least.max(0.0) / r.speed();
-        push(
-            heap,
-            at,
-            Event::Done {
-                replica: index,
-                version: r.version,
-            },
-        );
-    }
-}
-
 fn percentile(samples: &mut [f64], p: f64) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[((samples.len() - 1) as f64 * p).round() as usize]
 }
 
+// ---------------------------------------------------------------------------
+// Reports.
+
 struct Row {
     name: String,
+    /// The farm's mean active builds in working hours, and the mean of `B·N/T` there.
+    work_total: f64,
+    work_per_replica: f64,
+    bound_over_mean: f64,
     warm: f64,
     p50: f64,
     p95: f64,
@@ -565,6 +752,9 @@ struct Row {
 fn row(name: &str, mut report: Report) -> Row {
     Row {
         name: name.to_string(),
+        work_total: report.work_total / report.work_samples.max(1) as f64,
+        work_per_replica: report.work_per_replica / report.work_samples.max(1) as f64,
+        bound_over_mean: report.work_bound_over_mean / report.work_busy_samples.max(1) as f64,
         warm: 100.0 * report.warm as f64 / report.builds as f64,
         p50: percentile(&mut report.times, 0.5) / 60.0,
         p95: percentile(&mut report.times, 0.95) / 60.0,
@@ -576,9 +766,39 @@ fn row(name: &str, mut report: Report) -> Row {
     }
 }
 
-fn print_rows(rows: &[Row]) {
+/// Issue 13's three targets for `r`, against pure hashing on the same farm.
+struct Targets {
+    warm: bool,
+    peak: bool,
+    p95: bool,
+}
+
+impl Targets {
+    fn of(r: &Row, hash: &Row) -> Self {
+        Self {
+            warm: hash.warm - r.warm <= 3.0,
+            peak: r.busy_peak <= 1.3 && r.peak <= 1.3,
+            p95: r.p95 <= 0.75 * hash.p95,
+        }
+    }
+
+    fn text(&self) -> String {
+        let met: Vec<&str> = [(self.warm, "warm"), (self.peak, "peak"), (self.p95, "p95")]
+            .iter()
+            .filter(|(ok, _)| *ok)
+            .map(|(_, name)| *name)
+            .collect();
+        match met.len() {
+            0 => "none".into(),
+            3 => "all three".into(),
+            _ => met.join(" + "),
+        }
+    }
+}
+
+fn print_rows(rows: &[Row], hash: Option<&Row>) {
     println!(
-        "  {:<34} {:>9} {:>8} {:>8} {:>11} {:>11} {:>9} {:>10} {:>6}",
+        "  {:<54} {:>9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>10} {:>6}  {}",
         "strategy",
         "warm hits",
         "p50 min",
@@ -587,23 +807,26 @@ fn print_rows(rows: &[Row]) {
         "peak/mean",
         "moved by",
         "timed out",
-        "asked"
+        "asked",
+        if hash.is_some() { "targets met" } else { "" }
     );
     println!(
-        "  {:<34} {:>9} {:>8} {:>8} {:>11} {:>11} {:>9} {:>10} {:>6}",
+        "  {:<54} {:>9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>10} {:>6}",
         "", "", "", "", "8–18 h", "month", "8→10", "", ""
     );
     for r in rows {
+        let targets = hash.map(|h| Targets::of(r, h).text()).unwrap_or_default();
         println!(
-            "  {:<34} {:>8.1}% {:>8.2} {:>8.2} {:>11.2} {:>11.2} {:>8.1}% {:>9.2}% {:>6.2}",
+            "  {:<54} {:>8.1}% {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>8.1}% {:>9.2}% {:>6.2}  {targets}",
             r.name, r.warm, r.p50, r.p95, r.busy_peak, r.peak, r.moved, r.timed_out, r.asked
         );
     }
 }
 
 fn month() {
-    let (repos, arrivals) = workload();
-    let top: f64 = {
+    let (repos, arrivals) = workload(&BASE);
+    let run = |name: &str, strategy: Strategy| row(name, simulate(&repos, &arrivals, strategy, &BASE));
+    let busiest = {
         let mut counts = vec![0usize; REPOS];
         for a in &arrivals {
             counts[a.repo] += 1;
@@ -611,31 +834,32 @@ fn month() {
         *counts.iter().max().unwrap() as f64 / arrivals.len() as f64
     };
     println!(
-        "a month in a farm: {} builds of {REPOS} repositories (Zipf s = {ZIPF_S}; the busiest makes {:.1}% of them), \
-         {REPLICAS} replicas of {CORES} build slots and an LRU cache of {CACHE} repositories each, cold = {COLD_FACTOR}x warm; \
+        "1. a month in a farm: {} builds of {REPOS} repositories (Zipf s = {ZIPF_S}; the busiest makes {:.1}% of them), \
+         {REPLICAS} replicas of {} build slots and an LRU cache of {} repositories each, cold = {COLD_FACTOR}x warm; \
          day 9 grows to {GROWN}, day 17 buildkitd-{DOWN_REPLICA} is down for a day",
         arrivals.len(),
-        100.0 * top
+        100.0 * busiest,
+        BASE.slots,
+        BASE.cache,
     );
     let rows = vec![
-        row(
-            "random (a plain Service)",
-            simulate(&repos, &arrivals, Strategy::Random),
+        run("random (a plain Service)", Strategy::Random),
+        run("sticky (buildx: context path)", Strategy::Sticky),
+        run("kiln, hashing (--load-factor 0)", Strategy::Hash),
+        run(
+            "kiln, bounded load (default: c = 1.25, all asked)",
+            kiln_default(),
         ),
-        row(
-            "sticky (buildx: context path)",
-            simulate(&repos, &arrivals, Strategy::Sticky),
+        run(
+            "kiln before (c = 1.25, the first 3 asked)",
+            kiln_three_asked(1.25),
         ),
-        row(
-            "kiln, hashing (--load-factor 0)",
-            simulate(&repos, &arrivals, Strategy::Hash),
-        ),
-        row(
-            "kiln, bounded load (c = 1.25)",
-            simulate(&repos, &arrivals, Strategy::Bounded(KILN)),
+        run(
+            "kiln, --load-factor 1.5 (all asked)",
+            Strategy::Kiln(Policy::with_load_factor(1.5)),
         ),
     ];
-    print_rows(&rows);
+    print_rows(&rows, None);
     let (hash, bounded) = (&rows[2], &rows[3]);
     let checks = [
         (
@@ -664,29 +888,103 @@ fn month() {
     for (what, ok) in checks {
         println!("  target: {what}: {}", if ok { "PASS" } else { "FAIL" });
     }
+    println!(
+        "  in working hours the farm runs {:.1} builds on average ({:.2} per replica); the bound \
+         B = ceil(1.25 × (T + 1) / N) is then {:.2}× the mean replica's load on average, so a home \
+         taken whenever it is within the bound (active ≤ B, then B + 1 with the new build) runs above 1.3× the mean \
+         while its keys' builds keep coming",
+        bounded.work_total, bounded.work_per_replica, bounded.bound_over_mean,
+    );
+
     println!();
-    println!("bounded-load variants on the same month (c, and replicas asked per wave):");
-    let mut variants = Vec::new();
-    for (c_percent, width) in [
-        (125, 0),
-        (125, 2),
-        (125, 3),
-        (125, 4),
-        (110, 3),
-        (150, 3),
-        (200, 3),
-    ] {
-        let label = if width == 0 {
-            format!("c = {:.2}, every replica asked", f64::from(c_percent) / 100.0)
-        } else {
-            format!("c = {:.2}, {width} asked at once", f64::from(c_percent) / 100.0)
-        };
-        variants.push(row(
-            &label,
-            simulate(&repos, &arrivals, Strategy::Bounded(Policy2 { c_percent, width })),
+    println!("2. rules on the same month (every row holds replicas to ceil(c × (total + 1) / N)):");
+    let mut rules = vec![run("kiln, hashing (--load-factor 0)", Strategy::Hash)];
+    rules.push(run("kiln default: c = 1.25, every replica asked", kiln_default()));
+    let before = simulate(&repos, &arrivals, kiln_three_asked(1.25), &BASE);
+    let bias = (
+        before.home_over_true_bound as f64 / before.builds as f64,
+        before.home_kept_by_estimate as f64 / before.home_over_true_bound.max(1) as f64,
+    );
+    rules.push(row("kiln before: c = 1.25, the first 3 asked", before));
+    for c in [1.0, 1.1, 1.5, 2.0] {
+        rules.push(run(
+            &format!("kiln: c = {c:.2}, every replica asked"),
+            Strategy::Kiln(Policy::with_load_factor(c)),
         ));
     }
-    print_rows(&variants);
+    rules.push(run("kiln: c = 1.50, the first 3 asked", kiln_three_asked(1.5)));
+    for (name, rule) in [
+        (
+            "not kiln: the paper's counting (active + 1 ≤ bound)",
+            Rule::Counting,
+        ),
+        (
+            "not kiln: two choices (less loaded of the first two)",
+            Rule::TwoChoices,
+        ),
+        ("oracle: prefers a replica holding the cache", Rule::CacheAware),
+        (
+            "oracle: the 10 most built counted as the paper does",
+            Rule::Popular(10),
+        ),
+        ("oracle: both of the above", Rule::PopularCacheAware(10)),
+        ("what-if: daemons report which repositories run", Rule::Running),
+        (
+            "key-blind: the busiest at its bound yields",
+            Rule::BusiestYields(false),
+        ),
+        (
+            "key-blind: the strictly busiest at its bound yields",
+            Rule::BusiestYields(true),
+        ),
+    ] {
+        rules.push(run(name, Strategy::Other(rule)));
+    }
+    print_rows(&rules, Some(&rules[0]));
+    println!(
+        "  kiln before: the key's home was over the bound of the farm's true total in {:.1}% of choices; \
+         the estimate from the first 3 kept it eligible in {:.1}% of those",
+        100.0 * bias.0,
+        100.0 * bias.1
+    );
+}
+
+fn sensitivity() {
+    println!("3. sensitivity: the same comparison on other farms (targets against hashing on that farm):");
+    let farms = [
+        ("cache 75 repositories (2 GiB each)", Farm { cache: 75, ..BASE }),
+        (
+            "cache 300 repositories (0.5 GiB each)",
+            Farm { cache: 300, ..BASE },
+        ),
+        (
+            "cache 600 repositories (0.25 GiB each)",
+            Farm { cache: 600, ..BASE },
+        ),
+        ("3 build slots per replica", Farm { slots: 3.0, ..BASE }),
+        ("8 build slots per replica", Farm { slots: 8.0, ..BASE }),
+        (
+            "twice the builds, 8 build slots",
+            Farm {
+                slots: 8.0,
+                peak_per_minute: 2.0 * BASE.peak_per_minute,
+                ..BASE
+            },
+        ),
+    ];
+    for (name, farm) in farms {
+        let (repos, arrivals) = workload(&farm);
+        println!("  {name} ({}; {} builds):", farm.describe(), arrivals.len());
+        let run = |name: &str, strategy: Strategy| row(name, simulate(&repos, &arrivals, strategy, &farm));
+        let rows = vec![
+            run("kiln, hashing (--load-factor 0)", Strategy::Hash),
+            run("kiln default: c = 1.25, every replica asked", kiln_default()),
+            run("kiln before: c = 1.25, the first 3 asked", kiln_three_asked(1.25)),
+            run("not kiln: the paper's counting", Strategy::Other(Rule::Counting)),
+            run("not kiln: two choices", Strategy::Other(Rule::TwoChoices)),
+        ];
+        print_rows(&rows, Some(&rows[0]));
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -740,7 +1038,7 @@ fn hash_function() {
             )
         })
         .collect();
-    println!("hash function: 100,000 keys");
+    println!("4. hash function: 100,000 keys");
     println!(
         "  {:<28} {:>22} {:>22} {:>24}",
         "", "spread over 8 (max/mean)", "moved by 8→10 (ideal 20%)", "moved between old ones"
@@ -813,10 +1111,158 @@ fn hash_function() {
     }
 }
 
-fn main() {
+// ---------------------------------------------------------------------------
+// The load query's latency, as `kiln build` runs it.
+
+type Error = Box<dyn std::error::Error>;
+
+/// kiln's walk (`run::choose_by_load`, a fresh mTLS connection per daemon, on one thread as
+/// `kiln build` runs it) over N stand-in daemons, each its own listener and thread, asking
+/// 1, 3 or every one of them at once. Loopback: the client's and the daemons' TLS work
+/// share this machine's cores, which a cluster spreads over nodes.
+fn load_query_latency(runs: usize) -> Result<(), Error> {
+    let now = time::OffsetDateTime::now_utc();
+    let ca = pki::issue_ca(&CaRequest {
+        common_name: "bench CA".into(),
+        algorithm: Algorithm::EcdsaP256,
+        not_before: now - time::Duration::days(1),
+        not_after: now + time::Duration::days(30),
+        serial: Serial::random()?,
+    })?;
+    let leaf = |kind: LeafKind, sans: Vec<pki::San>| -> Result<pki::Issued, Error> {
+        Ok(pki::issue_leaf(
+            &ca,
+            &LeafRequest {
+                kind,
+                common_name: "bench".into(),
+                sans,
+                algorithm: Algorithm::EcdsaP256,
+                not_before: now - time::Duration::days(1),
+                not_after: now + time::Duration::days(29),
+                serial: Serial::random()?,
+            },
+        )?)
+    };
+    let daemon_cert = leaf(LeafKind::Daemon, pki::daemon_sans("buildkitd", "ci", &[])?)?;
+    let client = leaf(LeafKind::Client, Vec::new())?;
+    let dir = tempfile::tempdir()?;
+    for (name, pem) in [
+        ("ca.pem", &ca.cert_pem),
+        ("cert.pem", &client.cert_pem),
+        ("key.pem", &client.key_pem),
+    ] {
+        std::fs::write(dir.path().join(name), pem)?;
+    }
+    let files = preflight::find_tls_files(dir.path())?;
+    let config = preflight::client_config(dir.path(), &preflight::read_material(&files)?)?;
+    let most = 32;
+    let stand_ins: Vec<daemon::Daemon> = (0..most)
+        .map(|_| {
+            daemon::serve(
+                &ca.cert_pem,
+                &daemon_cert.cert_pem,
+                &daemon_cert.key_pem,
+                1,
+                daemon::Behavior::default(),
+            )
+        })
+        .collect();
+    let candidates: Vec<Daemon> = stand_ins
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Daemon {
+            host: format!("buildkitd-{i}.buildkitd.ci.svc"),
+            port: 1234,
+            connect_to: Some(s.addr),
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cases: Vec<(String, usize, Policy)> = vec![
+        ("the home only (1 asked of 8)".into(), 8, width(1)),
+        ("the first 3 of 8 (kiln before)".into(), 8, width(3)),
+        (
+            "every one of 8 (kiln now)".into(),
+            8,
+            Policy::with_load_factor(1.25),
+        ),
+        (
+            "every one of 10 (kiln now)".into(),
+            10,
+            Policy::with_load_factor(1.25),
+        ),
+        (
+            "every one of 32 (kiln now)".into(),
+            32,
+            Policy::with_load_factor(1.25),
+        ),
+    ];
+    let choose = |n: usize, policy: &Policy| {
+        let choice = runtime.block_on(run::choose_by_load(
+            &candidates[..n],
+            config.clone(),
+            policy,
+            Duration::from_secs(5),
+        ));
+        assert_eq!(
+            choice.chosen(),
+            0,
+            "every stand-in runs 1 build: the home is within the bound"
+        );
+        choice.verdicts.len()
+    };
+    // Warm up, then interleave the cases so the machine's load falls on all alike.
+    for (_, n, policy) in &cases {
+        for _ in 0..5 {
+            choose(*n, policy);
+        }
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut asked = vec![0; cases.len()];
+    for _ in 0..runs {
+        for (i, (_, n, policy)) in cases.iter().enumerate() {
+            let start = Instant::now();
+            asked[i] = choose(*n, policy);
+            samples[i].push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    println!(
+        "5. the load query as `kiln build` makes it: kiln's walk over stand-in daemons on loopback, \
+         a fresh mTLS connection to each, {runs} runs each, interleaved"
+    );
+    for (i, (name, _, _)) in cases.iter().enumerate() {
+        let (p50, p90) = (percentile(&mut samples[i], 0.5), percentile(&mut samples[i], 0.9));
+        println!(
+            "  {name:<32} {:>3} asked   p50 {p50:7.2} ms   p90 {p90:7.2} ms",
+            asked[i]
+        );
+    }
+    Ok(())
+}
+
+fn width(probe_width: usize) -> Policy {
+    Policy {
+        load_factor: choose::DEFAULT_LOAD_FACTOR,
+        probe_width,
+        max_probed: 4 * probe_width,
+    }
+}
+
+fn main() -> Result<(), Error> {
     let started = Instant::now();
+    let runs = std::env::args()
+        .nth(1)
+        .map(|n| n.parse::<usize>())
+        .transpose()?
+        .unwrap_or(200);
     month();
     println!();
+    sensitivity();
+    println!();
     hash_function();
+    println!();
+    load_query_latency(runs)?;
     println!("\n(total {:.1} s)", started.elapsed().as_secs_f64());
+    Ok(())
 }

@@ -1454,7 +1454,7 @@ fn idle(count: usize) -> Vec<(u32, daemon::Behavior)> {
 }
 
 #[test]
-fn the_choice_asks_the_first_wave_at_once_and_skips_a_home_over_its_bound() {
+fn the_choice_asks_every_daemon_at_once_and_skips_a_home_over_its_bound() {
     use kiln::build::choose::{Policy, Verdict};
     let env = Env::new(SecretFormat::Pem);
     let mut loads = idle(8);
@@ -1481,12 +1481,13 @@ fn the_choice_asks_the_first_wave_at_once_and_skips_a_home_over_its_bound() {
         Duration::from_secs(5),
     ));
     let elapsed = started.elapsed();
-    // 6 + 0 + 0 over 3 of 8 replicas: about 16 on the farm, bound ceil(1.25·17/8) = 3.
-    assert_eq!(choice.bound, Some(3));
-    assert_eq!(
-        choice.verdicts,
-        [Verdict::OverBound(6), Verdict::Eligible(0), Verdict::Eligible(0)]
-    );
+    // Every replica answered: 6 on the farm, bound ceil(1.25·7/8) = 2. (The key's first
+    // three alone would have estimated 16 and a bound of 3.)
+    assert_eq!(choice.bound, Some(2));
+    assert_eq!(choice.total, Some((6.0, true)));
+    let mut expected = vec![Verdict::Eligible(0); 8];
+    expected[0] = Verdict::OverBound(6);
+    assert_eq!(choice.verdicts, expected);
     assert_eq!(
         choice.chosen(),
         1,
@@ -1499,11 +1500,7 @@ fn the_choice_asks_the_first_wave_at_once_and_skips_a_home_over_its_bound() {
         .iter()
         .map(|s| s.history_calls.load(Ordering::SeqCst))
         .collect();
-    assert_eq!(
-        calls,
-        [1, 1, 1, 0, 0, 0, 0, 0],
-        "only the walk's first wave is asked"
-    );
+    assert_eq!(calls, [1; 8], "every daemon is asked, once");
 }
 
 #[test]
@@ -1549,13 +1546,13 @@ fn kiln_build_skips_a_busy_home_and_logs_the_choice_in_one_line() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let output = env.kiln(&argv, &[]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    // 5 + 2 + 0 over 3 of 4: about 9.3 on the farm, bound ceil(1.25·10.3/4) = 4.
+    // 5 + 2 + 0 + 0: 7 on the farm, bound ceil(1.25·8/4) = 3.
     assert_eq!(env.argv(1)[3], order[1].host);
     let err = stderr(&output);
     let line = err.lines().find(|l| l.contains("chose buildkitd")).unwrap();
     assert!(
         line.ends_with(&format!(
-            "chose buildkitd {}:1234 (2 active builds, bound 4 for about 9 active on the farm); skipped {}:1234 (5 active builds, over the bound)",
+            "chose buildkitd {}:1234 (2 active builds, bound 3 for 7 active on the farm); skipped {}:1234 (5 active builds, over the bound)",
             order[1].host, order[0].host
         )),
         "{line}"

@@ -12,9 +12,11 @@
 //!    Zadimoghaddam, 2018). A replica is eligible while its active builds are at most
 //!    `ceil(c × (total + 1) / N)`; the walk takes the first eligible replica in the key's
 //!    order. The loads come from the daemons ([`super::history`] asks them, an IO edge); the
-//!    walk says which to ask, [`PROBE_WIDTH`] at a time, so a build asks only as many as it
-//!    needs. The farm's total is estimated from the replicas that answered (exact once all
-//!    have); a replica that did not answer counts as full.
+//!    walk says which to ask: the key's first [`PROBE_WIDTH`] at once, which is every
+//!    replica of a farm up to that size, because the bound needs the farm's total and
+//!    asking all costs the same one round trip as asking a few. `total` is the sum of the
+//!    answers scaled to N (the true total when every replica answered); a replica that did
+//!    not answer counts as full. docs/build.md has the figures behind both choices.
 //!
 //! `kiln build` and `scripts/bench-affinity` both run this code.
 
@@ -28,12 +30,14 @@ pub const DEFAULT_LOAD_FACTOR: f64 = 1.25;
 /// The largest `--load-factor`. Far above it the bound never binds; use 0 to turn it off.
 pub const MAX_LOAD_FACTOR: f64 = 100.0;
 
-/// How many replicas the walk asks at once: the key's first three in order. One answer
-/// alone says nothing about the farm's fair share; three give an estimate, and a replica
-/// over its bound is usually followed by one under it (docs/build.md has the figures).
-pub const PROBE_WIDTH: usize = 3;
+/// How many replicas the walk asks at once: the key's first 32 in order, so every replica
+/// of a farm of up to 32. The bound is a share of the farm's total: a sample of the key's
+/// first few misjudges it, and most when the key's home is the busy one (it is in every
+/// sample of that key); asking every replica in parallel takes about as long as asking
+/// three (docs/build.md has both measured). Beyond 32 the total is estimated from the 32.
+pub const PROBE_WIDTH: usize = 32;
 
-/// The most replicas one walk asks before it settles for the least loaded that answered.
+/// The most replicas one walk asks (waves after the first only when nobody answered).
 pub const MAX_PROBED: usize = 4 * PROBE_WIDTH;
 
 fn score(node: &str, key: &str) -> u64 {
@@ -497,9 +501,45 @@ mod tests {
         assert_eq!(choice.order, [0]);
     }
 
+    /// A walk that asks three at a time (kiln's default before it asked every replica).
+    fn three_at_a_time() -> Policy {
+        Policy {
+            load_factor: 1.25,
+            probe_width: 3,
+            max_probed: 12,
+        }
+    }
+
+    #[test]
+    fn the_default_asks_every_replica_at_once_and_holds_them_to_the_farms_true_total() {
+        let p = policy(1.25);
+        for n in [2, 8, 10, PROBE_WIDTH] {
+            assert_eq!(step(&p, n, &[]), Step::Ask(0..n), "{n} replicas");
+        }
+        assert_eq!(step(&p, 1000, &[]), Step::Ask(0..PROBE_WIDTH));
+        // A busy home (3) and a quiet farm: 3 + 2 + 2 = 7 builds on 9 replicas, bound
+        // ceil(1.25 · 8 / 9) = 2. The key's first three alone (3, 2, 2) would have
+        // estimated 21 and a bound of 4, keeping the busy home eligible.
+        let loads: Vec<Probe> = [3, 2, 2, 0, 0, 0, 0, 0, 0].map(Probe::Active).to_vec();
+        let choice = chosen(step(&p, 9, &loads));
+        assert_eq!(choice.total, Some((7.0, true)));
+        assert_eq!((choice.bound, choice.chosen()), (Some(2), 1));
+        assert_eq!(choice.order, [1, 2, 3, 4, 5, 6, 7, 8, 0]);
+        let first_three = chosen(step(&three_at_a_time(), 9, &loads[..3]));
+        assert_eq!((first_three.bound, first_three.chosen()), (Some(4), 0));
+        assert_eq!(first_three.total, Some((21.0, false)));
+        // A down replica: the total is scaled from those that answered (8 answers of 9).
+        let mut down = loads.clone();
+        down[4] = Probe::NoAnswer("connection refused".into());
+        let choice = chosen(step(&p, 9, &down));
+        assert_eq!(choice.total, Some((7.0 * 9.0 / 8.0, false)));
+        assert_eq!((choice.bound, choice.chosen()), (Some(2), 1));
+        assert_eq!(*choice.order.last().unwrap(), 4, "the silent one last");
+    }
+
     #[test]
     fn asks_in_waves_along_the_order_and_stops_at_the_first_eligible() {
-        let p = policy(1.25);
+        let p = three_at_a_time();
         assert_eq!(step(&p, 8, &[]), Step::Ask(0..3));
         // Home has 1 build, others idle: total ≈ 1·8/3, bound ceil(1.25·3.67/8) = 1: home eligible.
         let choice = chosen(step(
@@ -565,21 +605,29 @@ mod tests {
 
     #[test]
     fn silent_daemons_count_as_full_and_the_walk_is_bounded() {
-        let p = policy(1.25);
-        let mut asked = Vec::new();
-        let choice = walk(&p, 20, |range| {
-            asked.push(range.clone());
+        let silent = |range: Range<usize>| -> Vec<Probe> {
             range
                 .map(|_| Probe::NoAnswer("no answer within 500ms".into()))
                 .collect()
-        });
-        assert_eq!(asked, [0..3, 3..6, 6..9, 9..12]);
-        assert_eq!(choice.fallback, Some(Fallback::NoLoads));
-        assert_eq!(
-            choice.order,
-            (0..20).collect::<Vec<_>>(),
-            "nothing answered: the key's order"
-        );
+        };
+        for (p, n, waves) in [
+            (policy(1.25), 20, vec![(0, 20)]),
+            (policy(1.25), 200, vec![(0, 32), (32, 64), (64, 96), (96, 128)]),
+            (three_at_a_time(), 20, vec![(0, 3), (3, 6), (6, 9), (9, 12)]),
+        ] {
+            let mut asked = Vec::new();
+            let choice = walk(&p, n, |range| {
+                asked.push((range.start, range.end));
+                silent(range)
+            });
+            assert_eq!(asked, waves);
+            assert_eq!(choice.fallback, Some(Fallback::NoLoads));
+            assert_eq!(
+                choice.order,
+                (0..n).collect::<Vec<_>>(),
+                "nothing answered: the key's order"
+            );
+        }
 
         // The bound comes from the answers: total ≈ 23·12/3 = 92, bound ceil(93/12) = 8.
         let p = Policy {
@@ -617,17 +665,23 @@ mod tests {
     fn the_log_line_names_the_choice_its_load_and_every_skip() {
         let p = policy(1.25);
         let names: Vec<String> = (0..8).map(|i| format!("buildkitd-{i}:1234")).collect();
-        let probes = [
-            Probe::Active(6),
-            Probe::NoAnswer("no answer within 500ms".into()),
-            Probe::Active(1),
-        ];
+        // Every daemon answered: the farm's total, exact.
+        let probes: Vec<Probe> = [6, 2, 1, 0, 0, 0, 0, 0].map(Probe::Active).to_vec();
+        let choice = chosen(step(&p, 8, &probes));
+        assert_eq!(
+            choice.describe(&names),
+            "chose buildkitd buildkitd-1:1234 (2 active builds, bound 2 for 9 active on the farm); \
+             skipped buildkitd-0:1234 (6 active builds, over the bound)"
+        );
+        // One did not: the total is scaled from the other seven, and says "about".
+        let mut probes = probes;
+        probes[1] = Probe::NoAnswer("no answer within 500ms".into());
         let choice = chosen(step(&p, 8, &probes));
         assert_eq!(choice.chosen(), 2);
         let line = choice.describe(&names);
         assert_eq!(
             line,
-            "chose buildkitd buildkitd-2:1234 (1 active build, bound 5 for about 28 active on the farm); \
+            "chose buildkitd buildkitd-2:1234 (1 active build, bound 2 for about 8 active on the farm); \
              skipped buildkitd-0:1234 (6 active builds, over the bound), \
              buildkitd-1:1234 (no answer: no answer within 500ms)"
         );

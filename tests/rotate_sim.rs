@@ -202,7 +202,10 @@ impl Cluster for Sim {
         Ok(Snapshot {
             ca: get("buildkit-ca"),
             daemon: get("buildkit-daemon-certs"),
-            client: get("buildkit-client-certs"),
+            clients: vec![state::RawClient {
+                namespace: "buildkit".into(),
+                secret: get("buildkit-client-certs"),
+            }],
             workload: Some(RawWorkload {
                 generation: self.generation as i64,
                 observed_generation: self.generation as i64,

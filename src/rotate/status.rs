@@ -38,6 +38,38 @@ pub struct CertStatus {
     pub days_left: Option<i64>,
 }
 
+/// One tenant's client Secret (the farm's own namespace is a tenant too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The tenant namespace.
+    pub namespace: String,
+    /// The client Secret's name there.
+    pub secret: String,
+    /// `ok`, `renew-due`, `expired`, `empty`, `broken`, `missing` (the namespace, the
+    /// Secret or its Role does not exist yet) or `removed` (dropped from the overlay,
+    /// its certificate still valid).
+    pub state: &'static str,
+    /// Which CA of the CA Secret signed it: `ca`, `next-ca`, `retiring-ca`, or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<&'static str>,
+    /// What it means, for `missing`, `removed` and `broken`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Serial (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Expiry.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub not_after: Option<OffsetDateTime>,
+    /// Whole days left (negative once expired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days_left: Option<i64>,
+}
+
 /// The next thing `kiln rotate` will do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,6 +100,9 @@ pub struct StatusReport {
     pub phase_since: Option<OffsetDateTime>,
     /// Every certificate.
     pub certs: Vec<CertStatus>,
+    /// One row per tenant: the farm's own namespace first, then the overlay's tenants,
+    /// then the removed tenants whose certificates are still valid.
+    pub tenants: Vec<TenantStatus>,
     /// The workload exists.
     pub workload_found: bool,
     /// `Deployment/buildkitd` or `StatefulSet/buildkitd`.
@@ -176,29 +211,43 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
     }
     for (role, secret, slot) in [
         ("daemon", &config.daemon_secret, &state.daemon),
-        ("client", &config.client_secret, &state.client),
+        ("client", &config.client_secret, state.farm_client()),
     ] {
         certs.push(match slot {
             Slot::Ok(leaf) => cert_line(role, secret, &leaf.info, now, policy.leaf_renew_before),
             other => blank_line(role, secret, other),
         });
     }
-    let healthy = certs.iter().all(|c| matches!(c.state, "ok" | "renew-due"));
+    let tenants = tenant_rows(state, config, now);
+    // A tenant that is not there yet or was removed is a warning, not a failure.
+    let healthy = certs.iter().all(|c| matches!(c.state, "ok" | "renew-due"))
+        && tenants
+            .iter()
+            .all(|t| matches!(t.state, "ok" | "renew-due" | "missing" | "removed"));
     let next = next_action(state, now, policy).map(|(at, actions)| NextAction {
         at,
         actions: actions
             .iter()
             .filter_map(|a| match a {
                 Action::WriteCa { reason, .. } => Some(format!("Secret/{}: {reason}", config.ca_secret)),
-                Action::WriteLeaf { kind, reason, .. } => {
+                Action::WriteLeaf {
+                    kind,
+                    namespace,
+                    reason,
+                    ..
+                } => {
                     let name = match kind {
                         crate::pki::LeafKind::Daemon => &config.daemon_secret,
                         crate::pki::LeafKind::Client => &config.client_secret,
                     };
-                    Some(format!("Secret/{name}: {reason}"))
+                    if *namespace == config.namespace {
+                        Some(format!("Secret/{name}: {reason}"))
+                    } else {
+                        Some(format!("Secret/{namespace}/{name}: {reason}"))
+                    }
                 }
                 Action::Restart { reason } => Some(format!("restart {}: {reason}", config.workload_name)),
-                Action::IssueCa { .. } | Action::Warn { .. } => None,
+                Action::IssueCa { .. } | Action::Warn { .. } | Action::RecordTenants { .. } => None,
             })
             .collect(),
     });
@@ -226,6 +275,7 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
         phase: state.ca.ok().map(|ca| ca.phase()),
         phase_since: state.ca.ok().and_then(|ca| ca.phase_since),
         certs,
+        tenants,
         workload_found: state.workload.is_some(),
         workload,
         workload_current,
@@ -236,6 +286,101 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
         next_action: next,
         healthy,
     }
+}
+
+/// The tenant rows of [`StatusReport::tenants`].
+fn tenant_rows(state: &State, config: &Config, now: OffsetDateTime) -> Vec<TenantStatus> {
+    let ca = state.ca.ok();
+    let rollover = ca.is_some_and(|ca| ca.phase() != Phase::Stable);
+    let which_ca = |issuer: Option<&String>| -> &'static str {
+        let Some(ca) = ca else { return "unknown" };
+        let Some(issuer) = issuer else { return "unknown" };
+        if *issuer == ca.signing.info.fingerprint {
+            return "ca";
+        }
+        match &ca.other {
+            Some(OtherCa::Next(next)) if next.info.fingerprint == *issuer => "next-ca",
+            Some(OtherCa::Retiring(old)) if old.info.fingerprint == *issuer => "retiring-ca",
+            _ => "unknown",
+        }
+    };
+    let mut rows: Vec<TenantStatus> = state
+        .clients
+        .iter()
+        .map(|client| {
+            let mut row = TenantStatus {
+                namespace: client.namespace.clone(),
+                secret: config.client_secret.clone(),
+                state: "ok",
+                ca: None,
+                detail: None,
+                serial: None,
+                not_after: None,
+                days_left: None,
+            };
+            match &client.slot {
+                Slot::Ok(leaf) => {
+                    let line = cert_line("client", "", &leaf.info, now, config.policy.leaf_renew_before);
+                    row.state = line.state;
+                    row.ca = Some(which_ca(leaf.issuer.as_ref()));
+                    row.serial = line.serial;
+                    row.not_after = line.not_after;
+                    row.days_left = line.days_left;
+                }
+                Slot::Missing if client.absent() => {
+                    row.state = "missing";
+                    row.detail = Some(if rollover {
+                        format!(
+                            "waiting for tenant namespace {} to exist before the CA rollover can go on",
+                            client.namespace
+                        )
+                    } else {
+                        format!(
+                            "the namespace, the Secret or the Role kiln-rotate-{} does not exist yet; kiln fills the Secret once they exist, and a CA rollover step waits for it",
+                            config.namespace
+                        )
+                    });
+                }
+                other => {
+                    let line = blank_line("client", "", other);
+                    row.state = line.state;
+                    row.detail = line.detail;
+                }
+            }
+            row
+        })
+        .collect();
+    let present: Vec<&str> = state.clients.iter().map(|c| c.namespace.as_str()).collect();
+    let mut removed: Vec<(&String, &OffsetDateTime)> = state
+        .record
+        .tenants
+        .iter()
+        .chain(&state.record.removed)
+        .filter(|(ns, at)| !present.contains(&ns.as_str()) && **at > now)
+        .collect();
+    removed.sort();
+    removed.dedup_by(|a, b| a.0 == b.0);
+    for (namespace, expiry) in removed {
+        rows.push(TenantStatus {
+            namespace: namespace.clone(),
+            secret: config.client_secret.clone(),
+            state: "removed",
+            ca: None,
+            detail: Some(removed_message(namespace, *expiry)),
+            serial: None,
+            not_after: Some(*expiry),
+            days_left: Some((*expiry - now).whole_days()),
+        });
+    }
+    rows
+}
+
+/// What status says about a tenant dropped from the overlay.
+pub fn removed_message(namespace: &str, expiry: OffsetDateTime) -> String {
+    format!(
+        "{namespace}: removed from the overlay; its certificate stays valid until {}; kiln cannot revoke (buildkitd has no CRL)",
+        crate::pki::rfc3339(expiry)
+    )
 }
 
 /// The CA phase as both `kiln status` and `kiln rotate` print it: `stable`,
@@ -284,6 +429,35 @@ pub fn table(report: &StatusReport) -> String {
         );
         if let Some(detail) = &cert.detail {
             let _ = writeln!(out, "  {detail}");
+        }
+    }
+    if report.tenants.len() > 1 || report.tenants.iter().any(|t| t.state != "ok") {
+        let _ = writeln!(
+            out,
+            "{:<28} {:<10} {:<12} {:<22} {:>9}",
+            "TENANT", "STATE", "CA", "EXPIRES", "DAYS LEFT"
+        );
+        for tenant in &report.tenants {
+            let expires = tenant
+                .not_after
+                .map(crate::pki::rfc3339)
+                .unwrap_or_else(|| "-".into());
+            let days = tenant
+                .days_left
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<28} {:<10} {:<12} {:<22} {:>9}",
+                tenant.namespace,
+                tenant.state,
+                tenant.ca.unwrap_or("-"),
+                expires,
+                days
+            );
+            if let Some(detail) = &tenant.detail {
+                let _ = writeln!(out, "  {detail}");
+            }
         }
     }
     let daemon = report.certs.iter().find(|c| c.role == "daemon");

@@ -503,7 +503,7 @@ pub fn materialize(
                         let (common_name, sans) = match kind {
                             LeafKind::Daemon => (config.workload_name.clone(), config.daemon_sans.clone()),
                             // Tells the teams apart in buildkitd's logs.
-                            LeafKind::Client => (client_common_name(namespace), Vec::new()),
+                            LeafKind::Client => (pki::client_common_name(namespace), Vec::new()),
                         };
                         let issued = pki::issue_leaf(
                             &signer_issued,
@@ -575,11 +575,6 @@ pub fn materialize(
         }
     }
     Ok((writes, warnings))
-}
-
-/// The CN of a tenant's client certificate: `kiln-client:<namespace>`.
-pub fn client_common_name(namespace: &str) -> String {
-    format!("kiln-client:{namespace}")
 }
 
 /// The type a write keeps: the live Secret's (immutable in Kubernetes), else `Opaque`,

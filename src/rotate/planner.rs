@@ -414,12 +414,6 @@ fn leaf_action(
 /// Leaf and restart actions that bring the Secrets to `target`.
 fn converge(state: &State, target: &Target, now: OffsetDateTime, policy: &Policy, out: &mut Vec<Action>) {
     let mut daemon_written = false;
-    for tenant in absent_tenants(state) {
-        out.push(warn(format!(
-            "tenant {tenant}: its client Secret cannot be read (the namespace, the Secret or the Role kiln-rotate-{} there does not exist yet); it is filled once they exist, and a CA rollover step waits for it",
-            state_namespace(state)
-        )));
-    }
     for (slot, kind, client) in leaves(state) {
         let namespace = client.map_or(state_namespace(state), |c| c.namespace.as_str());
         let name = leaf_label(kind, client);
@@ -637,7 +631,16 @@ const START_OVER: &str = "starting over with a new CA: clients and daemons do no
 
 /// Plan one run. Pure: the same state, time and policy give the same actions.
 pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> {
-    let mut out = plan_steps(state, now, policy);
+    let mut out: Vec<Action> = absent_tenants(state)
+        .into_iter()
+        .map(|tenant| {
+            warn(format!(
+                "tenant {tenant}: its client Secret cannot be read (the namespace, the Secret or the Role kiln-rotate-{} there does not exist yet); it is filled once they exist, and a CA rollover step waits for it",
+                state_namespace(state)
+            ))
+        })
+        .collect();
+    out.extend(plan_steps(state, now, policy));
     if let Some(record) = record_tenants(state, &out, now) {
         // With the CA write when there is one, else before the first write: the record
         // names the expiry a tenant will have before its Secret gets it, so a crash in

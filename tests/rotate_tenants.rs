@@ -596,15 +596,28 @@ fn rotate_keeps_the_live_secret_type_which_the_server_will_not_change() {
         answer["message"].as_str().unwrap().contains("field is immutable"),
         "{answer}"
     );
+    let patched = raw(
+        &env.server,
+        "PATCH",
+        "application/merge-patch+json",
+        &format!("/api/v1/namespaces/{NS}/secrets/{DAEMON}"),
+        &json!({"type": "kubernetes.io/tls"}),
+    );
+    assert_eq!(patched["code"], 422, "{patched}");
+    assert_eq!(env.server.get("secrets", NS, DAEMON).unwrap()["type"], "Opaque");
 }
 
 fn raw_put(server: &ApiServer, path: &str, body: &Value) -> Value {
+    raw(server, "PUT", "application/json", path, body)
+}
+
+fn raw(server: &ApiServer, method: &str, content_type: &str, path: &str, body: &Value) -> Value {
     use std::io::{Read, Write};
     let body = body.to_string();
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(
         stream,
-        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();

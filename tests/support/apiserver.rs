@@ -1275,8 +1275,9 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
                 .iter()
                 .any(|(v, res)| v == "create" && res == r.key)
                 || store
-                    .role
-                    .as_ref()
+                    .roles
+                    .get(ns)
+                    .or(store.role.as_ref())
                     .is_some_and(|rules| !role_allows(rules, r.group, r.plural, None, "create"))
             {
                 return object_status(
@@ -1318,12 +1319,18 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
             Ok(object) => object,
             Err(conflict) => return conflict,
         };
-        let code = if current.is_none() {
-            created(store, r, ns, &mut object);
-            object["metadata"]["name"] = json!(name);
-            201
-        } else {
-            200
+        let code = match &current {
+            None => {
+                created(store, r, ns, &mut object);
+                object["metadata"]["name"] = json!(name);
+                201
+            }
+            Some(current) => {
+                if let Some(invalid) = type_changed(r, name, current, &object) {
+                    return invalid;
+                }
+                200
+            }
         };
         return commit(store, key, object, managers, code);
     }

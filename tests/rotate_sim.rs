@@ -733,16 +733,17 @@ fn ten_years_with_default_lifetimes() {
     );
 }
 
+const TENANTS: Profile = Profile {
+    name: "tenants",
+    tenants: true,
+    ..DEFAULTS
+};
+
 /// Three tenants: one from the start, one whose namespace appears while a CA rollover is
 /// due (it holds the rollover's second step back until then), one removed after 5 years.
 #[test]
 fn ten_years_with_tenants() {
-    let profile = Profile {
-        name: "tenants",
-        tenants: true,
-        ..DEFAULTS
-    };
-    let out = simulate(23, &profile);
+    let out = simulate(23, &TENANTS);
     eprintln!("seed 23 tenants: {out:?}");
     assert!(out.rollovers >= 2, "{out:?}");
     assert!(out.leaf_renewals >= 50, "{out:?}");
@@ -763,10 +764,11 @@ fn ten_years_of_frequent_ca_rollovers() {
 
 /// About two minutes in a release build: `cargo test --release --test rotate_sim -- --ignored`.
 #[test]
-#[ignore = "long: 20 more ten-year simulations; run with --ignored (docs/rotate.md)"]
+#[ignore = "long: 30 more ten-year simulations; run with --ignored (docs/rotate.md)"]
 fn twenty_more_seeds() {
     for seed in 100..110 {
         check(seed, &DEFAULTS);
         check(seed, &SHORT_CA);
+        check(seed, &TENANTS);
     }
 }

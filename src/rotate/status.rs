@@ -351,25 +351,24 @@ fn tenant_rows(state: &State, config: &Config, now: OffsetDateTime) -> Vec<Tenan
         })
         .collect();
     let present: Vec<&str> = state.clients.iter().map(|c| c.namespace.as_str()).collect();
-    let mut removed: Vec<(&String, &OffsetDateTime)> = state
-        .record
-        .tenants
-        .iter()
-        .chain(&state.record.removed)
-        .filter(|(ns, at)| !present.contains(&ns.as_str()) && **at > now)
-        .collect();
-    removed.sort();
-    removed.dedup_by(|a, b| a.0 == b.0);
+    // Dropped since the last record, or recorded as removed: the latest expiry counts.
+    let mut removed: std::collections::BTreeMap<&String, OffsetDateTime> = Default::default();
+    for (ns, at) in state.record.tenants.iter().chain(&state.record.removed) {
+        if !present.contains(&ns.as_str()) && *at > now {
+            let entry = removed.entry(ns).or_insert(*at);
+            *entry = (*entry).max(*at);
+        }
+    }
     for (namespace, expiry) in removed {
         rows.push(TenantStatus {
             namespace: namespace.clone(),
             secret: config.client_secret.clone(),
             state: "removed",
             ca: None,
-            detail: Some(removed_message(namespace, *expiry)),
+            detail: Some(removed_message(namespace, expiry)),
             serial: None,
-            not_after: Some(*expiry),
-            days_left: Some((*expiry - now).whole_days()),
+            not_after: Some(expiry),
+            days_left: Some((expiry - now).whole_days()),
         });
     }
     rows

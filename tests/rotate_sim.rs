@@ -19,7 +19,7 @@
 //! (holding a CA rollover back until then), one leaves the overlay after five years (its
 //! Secret must never be written again). Every present tenant is checked against every pod.
 //!
-//! Three seeds run by default; twenty more are `#[ignore]`d: run them with
+//! Three seeds run by default; thirty more are `#[ignore]`d: run them with
 //! `cargo test --release --test rotate_sim -- --ignored --nocapture` (see docs/rotate.md).
 
 use std::collections::{BTreeMap, HashMap};
@@ -762,7 +762,7 @@ fn ten_years_of_frequent_ca_rollovers() {
     assert!(out.rollovers >= 15, "{out:?}");
 }
 
-/// About two minutes in a release build: `cargo test --release --test rotate_sim -- --ignored`.
+/// About 3.5 minutes in a release build: `cargo test --release --test rotate_sim -- --ignored`.
 #[test]
 #[ignore = "long: 30 more ten-year simulations; run with --ignored (docs/rotate.md)"]
 fn twenty_more_seeds() {

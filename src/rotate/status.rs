@@ -523,3 +523,121 @@ pub fn table(report: &StatusReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::{Overlay, Tenant};
+    use crate::rotate::apply::{SecretRole, Write, materialize};
+    use crate::rotate::plan;
+    use crate::rotate::state::{RawClient, RawSecret, Snapshot, read_state};
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2030-06-01 03:17 UTC);
+
+    fn shell() -> RawSecret {
+        RawSecret {
+            exists: true,
+            resource_version: Some("1".into()),
+            ..RawSecret::default()
+        }
+    }
+
+    fn overlay(tenants: &[&str]) -> Overlay {
+        Overlay {
+            tenants: tenants
+                .iter()
+                .map(|ns| Tenant {
+                    namespace: ns.to_string(),
+                    task: true,
+                })
+                .collect(),
+            ..Overlay::default()
+        }
+    }
+
+    #[test]
+    fn one_row_per_tenant_with_missing_and_removed_ones() {
+        let config = Config::from_overlay(&overlay(&["team-a", "team-b", "team-x"]), None, None).unwrap();
+        let mut snapshot = Snapshot {
+            ca: shell(),
+            daemon: shell(),
+            // team-b's namespace does not exist yet.
+            clients: config
+                .client_namespaces()
+                .map(|ns| RawClient {
+                    namespace: ns.to_string(),
+                    secret: if ns == "team-b" {
+                        RawSecret::default()
+                    } else {
+                        shell()
+                    },
+                })
+                .collect(),
+            workload: None,
+            other_workload: None,
+        };
+        let state = read_state(&snapshot, config.format);
+        let actions = plan(&state, NOW, &config.policy);
+        let (writes, _) = materialize(&snapshot, &state, &actions, &config, NOW).unwrap();
+        for write in writes {
+            let Write::Secret(w) = write else { continue };
+            let target = match w.role {
+                SecretRole::Ca => &mut snapshot.ca,
+                SecretRole::Daemon => &mut snapshot.daemon,
+                SecretRole::Client => {
+                    &mut snapshot
+                        .clients
+                        .iter_mut()
+                        .find(|c| c.namespace == w.namespace)
+                        .unwrap()
+                        .secret
+                }
+            };
+            target.data = w.data;
+            target.annotations = w.annotations;
+        }
+        // team-x leaves the overlay.
+        let config = Config::from_overlay(&overlay(&["team-a", "team-b"]), None, None).unwrap();
+        snapshot.clients.retain(|c| c.namespace != "team-x");
+        let state = read_state(&snapshot, config.format);
+        let report = summarize(&state, &config, NOW + time::Duration::days(1));
+        let rows: Vec<(&str, &str, Option<&str>)> = report
+            .tenants
+            .iter()
+            .map(|t| (t.namespace.as_str(), t.state, t.ca))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("buildkit", "ok", Some("ca")),
+                ("team-a", "ok", Some("ca")),
+                ("team-b", "missing", None),
+                ("team-x", "removed", None),
+            ]
+        );
+        assert!(report.healthy, "missing and removed tenants are warnings");
+        let expiry = NOW + time::Duration::days(90);
+        assert_eq!(report.tenants[3].not_after, Some(expiry));
+        assert_eq!(
+            report.tenants[3].detail.as_deref(),
+            Some(
+                "team-x: removed from the overlay; its certificate stays valid until 2030-08-30T03:17:00Z; kiln cannot revoke (buildkitd has no CRL)"
+            )
+        );
+        assert!(report.warnings[0].starts_with("tenant team-b: its client Secret cannot be read"));
+        let text = table(&report);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("team-a") && l.contains(" ok ") && l.contains(" ca ")),
+            "{text}"
+        );
+        assert!(text.contains("  team-x: removed from the overlay"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["tenants"][2]["state"], "missing");
+        assert_eq!(json["tenants"][3]["notAfter"], "2030-08-30T03:17:00Z");
+        // Once that certificate has expired, the row goes.
+        let later = summarize(&state, &config, expiry + time::Duration::days(1));
+        assert!(later.tenants.iter().all(|t| t.namespace != "team-x"));
+    }
+}

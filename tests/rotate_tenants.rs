@@ -502,6 +502,22 @@ fn a_missing_tenant_namespace_warns_never_blocks_renewals_but_holds_the_rollover
         "waiting for tenant namespace team-c to exist before the CA rollover can go on"
     );
 
+    // Its Role is synced before its Secret shell: a 404 now, still "not there yet".
+    env.server.store().roles.insert("team-c".into(), tenant_rules());
+    let out = env.rotate_ok(&at_days(66), &[]);
+    assert!(
+        out.contains("warning: tenant team-c: its client Secret cannot be read"),
+        "{out}"
+    );
+    assert_eq!(env.phase(), "introduced", "{out}");
+    assert!(
+        env.server
+            .store()
+            .log
+            .iter()
+            .any(|l| l.starts_with("GET /api/v1/namespaces/team-c/secrets/")),
+        "team-c read"
+    );
     // The namespace appears: the next run fills it (with both CAs), then the rollover goes on.
     env.add_tenant("team-c");
     env.rotate_ok(&at_days(67), &[]);

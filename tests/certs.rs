@@ -570,7 +570,7 @@ fn inspect_fails_on_a_mismatched_key_and_a_foreign_ca() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(
-            "does not chain: certificate \"O=kiln, CN=buildkit-client\" does not chain to the trust bundle"
+            "does not chain: certificate \"O=kiln, CN=kiln-client:buildkit\" does not chain to the trust bundle"
         ),
         "{}",
         stderr(&out)
@@ -867,7 +867,7 @@ fn openssl_s_server_and_s_client_complete_an_mtls_handshake() {
         );
         assert!(ok.accepted, "{algorithm}: {}\n{}", ok.server_log, ok.client_log);
         assert!(
-            ok.server_log.contains("subject=O = kiln, CN = buildkit-client"),
+            ok.server_log.contains("subject=O = kiln, CN = kiln-client:ci"),
             "{}",
             ok.server_log
         );
@@ -1660,7 +1660,7 @@ fn rotate_reissues_a_daemon_secret_that_holds_a_client_certificate() {
     // The next run reads the daemon Secret as broken, says why, and reissues it.
     let log = cluster.rotate(&[]);
     assert!(
-        log.contains("the daemon Secret is broken (key cert.pem: certificate \"O=kiln, CN=buildkit-client\" cannot be used as a daemon (TLS server) certificate: its extended key usage is clientAuth; it needs serverAuth); reissuing it"),
+        log.contains("the daemon Secret is broken (key cert.pem: certificate \"O=kiln, CN=kiln-client:buildkit\" cannot be used as a daemon (TLS server) certificate: its extended key usage is clientAuth; it needs serverAuth); reissuing it"),
         "{log}"
     );
     let side = cluster.side(SECRETS[1]);
@@ -1728,7 +1728,7 @@ fn inspect_rejects_a_client_certificate_in_the_daemon_directory() {
     assert_eq!(rows[0]["keyMatches"], true);
     assert_eq!(
         err,
-        "problem: .certs/daemon/cert.pem (O=kiln, CN=buildkit-client) does not chain: certificate \"O=kiln, CN=buildkit-client\" cannot be used as a daemon (TLS server) certificate: its extended key usage is clientAuth; it needs serverAuth\n\
+        "problem: .certs/daemon/cert.pem (O=kiln, CN=kiln-client:buildkit) does not chain: certificate \"O=kiln, CN=kiln-client:buildkit\" cannot be used as a daemon (TLS server) certificate: its extended key usage is clientAuth; it needs serverAuth\n\
          error: 1 problem(s) found in .certs/daemon\n"
     );
     assert!(table.lines().nth(1).unwrap().contains(" FAIL "), "{table}");

@@ -298,15 +298,13 @@ fn the_farm_role_names_every_resource_it_can() {
                 ),
             ]),
         }
-        expected.extend([
-            ("".into(), "events".into(), vec![], strings(&["create"])),
-            (
-                "events.k8s.io".into(),
-                "events".into(),
-                vec![],
-                strings(&["create", "patch"]),
-            ),
-        ]);
+        // Only events.k8s.io Events (kube's Recorder): no core Events rule.
+        expected.push((
+            "events.k8s.io".into(),
+            "events".into(),
+            vec![],
+            strings(&["create", "patch"]),
+        ));
         assert_eq!(rules(role), expected, "{name}");
         // The Role says why the unnamed rules cannot be named.
         let note = role["metadata"]["annotations"]["kiln.dev/rbac-note"]

@@ -1541,9 +1541,23 @@ fn the_rendered_cronjob_runs_within_its_role() {
     }
     env.server
         .insert("statefulsets", namespace, read("statefulset-buildkitd.yaml"));
-    // The rendered Role is enforced on every request.
+    // The rendered Role is enforced on every request; in each tenant namespace, the
+    // rendered tenant Role, next to the rendered tenant Secret shell.
     let rules = read("role-kiln-rotate.yaml")["rules"].as_array().unwrap().clone();
     env.server.store().role = Some(rules);
+    let tenants = ["team-a", "team-b", "team-c"];
+    for tenant in tenants {
+        let role = read(&format!("{tenant}/role-kiln-rotate-buildkit-prod.yaml"));
+        env.server
+            .store()
+            .roles
+            .insert(tenant.into(), role["rules"].as_array().unwrap().clone());
+        env.server.insert(
+            "secrets",
+            tenant,
+            read(&format!("{tenant}/secret-buildkit-client-certs.yaml")),
+        );
+    }
     // The CronJob's own args, with the ConfigMap's overlay.yaml where it mounts it.
     let config_map = read("configmap-kiln-config.yaml");
     let config = env.config_file(config_map["data"]["overlay.yaml"].as_str().unwrap());
@@ -1602,6 +1616,36 @@ fn the_rendered_cronjob_runs_within_its_role() {
         "ecdsa-p384"
     );
     assert!(env.server.store().log.len() >= 8);
+    // Every tenant's Secret filled within its Role, with its own CN, trusted by the daemon.
+    for tenant in tenants {
+        let data = env.server.secret_data(tenant, CLIENT);
+        assert_eq!(
+            pki::parse_bundle(&data["tls.crt"]).unwrap()[0]
+                .common_name
+                .as_deref(),
+            Some(format!("kiln-client:{tenant}").as_str())
+        );
+        rustls_mtls(
+            &material(&daemon),
+            &material(&data),
+            t0(),
+            "buildkitd.buildkit-prod.svc",
+        )
+        .unwrap_or_else(|e| panic!("{tenant}: {e}"));
+    }
+    let forbidden: Vec<String> = env
+        .server
+        .store()
+        .log
+        .iter()
+        .filter(|l| tenants.iter().any(|t| l.contains(&format!("/namespaces/{t}/"))))
+        .filter(|l| !l.starts_with("GET ") && !l.starts_with("PUT "))
+        .cloned()
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "beyond get and update in a tenant namespace: {forbidden:?}"
+    );
     // What rotate writes into kiln.dev/secret-keys agrees with the rendered shells, so
     // Argo CD sees no drift on them.
     for (file, name) in [

@@ -14,7 +14,12 @@
 //! daemon certificate it loaded and accepts a probe client certificate whose CA is in the
 //! bundle it loaded.
 //!
-//! Two seeds run by default; twenty more are `#[ignore]`d: run them with
+//! With tenants (one profile): TaskRuns run in the farm's namespace and three tenant
+//! namespaces, each loading its own client Secret; one tenant's namespace appears late
+//! (holding a CA rollover back until then), one leaves the overlay after five years (its
+//! Secret must never be written again). Every present tenant is checked against every pod.
+//!
+//! Three seeds run by default; thirty more are `#[ignore]`d: run them with
 //! `cargo test --release --test rotate_sim -- --ignored --nocapture` (see docs/rotate.md).
 
 use std::collections::{BTreeMap, HashMap};
@@ -111,8 +116,32 @@ struct Pod {
 }
 
 struct Client {
+    /// The tenant namespace it runs in.
+    namespace: String,
     ends: OffsetDateTime,
     loaded: Option<Loaded>,
+}
+
+const FARM: &str = "buildkit";
+const CLIENT_SECRET: &str = "buildkit-client-certs";
+
+/// The key of a client Secret in [`Sim::secrets`]: the name in the farm's namespace,
+/// `namespace/name` in a tenant's.
+fn client_key(namespace: &str) -> String {
+    if namespace == FARM {
+        CLIENT_SECRET.to_string()
+    } else {
+        format!("{namespace}/{CLIENT_SECRET}")
+    }
+}
+
+/// Tenants besides the farm: `team-a` from the start, `team-b` whose namespace appears
+/// late (after a CA rollover is due, so it holds one back), `team-c` removed mid-way.
+struct Tenants {
+    /// When team-b's namespace (with its Secret shell and Role) appears.
+    b_appears: OffsetDateTime,
+    /// When team-c leaves the overlay.
+    c_removed: OffsetDateTime,
 }
 
 #[derive(Default)]
@@ -138,6 +167,8 @@ struct Sim {
     writes: usize,
     dead: bool,
     cache: HashMap<(String, String), Option<Loaded>>,
+    /// The client namespaces the policy names: the farm's first.
+    namespaces: Vec<String>,
     observations: u32,
 }
 
@@ -202,7 +233,14 @@ impl Cluster for Sim {
         Ok(Snapshot {
             ca: get("buildkit-ca"),
             daemon: get("buildkit-daemon-certs"),
-            client: get("buildkit-client-certs"),
+            clients: self
+                .namespaces
+                .iter()
+                .map(|ns| state::RawClient {
+                    namespace: ns.clone(),
+                    secret: get(&client_key(ns)),
+                })
+                .collect(),
             workload: Some(RawWorkload {
                 generation: self.generation as i64,
                 observed_generation: self.generation as i64,
@@ -219,8 +257,21 @@ impl Cluster for Sim {
     }
 
     fn write_secret(&mut self, write: &SecretWrite) -> Result<(), ClusterError> {
-        self.fault(&write.name)?;
-        let current = self.secrets.get(&write.name).cloned().unwrap_or_default();
+        let key = if write.namespace == FARM {
+            write.name.clone()
+        } else {
+            format!("{}/{}", write.namespace, write.name)
+        };
+        self.fault(&key)?;
+        let current = self.secrets.get(&key).cloned().unwrap_or_default();
+        if write.namespace != FARM && !current.exists {
+            // kiln may only get and update in a tenant namespace.
+            return Err(ClusterError::Forbidden {
+                verb: "create",
+                what: key,
+                hint: "no create in a tenant namespace".into(),
+            });
+        }
         if current.exists && current.resource_version != write.resource_version {
             return Err(ClusterError::Conflict {
                 what: write.name.clone(),
@@ -234,7 +285,7 @@ impl Cluster for Sim {
             .collect();
         annotations.extend(write.annotations.clone());
         self.secrets.insert(
-            write.name.clone(),
+            key,
             RawSecret {
                 exists: true,
                 resource_version: Some(self.rv.to_string()),
@@ -300,6 +351,8 @@ struct Profile {
     max_outage_days: i64,
     /// The CronJob runs every this many hours.
     every_hours: u64,
+    /// Run with three tenants (see [`Tenants`]).
+    tenants: bool,
 }
 
 #[derive(Debug, Default)]
@@ -316,6 +369,14 @@ struct Outcome {
     observations: u32,
     /// Warnings that a rollover phase lasted over twice the delay (after outages).
     stalls: u32,
+    /// Trust checks of a TaskRun starting now, one per present tenant.
+    tenant_checks: u64,
+    /// The removed tenant's Secret stayed as it was.
+    removed_left_alone: bool,
+    /// The late tenant's Secret was filled.
+    tenant_b_filled: bool,
+    /// Runs whose rollover step waited for the late tenant's namespace.
+    held_by_tenant: u32,
 }
 
 fn simulate(seed: u64, profile: &Profile) -> Outcome {
@@ -327,10 +388,24 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
     overlay.certs.ca_validity = profile.ca_validity.parse().unwrap();
     overlay.certs.validity = profile.validity.parse().unwrap();
     overlay.rotation.propagation_delay = profile.propagation_delay.parse().unwrap();
-    let config = Config::from_overlay(&overlay, None, None).unwrap();
-    let names = overlay.certs.format.key_names();
-
     let start = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let tenants = profile.tenants.then(|| Tenants {
+        b_appears: start + Duration::days(365 * 7 / 2),
+        c_removed: start + Duration::days(365 * 5),
+    });
+    if tenants.is_some() {
+        overlay.tenants = ["team-a", "team-b", "team-c"]
+            .into_iter()
+            .map(|ns| kiln::overlay::Tenant {
+                namespace: ns.into(),
+                task: true,
+            })
+            .collect();
+    }
+    let mut config = Config::from_overlay(&overlay, None, None).unwrap();
+    let names = overlay.certs.format.key_names();
+    // A run writes the CA (and the tenant record), each client, the daemon, the restart.
+    let most_writes = 4 + config.tenants.len() as i64;
     let mut sim = Sim {
         secrets: BTreeMap::new(),
         rv: 0,
@@ -350,12 +425,13 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
         dead: false,
         cache: HashMap::new(),
         observations: 0,
+        namespaces: config.client_namespaces().map(str::to_string).collect(),
     };
-    // The rendered shells exist, empty, before the first run.
-    for name in ["buildkit-ca", "buildkit-daemon-certs", "buildkit-client-certs"] {
+    // The rendered shells exist, empty, before the first run (team-b's namespace not yet).
+    let shell = |sim: &mut Sim, key: String| {
         sim.rv += 1;
         sim.secrets.insert(
-            name.into(),
+            key,
             RawSecret {
                 exists: true,
                 resource_version: Some(sim.rv.to_string()),
@@ -364,7 +440,16 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
                 annotations: BTreeMap::from([("kiln.dev/generated-by".into(), "kiln".into())]),
             },
         );
+    };
+    for name in ["buildkit-ca", "buildkit-daemon-certs", CLIENT_SECRET] {
+        shell(&mut sim, name.into());
     }
+    if tenants.is_some() {
+        shell(&mut sim, client_key("team-a"));
+        shell(&mut sim, client_key("team-c"));
+    }
+    let mut team_b_here = tenants.is_none();
+    let mut team_c_left: Option<RawSecret> = None;
 
     let step = Duration::minutes(10);
     let end = start + Duration::days(365 * profile.years);
@@ -403,17 +488,41 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
                 stalled_until = t + Duration::hours(rng.range(1, 72));
             }
         }
-        // TaskRuns: most are short, a few run for more than a day.
+        // The tenants come and go.
+        if let Some(tenants) = &tenants {
+            if !team_b_here && t >= tenants.b_appears {
+                team_b_here = true;
+                shell(&mut sim, client_key("team-b"));
+            }
+            if team_c_left.is_none() && t >= tenants.c_removed {
+                overlay.tenants.retain(|tenant| tenant.namespace != "team-c");
+                config = Config::from_overlay(&overlay, None, None).unwrap();
+                sim.namespaces = config.client_namespaces().map(str::to_string).collect();
+                // The team has left: its TaskRuns are gone; its Secret must stay untouched.
+                sim.clients.retain(|c| c.namespace != "team-c");
+                team_c_left = Some(sim.secrets[&client_key("team-c")].clone());
+            }
+        }
+        // TaskRuns, in any tenant namespace whose Secret was filled: most are short, a few
+        // run for more than a day.
         sim.clients.retain(|c| c.ends > t);
         if rng.chance(0.25) {
-            let loaded = sim.load_secret("buildkit-client-certs");
+            let namespaces = sim.namespaces.clone();
+            let namespace = &namespaces[rng.range(0, namespaces.len() as i64 - 1) as usize];
+            let loaded = sim.load_secret(&client_key(namespace));
             let minutes = if rng.chance(0.05) {
                 rng.range(360, 40 * 60)
             } else {
                 rng.range(5, 360)
             };
             let ends = t + Duration::minutes(minutes);
-            sim.clients.push(Client { ends, loaded });
+            if loaded.is_some() || namespace == FARM {
+                sim.clients.push(Client {
+                    namespace: namespace.clone(),
+                    ends,
+                    loaded,
+                });
+            }
         }
 
         // The CronJob: at 03:10 (then every `every_hours`), plus a retry an hour after a failed run.
@@ -435,13 +544,13 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
                 sim.dead = false;
                 // Most runs write nothing, so faults are frequent to hit the runs that do.
                 if rng.chance(0.35) {
-                    sim.faults.crash_at = Some(rng.range(0, 4) as usize);
+                    sim.faults.crash_at = Some(rng.range(0, most_writes) as usize);
                 }
                 if rng.chance(0.15) {
-                    sim.faults.error_at = Some(rng.range(0, 4) as usize);
+                    sim.faults.error_at = Some(rng.range(0, most_writes) as usize);
                 }
                 if rng.chance(0.30) {
-                    sim.faults.conflict_at = Some(rng.range(0, 3) as usize);
+                    sim.faults.conflict_at = Some(rng.range(0, most_writes - 1) as usize);
                 }
                 let result = kiln::rotate::run(
                     &mut sim,
@@ -454,11 +563,20 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
                 match result {
                     Ok(report) => {
                         out.conflicts += report.conflicts;
+                        if report
+                            .waiting
+                            .as_deref()
+                            .is_some_and(|w| w.starts_with("waiting for tenant namespace team-b"))
+                        {
+                            out.held_by_tenant += 1;
+                        }
                         // A rollover phase may outlast twice the delay when the CronJob
                         // or a rollout stalled for days (injected); nothing else may warn.
+                        // team-b is warned about until its namespace appears.
                         let (stalls, others): (Vec<&String>, Vec<&String>) = report
                             .warnings
                             .iter()
+                            .filter(|w| team_b_here || !w.starts_with("tenant team-b: "))
                             .partition(|w| w.starts_with("the CA rollover has been in phase"));
                         out.stalls += stalls.len() as u32;
                         assert!(
@@ -511,12 +629,21 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
         }
 
         // The invariant, every hour once the first run has filled the Secrets.
+        // Every present tenant: a TaskRun starting now, once its Secret was filled.
         if bootstrapped && tick.is_multiple_of(6) {
-            let fresh = Client {
-                ends: t,
-                loaded: sim.load_secret("buildkit-client-certs"),
-            };
-            for (ci, client) in sim.clients.iter().chain(std::iter::once(&fresh)).enumerate() {
+            let mut fresh = Vec::new();
+            for namespace in sim.namespaces.clone() {
+                let loaded = sim.load_secret(&client_key(&namespace));
+                if loaded.is_some() || namespace == FARM {
+                    fresh.push(Client {
+                        namespace,
+                        ends: t,
+                        loaded,
+                    });
+                }
+            }
+            out.tenant_checks += fresh.len() as u64;
+            for (ci, client) in sim.clients.iter().chain(&fresh).enumerate() {
                 for (pi, pod) in sim.pods.iter().enumerate() {
                     out.checks += 1;
                     let Some(c) = &client.loaded else {
@@ -532,8 +659,8 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
                         .and_then(|()| accepts(d, c, t).map_err(|e| format!("daemon rejects client: {e}")));
                     if let Err(e) = verdict {
                         panic!(
-                            "seed {seed} {}: invariant broken at {t} (client {ci}, pod {pi}): {e}",
-                            profile.name
+                            "seed {seed} {}: invariant broken at {t} (client {ci} in {}, pod {pi}): {e}",
+                            profile.name, client.namespace
                         );
                     }
                 }
@@ -543,6 +670,17 @@ fn simulate(seed: u64, profile: &Profile) -> Outcome {
         tick += 1;
     }
     out.observations = sim.observations;
+    if let Some(left) = team_c_left {
+        assert_eq!(
+            sim.secrets[&client_key("team-c")],
+            left,
+            "seed {seed}: the removed tenant's Secret was written"
+        );
+        out.removed_left_alone = true;
+    }
+    if tenants.is_some() {
+        out.tenant_b_filled = sim.load_secret(&client_key("team-b")).is_some();
+    }
     out
 }
 
@@ -568,6 +706,7 @@ const DEFAULTS: Profile = Profile {
     years: 10,
     max_outage_days: 14,
     every_hours: 24,
+    tenants: false,
 };
 
 const SHORT_CA: Profile = Profile {
@@ -578,6 +717,7 @@ const SHORT_CA: Profile = Profile {
     years: 10,
     max_outage_days: 7,
     every_hours: 6,
+    tenants: false,
 };
 
 #[test]
@@ -593,6 +733,28 @@ fn ten_years_with_default_lifetimes() {
     );
 }
 
+const TENANTS: Profile = Profile {
+    name: "tenants",
+    tenants: true,
+    ..DEFAULTS
+};
+
+/// Three tenants: one from the start, one whose namespace appears while a CA rollover is
+/// due (it holds the rollover's second step back until then), one removed after 5 years.
+#[test]
+fn ten_years_with_tenants() {
+    let out = simulate(23, &TENANTS);
+    eprintln!("seed 23 tenants: {out:?}");
+    assert!(out.rollovers >= 2, "{out:?}");
+    assert!(out.leaf_renewals >= 50, "{out:?}");
+    assert!(out.removed_left_alone && out.tenant_b_filled, "{out:?}");
+    assert!(
+        out.held_by_tenant > 0,
+        "the late tenant never held a rollover back: {out:?}"
+    );
+    assert!(out.failed_runs > 0 && out.conflicts > 0, "{out:?}");
+}
+
 #[test]
 fn ten_years_of_frequent_ca_rollovers() {
     let out = simulate(11, &SHORT_CA);
@@ -600,12 +762,13 @@ fn ten_years_of_frequent_ca_rollovers() {
     assert!(out.rollovers >= 15, "{out:?}");
 }
 
-/// About two minutes in a release build: `cargo test --release --test rotate_sim -- --ignored`.
+/// About 3.5 minutes in a release build: `cargo test --release --test rotate_sim -- --ignored`.
 #[test]
-#[ignore = "long: 20 more ten-year simulations; run with --ignored (docs/rotate.md)"]
+#[ignore = "long: 30 more ten-year simulations; run with --ignored (docs/rotate.md)"]
 fn twenty_more_seeds() {
     for seed in 100..110 {
         check(seed, &DEFAULTS);
         check(seed, &SHORT_CA);
+        check(seed, &TENANTS);
     }
 }

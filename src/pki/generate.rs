@@ -175,7 +175,8 @@ pub fn generate(settings: &Settings, now: OffsetDateTime) -> Result<Generated, G
         )
     };
     let daemon = leaf(LeafKind::Daemon, &settings.service, sans).map_err(issue)?;
-    let client = leaf(LeafKind::Client, "buildkit-client", Vec::new()).map_err(issue)?;
+    let client_name = super::client_common_name(&settings.namespace);
+    let client = leaf(LeafKind::Client, &client_name, Vec::new()).map_err(issue)?;
 
     let (ca_name, cert_name, key_name) = settings.format.key_names();
     let mut files = vec![File {

@@ -532,6 +532,12 @@ pub fn ca_common_name(namespace: &str, serial: Serial) -> String {
     format!("kiln buildkit CA {namespace} {id}")
 }
 
+/// The CN of a client certificate for tenant namespace `namespace` (the farm's own
+/// included): `kiln-client:<namespace>`, so buildkitd's logs tell the teams apart.
+pub fn client_common_name(namespace: &str) -> String {
+    format!("kiln-client:{namespace}")
+}
+
 /// What to put in a new CA certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaRequest {

@@ -93,12 +93,9 @@ pub fn role(meta: &Meta) -> Role {
         rules.push(rule("discovery.k8s.io", "endpointslices", None, &["list"]));
         note.push_str(ENDPOINTSLICES_NOTE);
     }
-    rules.extend([
-        // core/v1 Events: kiln rotate posts these until it moves to kube's event Recorder.
-        rule("", "events", None, &["create"]),
-        // kube's event Recorder: create, and patch for a repeat within one run.
-        rule("events.k8s.io", "events", None, &["create", "patch"]),
-    ]);
+    // kube's event Recorder (events.k8s.io/v1, the only Events kiln rotate writes): create,
+    // and patch for a repeat within one run.
+    rules.push(rule("events.k8s.io", "events", None, &["create", "patch"]));
     let mut metadata = meta.object(ROTATE, Component::Rotation, Wave::Setup);
     meta::annotate(&mut metadata, &[(RBAC_NOTE_ANNOTATION, &note)]);
     Role {
@@ -366,10 +363,7 @@ mod tests {
             instance: "prod",
         };
         let secrets = s(&["buildkit-ca", "buildkit-daemon-certs", "buildkit-client-certs"]);
-        let events = [
-            (s(&[""]), s(&["create"])),
-            (s(&["events.k8s.io"]), s(&["create", "patch"])),
-        ];
+        let events = [(s(&["events.k8s.io"]), s(&["create", "patch"]))];
         let expected = |workload: &str| {
             let mut rules = vec![
                 (

@@ -39,11 +39,14 @@ pub enum SecretRole {
 pub struct SecretWrite {
     /// Which Secret.
     pub role: SecretRole,
+    /// Its namespace (a tenant's, for a tenant's client Secret).
+    pub namespace: String,
     /// Its name.
     pub name: String,
     /// The resourceVersion read; None means the Secret does not exist and is created.
     pub resource_version: Option<String>,
-    /// The Secret type for a created Secret.
+    /// The Secret type: the live Secret's (a Secret's type is immutable), `Opaque` (the
+    /// rendered shells' type) for a Secret that is created.
     pub secret_type: String,
     /// The whole new `data`.
     pub data: BTreeMap<String, Vec<u8>>,
@@ -61,6 +64,7 @@ pub struct SecretWrite {
 impl fmt::Debug for SecretWrite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretWrite")
+            .field("namespace", &self.namespace)
             .field("name", &self.name)
             .field("resource_version", &self.resource_version)
             .field("keys", &self.data.keys().collect::<Vec<_>>())
@@ -375,6 +379,12 @@ pub fn materialize(
                         state::CA_SECRET_KEYS_ANNOTATION.to_string(),
                     ),
                 ]);
+                // The tenant record stays as it is unless this run's RecordTenants changes it.
+                for key in [state::ANN_TENANTS, state::ANN_REMOVED_TENANTS] {
+                    if let Some(value) = snapshot.ca.annotations.get(key) {
+                        annotations.insert(key.to_string(), value.clone());
+                    }
+                }
                 // The report names the CA this write brings in: the next CA when one is
                 // introduced, else the signing CA.
                 let mut reported = (signing.serial.clone(), signing.not_after);
@@ -410,6 +420,7 @@ pub fn materialize(
                 let (serial, not_after) = reported;
                 writes.push(Write::Secret(SecretWrite {
                     role: SecretRole::Ca,
+                    namespace: config.namespace.clone(),
                     name: config.ca_secret.clone(),
                     resource_version: snapshot
                         .ca
@@ -424,8 +435,12 @@ pub fn materialize(
                     not_after,
                 }));
             }
+            Action::RecordTenants { tenants, removed } => {
+                record_tenants(&mut writes, snapshot, config, tenants, removed)?;
+            }
             Action::WriteLeaf {
                 kind,
+                namespace,
                 bundle,
                 cert,
                 reason,
@@ -437,12 +452,16 @@ pub fn materialize(
                         &snapshot.daemon,
                         &state.daemon,
                     ),
-                    LeafKind::Client => (
-                        SecretRole::Client,
-                        &config.client_secret,
-                        &snapshot.client,
-                        &state.client,
-                    ),
+                    LeafKind::Client => {
+                        let raw = snapshot.clients.iter().find(|c| &c.namespace == namespace);
+                        let slot = state.clients.iter().find(|c| &c.namespace == namespace);
+                        let (Some(raw), Some(slot)) = (raw, slot) else {
+                            return Err(RotateError::Plan(format!(
+                                "a write to the client Secret of {namespace}, which was not read"
+                            )));
+                        };
+                        (SecretRole::Client, &config.client_secret, &raw.secret, &slot.slot)
+                    }
                 };
                 let mut bundle_pem = String::new();
                 let mut bundle_fps = Vec::new();
@@ -483,7 +502,8 @@ pub fn materialize(
                         let serial = Serial::random().map_err(issue_error(&what))?;
                         let (common_name, sans) = match kind {
                             LeafKind::Daemon => (config.workload_name.clone(), config.daemon_sans.clone()),
-                            LeafKind::Client => ("buildkit-client".to_string(), Vec::new()),
+                            // Tells the teams apart in buildkitd's logs.
+                            LeafKind::Client => (pki::client_common_name(namespace), Vec::new()),
                         };
                         let issued = pki::issue_leaf(
                             &signer_issued,
@@ -531,9 +551,10 @@ pub fn materialize(
                 ]);
                 writes.push(Write::Secret(SecretWrite {
                     role,
+                    namespace: namespace.clone(),
                     name: name.clone(),
                     resource_version: raw.exists.then(|| raw.resource_version.clone()).flatten(),
-                    secret_type: config.format.secret_type().to_string(),
+                    secret_type: live_type(raw),
                     data,
                     annotations,
                     reason: reason.clone(),
@@ -556,17 +577,93 @@ pub fn materialize(
     Ok((writes, warnings))
 }
 
+/// The type a write keeps: the live Secret's (immutable in Kubernetes), else `Opaque`,
+/// the type of the rendered shells.
+fn live_type(raw: &state::RawSecret) -> String {
+    raw.secret_type
+        .clone()
+        .filter(|t| raw.exists && !t.is_empty())
+        .unwrap_or_else(|| "Opaque".into())
+}
+
+/// Put the tenant record on the CA Secret: into this run's CA write when there is one,
+/// else as a write of its own that changes nothing but the record.
+fn record_tenants(
+    writes: &mut Vec<Write>,
+    snapshot: &Snapshot,
+    config: &Config,
+    tenants: &BTreeMap<String, OffsetDateTime>,
+    removed: &BTreeMap<String, OffsetDateTime>,
+) -> Result<(), RotateError> {
+    let set = |annotations: &mut BTreeMap<String, String>| {
+        for (key, list) in [
+            (state::ANN_TENANTS, tenants),
+            (state::ANN_REMOVED_TENANTS, removed),
+        ] {
+            if list.is_empty() {
+                annotations.remove(key);
+            } else {
+                annotations.insert(key.to_string(), state::format_tenant_list(list));
+            }
+        }
+    };
+    if let Some(Write::Secret(ca)) = writes
+        .iter_mut()
+        .find(|w| matches!(w, Write::Secret(s) if s.role == SecretRole::Ca))
+    {
+        set(&mut ca.annotations);
+        return Ok(());
+    }
+    let raw = &snapshot.ca;
+    if !raw.exists || raw.data.is_empty() {
+        return Err(RotateError::Plan("a tenant record without a CA Secret".into()));
+    }
+    // Every kiln annotation as it stands (a write replaces them all), the record changed.
+    let mut annotations: BTreeMap<String, String> = raw
+        .annotations
+        .iter()
+        .filter(|(k, _)| state::SECRET_ANNOTATIONS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    set(&mut annotations);
+    let not_after = raw
+        .annotations
+        .get(state::ANN_NOT_AFTER)
+        .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    writes.push(Write::Secret(SecretWrite {
+        role: SecretRole::Ca,
+        namespace: config.namespace.clone(),
+        name: config.ca_secret.clone(),
+        resource_version: raw.resource_version.clone(),
+        secret_type: live_type(raw),
+        data: raw.data.clone(),
+        annotations,
+        reason: "record the tenant namespaces".into(),
+        serial: raw
+            .annotations
+            .get(state::ANN_SERIAL)
+            .cloned()
+            .unwrap_or_default(),
+        not_after,
+    }));
+    Ok(())
+}
+
 fn describe(action: &Action, config: &Config) -> Option<Change> {
     let (object, reason) = match action {
         Action::IssueCa { .. } | Action::Warn { .. } => return None,
         Action::WriteCa { reason, .. } => (format!("Secret/{}", config.ca_secret), reason.clone()),
-        Action::WriteLeaf { kind, reason, .. } => {
-            let name = match kind {
-                LeafKind::Daemon => &config.daemon_secret,
-                LeafKind::Client => &config.client_secret,
-            };
-            (format!("Secret/{name}"), reason.clone())
-        }
+        Action::RecordTenants { .. } => (
+            format!("Secret/{}", config.ca_secret),
+            "record the tenant namespaces".into(),
+        ),
+        Action::WriteLeaf {
+            kind,
+            namespace,
+            reason,
+            ..
+        } => (secret_object(config, *kind, namespace), reason.clone()),
         Action::Restart { reason } => (workload_object(config), reason.clone()),
     };
     Some(Change {
@@ -575,6 +672,19 @@ fn describe(action: &Action, config: &Config) -> Option<Change> {
         serial: None,
         not_after: None,
     })
+}
+
+/// `Secret/<name>` in the farm's namespace, `Secret/<namespace>/<name>` in a tenant's.
+fn secret_object(config: &Config, kind: LeafKind, namespace: &str) -> String {
+    let name = match kind {
+        LeafKind::Daemon => &config.daemon_secret,
+        LeafKind::Client => &config.client_secret,
+    };
+    if namespace == config.namespace {
+        format!("Secret/{name}")
+    } else {
+        format!("Secret/{namespace}/{name}")
+    }
 }
 
 fn workload_object(config: &Config) -> String {
@@ -617,7 +727,7 @@ pub fn probe(
     let Some(ca) = state.ca.ok() else {
         return Ok(None);
     };
-    let issuer = match (&ca.other, state.client.ok()) {
+    let issuer = match (&ca.other, state.farm_client().ok()) {
         (Some(OtherCa::Next(next)), _) => next,
         (_, Some(client)) if client.info.not_after > now => {
             return Ok(client.issuer.clone().map(|issuer| {
@@ -817,7 +927,20 @@ fn apply_writes(
         match write {
             Write::Secret(secret) => {
                 cluster.write_secret(&secret)?;
+                let object = if secret.namespace == config.namespace {
+                    format!("Secret/{}", secret.name)
+                } else {
+                    format!("Secret/{}/{}", secret.namespace, secret.name)
+                };
+                // Events stay in the farm's namespace, where kiln may write them: a
+                // tenant's write is recorded on the CA Secret, naming the tenant's Secret.
+                let (event_name, message) = if secret.namespace == config.namespace {
+                    (secret.name.clone(), secret.reason.clone())
+                } else {
+                    (config.ca_secret.clone(), format!("{object}: {}", secret.reason))
+                };
                 tracing::info!(
+                    namespace = %secret.namespace,
                     secret = %secret.name,
                     serial = %secret.serial,
                     not_after = %crate::pki::rfc3339(secret.not_after),
@@ -828,14 +951,14 @@ fn apply_writes(
                     cluster,
                     EventRecord {
                         kind: "Secret",
-                        name: secret.name.clone(),
+                        name: event_name,
                         reason: "CertificatesRotated",
-                        message: secret.reason.clone(),
+                        message,
                         warning: false,
                     },
                 );
                 report.changes.push(Change {
-                    object: format!("Secret/{}", secret.name),
+                    object,
                     reason: secret.reason,
                     serial: Some(secret.serial),
                     not_after: Some(secret.not_after),

@@ -54,8 +54,8 @@ pub struct KubeCluster {
     client: kube::Client,
     namespace: String,
     config: Config,
-    /// The Secrets as last read, for read-modify-write.
-    read: BTreeMap<String, Secret>,
+    /// The Secrets as last read, by namespace and name, for read-modify-write.
+    read: BTreeMap<(String, String), Secret>,
     /// The uid of each object read, for Event references.
     uids: BTreeMap<String, String>,
     /// The StatefulSet's `spec.replicas` and `spec.serviceName` as last read.
@@ -215,12 +215,12 @@ impl KubeCluster {
         }
     }
 
-    fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.client.clone(), &self.namespace)
+    fn secrets(&self, namespace: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), namespace)
     }
 
-    fn what_secret(&self, name: &str) -> String {
-        format!("Secret {}/{name}", self.namespace)
+    fn what_secret(namespace: &str, name: &str) -> String {
+        format!("Secret {namespace}/{name}")
     }
 
     fn what_workload(&self) -> String {
@@ -231,22 +231,34 @@ impl KubeCluster {
         format!("{kind} {}/{}", self.namespace, self.config.workload_name)
     }
 
-    fn read_secret(&mut self, name: &str) -> Result<RawSecret, ClusterError> {
-        let what = self.what_secret(name);
-        let api = self.secrets();
-        let secret = self.runtime.block_on(api.get_opt(name)).map_err(|e| {
-            map_error(
-                e,
-                "read",
-                &what,
-                &format!("the kiln-rotate Role must allow get on secrets/{name}"),
-            )
-        })?;
+    /// One Secret. In a tenant namespace a 403 reads as "not there" like a 404: the
+    /// namespace and its Role (rendered with the tenant) do not exist yet.
+    fn read_secret(&mut self, namespace: &str, name: &str) -> Result<RawSecret, ClusterError> {
+        let what = Self::what_secret(namespace, name);
+        let api = self.secrets(namespace);
+        let key = (namespace.to_string(), name.to_string());
+        let secret = match self.runtime.block_on(api.get_opt(name)) {
+            Ok(found) => found,
+            Err(kube::Error::Api(status)) if status.code == 403 && namespace != self.namespace => None,
+            Err(e) => {
+                let hint = if namespace == self.namespace {
+                    format!("the kiln-rotate Role must allow get on secrets/{name}")
+                } else {
+                    format!(
+                        "the Role {} in namespace {namespace} must allow get on secrets/{name}",
+                        tenant_role(&self.namespace)
+                    )
+                };
+                return Err(map_error(e, "read", &what, &hint));
+            }
+        };
         let Some(secret) = secret else {
-            self.read.remove(name);
+            self.read.remove(&key);
             return Ok(RawSecret::default());
         };
-        if let Some(uid) = &secret.metadata.uid {
+        if namespace == self.namespace
+            && let Some(uid) = &secret.metadata.uid
+        {
             self.uids.insert(format!("Secret/{name}"), uid.clone());
         }
         let raw = RawSecret {
@@ -262,7 +274,7 @@ impl KubeCluster {
                 .collect(),
             annotations: secret.metadata.annotations.clone().unwrap_or_default(),
         };
-        self.read.insert(name.to_string(), secret);
+        self.read.insert(key, secret);
         Ok(raw)
     }
 
@@ -462,6 +474,12 @@ fn mounted_items(template: &PodTemplateSpec, secret: &str) -> Option<Vec<String>
     Some(items.iter().map(|i| i.key.clone()).collect())
 }
 
+/// The Role (and RoleBinding) in a tenant namespace that lets the farm's rotate
+/// ServiceAccount get and update the tenant's client Secret (rendered by `kiln render`).
+fn tenant_role(farm_namespace: &str) -> String {
+    format!("kiln-rotate-{farm_namespace}")
+}
+
 fn capped_note(message: &str) -> String {
     if message.len() <= NOTE_LIMIT {
         return message.to_string();
@@ -494,12 +512,18 @@ fn byte_data(data: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, ByteString> {
 
 impl Cluster for KubeCluster {
     fn read(&mut self) -> Result<Snapshot, ClusterError> {
+        let ns = self.namespace.clone();
         let ca_name = self.config.ca_secret.clone();
         let daemon_name = self.config.daemon_secret.clone();
         let client_name = self.config.client_secret.clone();
-        let ca = self.read_secret(&ca_name)?;
-        let daemon = self.read_secret(&daemon_name)?;
-        let client = self.read_secret(&client_name)?;
+        let ca = self.read_secret(&ns, &ca_name)?;
+        let daemon = self.read_secret(&ns, &daemon_name)?;
+        let namespaces: Vec<String> = self.config.client_namespaces().map(str::to_string).collect();
+        let mut clients = Vec::with_capacity(namespaces.len());
+        for namespace in namespaces {
+            let secret = self.read_secret(&namespace, &client_name)?;
+            clients.push(state::RawClient { namespace, secret });
+        }
         let workload = self.read_workload()?;
         let other_workload = if workload.is_none() {
             self.read_other_workload()
@@ -509,20 +533,22 @@ impl Cluster for KubeCluster {
         Ok(Snapshot {
             ca,
             daemon,
-            client,
+            clients,
             workload,
             other_workload,
         })
     }
 
     fn write_secret(&mut self, write: &SecretWrite) -> Result<(), ClusterError> {
-        let what = self.what_secret(&write.name);
-        let api = self.secrets();
+        let what = Self::what_secret(&write.namespace, &write.name);
+        let api = self.secrets(&write.namespace);
+        let key = (write.namespace.clone(), write.name.clone());
+        let tenant = write.namespace != self.namespace;
         let params = PostParams {
             dry_run: false,
             field_manager: Some(FIELD_MANAGER.into()),
         };
-        match (&write.resource_version, self.read.get(&write.name)) {
+        match (&write.resource_version, self.read.get(&key)) {
             (Some(resource_version), Some(existing)) => {
                 let mut secret = existing.clone();
                 secret.metadata.resource_version = Some(resource_version.clone());
@@ -532,11 +558,18 @@ impl Cluster for KubeCluster {
                 ));
                 secret.data = Some(byte_data(&write.data));
                 secret.string_data = None;
-                // The type is immutable; a shell rendered with a type keeps it.
-                if secret.type_.is_none() {
-                    secret.type_ = Some(write.secret_type.clone());
-                }
-                let hint = format!("the kiln-rotate Role must allow update on secrets/{}", write.name);
+                // The type is immutable: the write carries the live one.
+                secret.type_ = Some(write.secret_type.clone());
+                let hint = if tenant {
+                    format!(
+                        "the Role {} in namespace {} must allow update on secrets/{}",
+                        tenant_role(&self.namespace),
+                        write.namespace,
+                        write.name
+                    )
+                } else {
+                    format!("the kiln-rotate Role must allow update on secrets/{}", write.name)
+                };
                 let written = self
                     .runtime
                     .block_on(api.replace(&write.name, &params, &secret))
@@ -545,7 +578,15 @@ impl Cluster for KubeCluster {
                         ClusterError::NotFound { .. } => ClusterError::Conflict { what: what.clone() },
                         err => err,
                     })?;
-                self.read.insert(write.name.clone(), written);
+                self.read.insert(key, written);
+            }
+            _ if tenant => {
+                // Never reached through the planner, which leaves absent tenants alone.
+                return Err(other(
+                    "create",
+                    &what,
+                    "kiln does not create a tenant's Secret; apply the rendered Secret shell",
+                ));
             }
             _ => {
                 let secret = Secret {
@@ -571,7 +612,7 @@ impl Cluster for KubeCluster {
                     .runtime
                     .block_on(api.create(&params, &secret))
                     .map_err(|e| map_error(e, "create", &what, &hint))?;
-                self.read.insert(write.name.clone(), written);
+                self.read.insert(key, written);
             }
         }
         Ok(())

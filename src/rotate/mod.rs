@@ -79,8 +79,10 @@ pub struct Config {
     pub ca_secret: String,
     /// The daemon Secret name.
     pub daemon_secret: String,
-    /// The client Secret name.
+    /// The client Secret name (the same in every tenant namespace).
     pub client_secret: String,
+    /// The tenant namespaces besides the farm's own, in the overlay's order.
+    pub tenants: Vec<String>,
     /// Deployment or StatefulSet.
     pub workload: Workload,
     /// The workload (and Service) name.
@@ -149,11 +151,18 @@ impl Config {
             daemon_sans: daemon_sans.iter().map(ToString::to_string).collect(),
             force,
         };
+        let tenants = overlay
+            .tenants
+            .iter()
+            .map(|t| t.namespace.clone())
+            .filter(|ns| *ns != namespace)
+            .collect();
         Ok(Self {
             namespace,
             ca_secret: certs.secrets.ca.clone(),
             daemon_secret: certs.secrets.daemon.clone(),
             client_secret: certs.secrets.client.clone(),
+            tenants,
             workload: overlay.buildkit.workload,
             workload_name: service.clone(),
             format: certs.format,
@@ -162,6 +171,11 @@ impl Config {
             policy,
             port: overlay.buildkit.port,
         })
+    }
+
+    /// Every namespace with a client Secret: the farm's first, then the tenants.
+    pub fn client_namespaces(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.namespace.as_str()).chain(self.tenants.iter().map(String::as_str))
     }
 
     /// `deployment` or `statefulset`.

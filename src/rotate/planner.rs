@@ -35,7 +35,9 @@ use time::OffsetDateTime;
 use crate::overlay::RestartStrategy;
 use crate::pki::LeafKind;
 
-use super::state::{CaSecret, Leaf, OtherCa, Phase, Slot, State};
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::state::{CaSecret, Client, Leaf, OtherCa, Phase, Slot, State};
 
 /// How far `not_before` of new certificates is set back, so a node whose clock runs
 /// behind (clock skew of minutes) still accepts them.
@@ -139,10 +141,12 @@ pub enum Action {
         /// Why.
         reason: String,
     },
-    /// Write the daemon or client Secret.
+    /// Write the daemon Secret or a tenant's client Secret.
     WriteLeaf {
         /// Which Secret.
         kind: LeafKind,
+        /// The Secret's namespace: the farm's for the daemon, the tenant's for a client.
+        namespace: String,
         /// The trust bundle, oldest CA first.
         bundle: Vec<CaRef>,
         /// The certificate.
@@ -154,6 +158,15 @@ pub enum Action {
     Restart {
         /// Why.
         reason: String,
+    },
+    /// Remember the tenants in the CA Secret (see [`super::state::ANN_TENANTS`]), so a
+    /// tenant dropped from the overlay is still named in `kiln status`. Runs with the CA
+    /// write, or as the first write when the CA does not change.
+    RecordTenants {
+        /// The tenants and the expiry of their certificates after this run.
+        tenants: std::collections::BTreeMap<String, OffsetDateTime>,
+        /// The removed tenants whose certificates are still valid.
+        removed: std::collections::BTreeMap<String, OffsetDateTime>,
     },
     /// Something an operator must hear about.
     Warn {
@@ -246,21 +259,57 @@ fn role_name(kind: LeafKind) -> &'static str {
     }
 }
 
+/// How messages name a leaf Secret: `daemon`, `client` (the farm's) or `tenant team-a client`.
+fn leaf_label(kind: LeafKind, client: Option<&Client>) -> String {
+    match client {
+        Some(client) if !client.farm => format!("tenant {} client", client.namespace),
+        _ => role_name(kind).to_string(),
+    }
+}
+
+/// The leaf Secrets a step needs, in write order: every tenant's client Secret (the
+/// farm's first), then the daemon's. Tenants that are not there yet are left out.
+fn leaves(state: &State) -> impl Iterator<Item = (&Slot<Leaf>, LeafKind, Option<&Client>)> {
+    state
+        .clients
+        .iter()
+        .filter(|c| !c.absent())
+        .map(|c| (&c.slot, LeafKind::Client, Some(c)))
+        .chain(std::iter::once((&state.daemon, LeafKind::Daemon, None)))
+}
+
+/// The farm's namespace: that of the first client Secret.
+fn state_namespace(state: &State) -> &str {
+    state.clients.first().map_or("", |c| c.namespace.as_str())
+}
+
+/// The tenants whose namespace (or Secret, or Role) is not there yet.
+fn absent_tenants(state: &State) -> Vec<&str> {
+    state
+        .clients
+        .iter()
+        .filter(|c| c.absent())
+        .map(|c| c.namespace.as_str())
+        .collect()
+}
+
 /// Decide what to do with one leaf Secret. Returns the action and, for repairs, a warning.
 fn leaf_action(
     slot: &Slot<Leaf>,
     kind: LeafKind,
+    namespace: &str,
+    name: &str,
     target: &Target,
     now: OffsetDateTime,
     policy: &Policy,
 ) -> (Option<Action>, Option<String>) {
-    let name = role_name(kind);
     let not_before = now.saturating_sub(BACKDATE).max(target.signing_not_before);
     let not_after = now
         .saturating_add(policy.leaf_validity)
         .min(target.signing_not_after);
     let issue = |reason: String| Action::WriteLeaf {
         kind,
+        namespace: namespace.to_string(),
         bundle: target.bundle_refs(),
         cert: LeafCert::Issue {
             signer: target.signing.clone(),
@@ -271,6 +320,7 @@ fn leaf_action(
     };
     let keep = |reason: String| Action::WriteLeaf {
         kind,
+        namespace: namespace.to_string(),
         bundle: target.bundle_refs(),
         cert: LeafCert::Keep,
         reason,
@@ -364,11 +414,10 @@ fn leaf_action(
 /// Leaf and restart actions that bring the Secrets to `target`.
 fn converge(state: &State, target: &Target, now: OffsetDateTime, policy: &Policy, out: &mut Vec<Action>) {
     let mut daemon_written = false;
-    for (slot, kind) in [
-        (&state.client, LeafKind::Client),
-        (&state.daemon, LeafKind::Daemon),
-    ] {
-        let (action, warning) = leaf_action(slot, kind, target, now, policy);
+    for (slot, kind, client) in leaves(state) {
+        let namespace = client.map_or(state_namespace(state), |c| c.namespace.as_str());
+        let name = leaf_label(kind, client);
+        let (action, warning) = leaf_action(slot, kind, namespace, &name, target, now, policy);
         if let Some(message) = warning {
             out.push(warn(message));
         }
@@ -470,9 +519,24 @@ pub fn replicas_settled(state: &State, ca: &CaSecret, daemon: &Leaf) -> Result<(
 /// is over, every replica serves what the phase expects, and the propagation delay has
 /// passed since the last leaf write.
 fn step_settled(state: &State, ca: &CaSecret, now: OffsetDateTime, policy: &Policy) -> Result<(), String> {
-    let (Slot::Ok(daemon), Slot::Ok(client)) = (&state.daemon, &state.client) else {
+    if let Some(tenant) = absent_tenants(state).first() {
+        return Err(format!(
+            "waiting for tenant namespace {tenant} to exist before the CA rollover can go on (its clients would lose trust)"
+        ));
+    }
+    let Slot::Ok(daemon) = &state.daemon else {
         return Err("the leaf Secrets are not complete".into());
     };
+    let mut last_write = daemon.updated_at;
+    for (slot, _, _) in leaves(state) {
+        let Slot::Ok(leaf) = slot else {
+            return Err("the leaf Secrets are not complete".into());
+        };
+        last_write = match (last_write, leaf.updated_at) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
     if policy.restart == RestartStrategy::Rollout {
         let Some(workload) = &state.workload else {
             return Err("the buildkitd workload does not exist".into());
@@ -484,9 +548,8 @@ fn step_settled(state: &State, ca: &CaSecret, now: OffsetDateTime, policy: &Poli
             return Err("the buildkitd rollout is not complete".into());
         }
     }
-    let last_write = match (daemon.updated_at, client.updated_at) {
-        (Some(d), Some(c)) => d.max(c),
-        _ => return Err("the leaf Secrets have no kiln.dev/updated-at".into()),
+    let Some(last_write) = last_write else {
+        return Err("the leaf Secrets have no kiln.dev/updated-at".into());
     };
     let ready_at = last_write.saturating_add(policy.propagation_delay);
     if now < ready_at {
@@ -539,11 +602,8 @@ fn rollover_due(ca: &CaSecret, now: OffsetDateTime, policy: &Policy) -> Option<S
 /// Can the leaves be carried to a new CA without the signing CA's key? They must be
 /// valid and signed by a CA every bundle will keep trusting. Err says why not.
 fn keyless_viable(state: &State, target: &Target, now: OffsetDateTime) -> Result<(), String> {
-    for (slot, kind) in [
-        (&state.client, LeafKind::Client),
-        (&state.daemon, LeafKind::Daemon),
-    ] {
-        let name = role_name(kind);
+    for (slot, kind, client) in leaves(state) {
+        let name = leaf_label(kind, client);
         let leaf = match slot {
             Slot::Ok(leaf) => leaf,
             Slot::Missing | Slot::Empty => return Err(format!("the {name} Secret is empty")),
@@ -571,6 +631,77 @@ const START_OVER: &str = "starting over with a new CA: clients and daemons do no
 
 /// Plan one run. Pure: the same state, time and policy give the same actions.
 pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> {
+    let mut out: Vec<Action> = absent_tenants(state)
+        .into_iter()
+        .map(|tenant| {
+            warn(format!(
+                "tenant {tenant}: its client Secret cannot be read (the namespace, the Secret or the Role kiln-rotate-{} there does not exist yet); it is filled once they exist, and a CA rollover step waits for it",
+                state_namespace(state)
+            ))
+        })
+        .collect();
+    out.extend(plan_steps(state, now, policy));
+    if let Some(record) = record_tenants(state, &out, now) {
+        // With the CA write when there is one, else before the first write: the record
+        // names the expiry a tenant will have before its Secret gets it, so a crash in
+        // between overstates the exposure of a removed tenant, never understates it.
+        let at = out
+            .iter()
+            .rposition(|a| matches!(a, Action::WriteCa { .. }))
+            .map(|i| i + 1)
+            .or_else(|| {
+                out.iter()
+                    .position(|a| matches!(a, Action::WriteLeaf { .. } | Action::Restart { .. }))
+            })
+            .unwrap_or(out.len());
+        out.insert(at, record);
+    }
+    out
+}
+
+/// The [`Action::RecordTenants`] this run needs, when the record in the CA Secret differs
+/// from what the run leaves behind.
+fn record_tenants(state: &State, actions: &[Action], now: OffsetDateTime) -> Option<Action> {
+    let writes_ca = actions.iter().any(|a| matches!(a, Action::WriteCa { .. }));
+    if state.ca.ok().is_none() && !writes_ca {
+        return None;
+    }
+    let planned = |namespace: &str| {
+        actions.iter().find_map(|a| match a {
+            Action::WriteLeaf {
+                kind: LeafKind::Client,
+                namespace: ns,
+                cert: LeafCert::Issue { not_after, .. },
+                ..
+            } if ns == namespace => Some(*not_after),
+            _ => None,
+        })
+    };
+    let record = &state.record;
+    let mut tenants = BTreeMap::new();
+    for client in state.clients.iter().filter(|c| !c.farm) {
+        let ns = client.namespace.as_str();
+        let expiry = planned(ns)
+            .or_else(|| client.slot.ok().map(|l| l.info.not_after))
+            .or_else(|| record.tenants.get(ns).copied())
+            .or_else(|| record.removed.get(ns).copied());
+        if let Some(expiry) = expiry {
+            tenants.insert(ns.to_string(), expiry);
+        }
+    }
+    let current: BTreeSet<&str> = state.clients.iter().map(|c| c.namespace.as_str()).collect();
+    let mut removed: BTreeMap<String, OffsetDateTime> = BTreeMap::new();
+    for (ns, at) in record.tenants.iter().chain(&record.removed) {
+        if !current.contains(ns.as_str()) && *at > now {
+            let entry = removed.entry(ns.clone()).or_insert(*at);
+            *entry = (*entry).max(*at);
+        }
+    }
+    (tenants != record.tenants || removed != record.removed)
+        .then_some(Action::RecordTenants { tenants, removed })
+}
+
+fn plan_steps(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> {
     let mut out: Vec<Action> = state.warnings.iter().map(warn).collect();
     let new_ca_not_before = now.saturating_sub(BACKDATE);
     let new_ca_not_after = now.saturating_add(policy.ca_validity);
@@ -609,7 +740,8 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
 
     let ca = match &state.ca {
         Slot::Missing | Slot::Empty => {
-            let has_leaves = state.daemon.ok().is_some() || state.client.ok().is_some();
+            let has_leaves =
+                state.daemon.ok().is_some() || state.clients.iter().any(|c| c.slot.ok().is_some());
             let alarm = has_leaves.then(|| {
                 "the CA Secret is empty but the leaf Secrets hold certificates: the CA is lost".to_string()
             });
@@ -777,8 +909,7 @@ pub fn next_action(
     policy: &Policy,
 ) -> Option<(OffsetDateTime, Vec<Action>)> {
     let mut candidates = vec![now];
-    let leaves = [state.daemon.ok(), state.client.ok()];
-    for leaf in leaves.into_iter().flatten() {
+    for leaf in leaves(state).filter_map(|(slot, _, _)| slot.ok()) {
         candidates.push(leaf.info.not_after.saturating_sub(policy.leaf_renew_before));
         if let Some(at) = leaf.updated_at {
             candidates.push(at.saturating_add(policy.propagation_delay));
@@ -798,7 +929,7 @@ pub fn next_action(
         };
         let actions: Vec<Action> = plan(state, at, policy)
             .into_iter()
-            .filter(|a| !matches!(a, Action::Warn { .. }))
+            .filter(|a| !matches!(a, Action::Warn { .. } | Action::RecordTenants { .. }))
             .collect();
         (!actions.is_empty()).then_some((at, actions))
     })
@@ -866,6 +997,14 @@ mod tests {
 
     const SANS: &[&str] = &["buildkitd", "buildkitd.ns"];
 
+    fn farm(slot: Slot<Leaf>) -> Vec<Client> {
+        vec![Client {
+            namespace: "buildkit".into(),
+            slot,
+            farm: true,
+        }]
+    }
+
     /// A settled stable state: CA "A" born `ca_born`, leaves born `leaf_born`, rollout done.
     fn stable(ca_born: OffsetDateTime, leaf_born: OffsetDateTime) -> State {
         let daemon = leaf("d1", "A", &["A"], leaf_born, SANS);
@@ -877,7 +1016,8 @@ mod tests {
         State {
             ca: ca_secret(ca("A", ca_born), None, None),
             daemon: Slot::Ok(daemon),
-            client: Slot::Ok(leaf("c1", "A", &["A"], leaf_born, &[])),
+            clients: farm(Slot::Ok(leaf("c1", "A", &["A"], leaf_born, &[]))),
+            record: Default::default(),
             workload: Some(workload),
             warnings: Vec::new(),
             observed: None,
@@ -896,6 +1036,7 @@ mod tests {
                     if *cert == LeafCert::Keep { "keep" } else { "issue" }
                 ),
                 Action::Restart { .. } => "restart".into(),
+                Action::RecordTenants { .. } => "record".into(),
                 Action::Warn {
                     severity: Severity::Outage,
                     ..
@@ -967,7 +1108,8 @@ mod tests {
         let state = State {
             ca: Slot::Missing,
             daemon: Slot::Empty,
-            client: Slot::Missing,
+            clients: farm(Slot::Missing),
+            record: Default::default(),
             workload: Some(Workload {
                 daemon_certs: None,
                 rollout_complete: true,
@@ -1015,7 +1157,7 @@ mod tests {
     #[test]
     fn client_in_renew_window_is_renewed_without_restart() {
         let mut state = stable(NOW - DAY * 100, NOW - DAY * 10);
-        leaf_mut(&mut state.client).info.not_after = NOW + DAY * 29;
+        leaf_mut(&mut state.clients[0].slot).info.not_after = NOW + DAY * 29;
         assert_eq!(kinds(&plan(&state, NOW, &policy())), ["client:issue"]);
     }
 
@@ -1082,7 +1224,7 @@ mod tests {
             Some(OtherCa::Next(ca("B", t1 - BACKDATE))),
             Some(t1),
         );
-        for slot in [&mut state.client, &mut state.daemon] {
+        for slot in [&mut state.clients[0].slot, &mut state.daemon] {
             let l = leaf_mut(slot);
             l.bundle = vec!["A".into(), "B".into()];
             l.updated_at = Some(t1);
@@ -1143,7 +1285,7 @@ mod tests {
             Some(OtherCa::Retiring(ca("A", NOW - DAY * (4 * 365)))),
             Some(t2),
         );
-        state.client = Slot::Ok(leaf("c2", "B", &["A", "B"], t2, &[]));
+        state.clients[0].slot = Slot::Ok(leaf("c2", "B", &["A", "B"], t2, &[]));
         state.daemon = Slot::Ok(leaf("d2", "B", &["A", "B"], t2, SANS));
         rolled_out(&mut state);
         // The replicas still serve the old daemon certificate: wait, and say which.
@@ -1172,7 +1314,7 @@ mod tests {
             Some(OtherCa::Next(ca("B", NOW - DAY * 5))),
             Some(NOW - DAY * 5),
         );
-        for slot in [&mut state.client, &mut state.daemon] {
+        for slot in [&mut state.clients[0].slot, &mut state.daemon] {
             let l = leaf_mut(slot);
             l.bundle = vec!["A".into(), "B".into()];
             l.updated_at = Some(NOW - DAY * 5);
@@ -1233,7 +1375,7 @@ mod tests {
             Some(OtherCa::Next(ca("B", NOW - DAY * 3))),
             Some(NOW - DAY * 3),
         );
-        for slot in [&mut state.client, &mut state.daemon] {
+        for slot in [&mut state.clients[0].slot, &mut state.daemon] {
             let l = leaf_mut(slot);
             l.bundle = vec!["A".into(), "B".into()];
             l.updated_at = Some(NOW - DAY * 3);
@@ -1306,7 +1448,7 @@ mod tests {
             phase_since: Some(NOW),
             key_problem: Some("key ca.key is missing: the CA key is lost".into()),
         });
-        for slot in [&mut state.client, &mut state.daemon] {
+        for slot in [&mut state.clients[0].slot, &mut state.daemon] {
             let l = leaf_mut(slot);
             l.bundle = vec!["A".into(), "B".into()];
             l.updated_at = Some(NOW);
@@ -1374,7 +1516,7 @@ mod tests {
     #[test]
     fn broken_and_expired_leaves_are_repaired_with_a_warning() {
         let mut state = stable(NOW - DAY * 100, NOW - DAY * 10);
-        state.client = Slot::Broken("key cert.pem: failed to read PEM block 1".into());
+        state.clients[0].slot = Slot::Broken("key cert.pem: failed to read PEM block 1".into());
         leaf_mut(&mut state.daemon).info.not_after = NOW - DAY;
         let actions = plan(&state, NOW, &policy());
         assert_eq!(
@@ -1430,7 +1572,7 @@ mod tests {
             Some(OtherCa::Next(ca("B", NOW - DAY))),
             Some(NOW - DAY),
         );
-        for slot in [&mut busy.client, &mut busy.daemon] {
+        for slot in [&mut busy.clients[0].slot, &mut busy.daemon] {
             leaf_mut(slot).bundle = vec!["A".into(), "B".into()];
         }
         rolled_out(&mut busy);
@@ -1464,7 +1606,7 @@ mod tests {
     fn extreme_dates_never_panic() {
         let far = datetime!(9999-12-31 23:59:59 UTC);
         let mut state = stable(far - DAY * 100, far - DAY * 10);
-        leaf_mut(&mut state.client).updated_at = Some(far);
+        leaf_mut(&mut state.clients[0].slot).updated_at = Some(far);
         leaf_mut(&mut state.daemon).info.not_after = far;
         for now in [far, datetime!(1970-01-01 0:00 UTC), far - DAY] {
             let _ = plan(&state, now, &policy());
@@ -1487,5 +1629,178 @@ mod tests {
             "{at}"
         );
         assert!(!actions.is_empty());
+    }
+
+    fn tenant(ns: &str, slot: Slot<Leaf>) -> Client {
+        Client {
+            namespace: ns.into(),
+            slot,
+            farm: false,
+        }
+    }
+
+    fn with_tenants(mut state: State, born: OffsetDateTime) -> State {
+        for ns in ["team-a", "team-b", "team-c"] {
+            state.clients.push(tenant(
+                ns,
+                Slot::Ok(leaf(&format!("c-{ns}"), "A", &["A"], born, &[])),
+            ));
+        }
+        state
+    }
+
+    fn namespaces(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::WriteLeaf { namespace, kind, .. } => {
+                    Some(format!("{}:{namespace}", role_name(*kind)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_tenant_renews_in_order_and_a_partial_run_is_finished() {
+        let born = NOW - DAY * 61;
+        let state = with_tenants(stable(NOW - DAY * 100, born), born);
+        let actions = plan(&state, NOW, &policy());
+        assert_eq!(
+            namespaces(&actions),
+            [
+                "client:buildkit",
+                "client:team-a",
+                "client:team-b",
+                "client:team-c",
+                "daemon:buildkit"
+            ]
+        );
+        // The record comes before the first leaf write and names every tenant's new expiry.
+        assert!(matches!(&actions[0], Action::RecordTenants { tenants, removed }
+            if tenants.len() == 3 && tenants["team-b"] == NOW + DAY * 90 && removed.is_empty()));
+        // A crash after team-a was written: the rerun writes only what is left.
+        let mut partial = state.clone();
+        for i in 0..2 {
+            partial.clients[i].slot = Slot::Ok(leaf(&format!("new{i}"), "A", &["A"], NOW, &[]));
+        }
+        let Action::RecordTenants { tenants, removed } = &actions[0] else {
+            panic!()
+        };
+        partial.record.tenants = tenants.clone();
+        partial.record.removed = removed.clone();
+        partial.record.tenants.insert("team-a".into(), NOW + DAY * 90);
+        let rerun = plan(&partial, NOW, &policy());
+        assert_eq!(
+            namespaces(&rerun),
+            ["client:team-b", "client:team-c", "daemon:buildkit"],
+            "{:?}",
+            kinds(&rerun)
+        );
+        assert!(
+            !kinds(&rerun).contains(&"record".to_string()),
+            "{:?}",
+            kinds(&rerun)
+        );
+    }
+
+    #[test]
+    fn an_absent_tenant_warns_never_blocks_renewals_but_holds_a_rollover_step() {
+        let born = NOW - DAY * 61;
+        let mut state = with_tenants(stable(NOW - DAY * 100, born), born);
+        state.clients[3].slot = Slot::Missing;
+        let actions = plan(&state, NOW, &policy());
+        assert_eq!(
+            namespaces(&actions),
+            [
+                "client:buildkit",
+                "client:team-a",
+                "client:team-b",
+                "daemon:buildkit"
+            ]
+        );
+        assert!(warnings(&actions)[0].starts_with("tenant team-c: its client Secret cannot be read"));
+
+        // In phase introduced, with everything else settled, step 2 waits for team-c.
+        let t1 = NOW - DAY * 3;
+        state.ca = ca_secret(
+            ca("A", NOW - DAY * (4 * 365)),
+            Some(OtherCa::Next(ca("B", t1))),
+            Some(t1),
+        );
+        for client in state.clients.iter_mut().filter(|c| !c.absent()) {
+            let l = leaf_mut(&mut client.slot);
+            l.bundle = vec!["A".into(), "B".into()];
+            l.updated_at = Some(t1);
+            l.info.not_after = NOW + DAY * 80;
+        }
+        let d = leaf_mut(&mut state.daemon);
+        d.bundle = vec!["A".into(), "B".into()];
+        d.updated_at = Some(t1);
+        d.info.not_after = NOW + DAY * 80;
+        rolled_out(&mut state);
+        observed(&mut state, "B", true);
+        let held = plan(&state, NOW, &policy());
+        assert!(
+            !kinds(&held).iter().any(|k| k.starts_with("write-ca")),
+            "{:?}",
+            kinds(&held)
+        );
+        assert_eq!(
+            waiting_for(&state, NOW, &policy()).unwrap(),
+            "waiting for tenant namespace team-c to exist before the CA rollover can go on (its clients would lose trust)"
+        );
+        // team-c appears (the rendered shell): it is filled with the phase's bundle first,
+        // and the step waits for the propagation delay after that write.
+        state.clients[3].slot = Slot::Empty;
+        let fill = plan(&state, NOW, &policy());
+        assert_eq!(namespaces(&fill), ["client:team-c"], "{:?}", kinds(&fill));
+        let Some(Action::WriteLeaf { bundle, .. }) =
+            fill.iter().find(|a| matches!(a, Action::WriteLeaf { .. }))
+        else {
+            panic!()
+        };
+        assert_eq!(bundle.len(), 2);
+        state.clients[3].slot = Slot::Ok(leaf("c-team-c", "A", &["A", "B"], NOW, &[]));
+        assert!(
+            waiting_for(&state, NOW + DAY, &policy())
+                .unwrap()
+                .contains("propagation delay")
+        );
+        assert!(waiting_for(&state, NOW + DAY * 2, &policy()).is_none());
+    }
+
+    #[test]
+    fn a_removed_tenant_is_remembered_until_its_certificate_expires() {
+        let born = NOW - DAY * 10;
+        let mut state = with_tenants(stable(NOW - DAY * 100, born), born);
+        let first = plan(&state, NOW, &policy());
+        let Some(Action::RecordTenants { tenants, removed }) = first.first() else {
+            panic!("{:?}", kinds(&first))
+        };
+        assert_eq!(tenants.len(), 3);
+        state.record.tenants = tenants.clone();
+        state.record.removed = removed.clone();
+        assert!(plan(&state, NOW, &policy()).is_empty());
+        // team-b leaves the overlay: recorded as removed with its expiry, nothing written to it.
+        state.clients.remove(2);
+        let actions = plan(&state, NOW, &policy());
+        assert_eq!(kinds(&actions), ["record"]);
+        let Action::RecordTenants { tenants, removed } = &actions[0] else {
+            panic!()
+        };
+        assert_eq!(tenants.keys().collect::<Vec<_>>(), ["team-a", "team-c"]);
+        assert_eq!(removed["team-b"], born + DAY * 90);
+        state.record.tenants = tenants.clone();
+        state.record.removed = removed.clone();
+        assert!(plan(&state, NOW, &policy()).is_empty());
+        // Once its certificate has expired, the entry goes.
+        let later = born + DAY * 91;
+        let actions = plan(&state, later, &policy());
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::RecordTenants { removed, .. } if removed.is_empty()))
+        );
     }
 }

@@ -180,7 +180,14 @@ pub fn check(snapshot: &Snapshot, config: &Config) -> Result<(), Mismatch> {
     let mut problems = Vec::new();
     check_ca(&snapshot.ca, &config.ca_secret, config, &mut problems);
     check_leaf(&snapshot.daemon, &config.daemon_secret, config, &mut problems);
-    check_leaf(&snapshot.client, &config.client_secret, config, &mut problems);
+    for client in &snapshot.clients {
+        let name = if client.namespace == config.namespace {
+            config.client_secret.clone()
+        } else {
+            format!("{}/{}", client.namespace, config.client_secret)
+        };
+        check_leaf(&client.secret, &name, config, &mut problems);
+    }
     let wanted = match config.workload {
         Workload::Deployment => "Deployment",
         Workload::Statefulset => "StatefulSet",
@@ -224,7 +231,7 @@ mod tests {
 
     use super::*;
     use crate::overlay::Overlay;
-    use crate::rotate::state::RawWorkload;
+    use crate::rotate::state::{RawClient, RawWorkload};
 
     fn config(format: SecretFormat, workload: Workload) -> Config {
         let mut overlay = Overlay::default();
@@ -257,7 +264,10 @@ mod tests {
         Snapshot {
             ca: secret(&["ca.crt", "ca.key"], Some("ca.crt, tls.crt, tls.key"), "Opaque"),
             daemon: leaf(),
-            client: leaf(),
+            clients: vec![RawClient {
+                namespace: "buildkit".into(),
+                secret: leaf(),
+            }],
             workload: None,
             other_workload: Some("StatefulSet"),
         }
@@ -319,15 +329,18 @@ mod tests {
         let mut snapshot = Snapshot {
             ca: secret(&["ca.crt", "tls.key"], None, "kubernetes.io/tls"),
             daemon: secret(&[], None, "kubernetes.io/tls"),
-            client: secret(&[], None, "Opaque"),
+            clients: vec![RawClient {
+                namespace: "buildkit".into(),
+                secret: secret(&[], None, "Opaque"),
+            }],
             workload: Some(RawWorkload {
                 daemon_secret_items: Some(vec!["ca.crt".into(), "tls.crt".into(), "tls.key".into()]),
                 ..RawWorkload::default()
             }),
             other_workload: None,
         };
-        snapshot
-            .client
+        snapshot.clients[0]
+            .secret
             .annotations
             .insert(ANN_SECRET_FORMAT.into(), "tls".into());
         let err = check(&snapshot, &config(SecretFormat::Pem, Workload::Deployment)).unwrap_err();

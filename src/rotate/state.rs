@@ -33,6 +33,13 @@ pub const ANN_CA_FINGERPRINT: &str = "kiln.dev/ca-fingerprint";
 pub const ANN_NEXT_CA_FINGERPRINT: &str = "kiln.dev/next-ca-fingerprint";
 /// Annotation on the CA Secret: the fingerprint of the CA being retired.
 pub const ANN_RETIRING_CA_FINGERPRINT: &str = "kiln.dev/retiring-ca-fingerprint";
+/// Annotation on the CA Secret: the tenant namespaces (other than the farm's) kiln renewed
+/// in its last write, each with the expiry of the certificate it wrote or found there:
+/// `team-a=2027-03-01T00:00:00Z,team-b=…`. A tenant dropped from the overlay is known by it.
+pub const ANN_TENANTS: &str = "kiln.dev/tenants";
+/// Annotation on the CA Secret: tenants removed from the overlay whose certificates are
+/// still valid, in the format of [`ANN_TENANTS`]; an entry goes once its expiry has passed.
+pub const ANN_REMOVED_TENANTS: &str = "kiln.dev/removed-tenants";
 /// Annotation: the data keys this Secret holds (`ca.crt, ca.key` on the CA Secret), written
 /// by render on the shells and by `kiln rotate` on every write; checked before the first write.
 pub const ANN_SECRET_KEYS: &str = "kiln.dev/secret-keys";
@@ -57,6 +64,8 @@ pub const SECRET_ANNOTATIONS: &[&str] = &[
     ANN_NEXT_CA_FINGERPRINT,
     ANN_RETIRING_CA_FINGERPRINT,
     ANN_SECRET_KEYS,
+    ANN_TENANTS,
+    ANN_REMOVED_TENANTS,
 ];
 
 /// Key in the CA Secret: the signing CA certificate.
@@ -116,6 +125,22 @@ impl fmt::Debug for RawSecret {
     }
 }
 
+/// One tenant's client Secret as read from the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawClient {
+    /// The tenant namespace.
+    pub namespace: String,
+    /// The Secret.
+    pub secret: RawSecret,
+}
+
+impl Snapshot {
+    /// The farm's own client Secret (the first client).
+    pub fn farm_client(&self) -> Option<&RawSecret> {
+        self.clients.first().map(|c| &c.secret)
+    }
+}
+
 /// The buildkitd Deployment or StatefulSet as read from the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RawWorkload {
@@ -147,8 +172,10 @@ pub struct Snapshot {
     pub ca: RawSecret,
     /// The daemon Secret.
     pub daemon: RawSecret,
-    /// The client Secret.
-    pub client: RawSecret,
+    /// The client Secrets, one per tenant namespace: the farm's own first, then the
+    /// tenants in the overlay's order. A tenant's Secret that cannot be read (HTTP 404:
+    /// the namespace or the Secret does not exist yet; 403: nor its Role) is `exists: false`.
+    pub clients: Vec<RawClient>,
     /// The workload; None when it does not exist.
     pub workload: Option<RawWorkload>,
     /// When the workload does not exist: the other kind (`StatefulSet` for a policy that
@@ -394,6 +421,62 @@ pub struct Observed {
     pub error: Option<String>,
 }
 
+/// One tenant's client Secret as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The tenant namespace.
+    pub namespace: String,
+    /// The Secret. For a tenant other than the farm, [`Slot::Missing`] means "not there
+    /// yet" (kiln never creates it: its Role allows only get and update).
+    pub slot: Slot<Leaf>,
+    /// True for the farm's own namespace.
+    pub farm: bool,
+}
+
+impl Client {
+    /// A tenant whose namespace, Secret or Role does not exist yet: nothing can be written.
+    pub fn absent(&self) -> bool {
+        !self.farm && self.slot == Slot::Missing
+    }
+}
+
+/// The tenants remembered in the CA Secret: namespace → expiry of its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TenantRecord {
+    /// The tenants of the last write ([`ANN_TENANTS`]).
+    pub tenants: BTreeMap<String, OffsetDateTime>,
+    /// Tenants removed from the overlay, certificate still valid ([`ANN_REMOVED_TENANTS`]).
+    pub removed: BTreeMap<String, OffsetDateTime>,
+}
+
+/// Parse `ns=time,ns=time`; entries that do not parse are skipped.
+pub fn parse_tenant_list(value: &str) -> BTreeMap<String, OffsetDateTime> {
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (ns, at) = entry.trim().split_once('=')?;
+            let at = OffsetDateTime::parse(at.trim(), &Rfc3339).ok()?;
+            Some((ns.trim().to_string(), at))
+        })
+        .collect()
+}
+
+/// The annotation value of a tenant list (see [`ANN_TENANTS`]).
+pub fn format_tenant_list(list: &BTreeMap<String, OffsetDateTime>) -> String {
+    list.iter()
+        .map(|(ns, at)| format!("{ns}={}", pki::rfc3339(*at)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl State {
+    /// The farm's own client Secret.
+    pub fn farm_client(&self) -> &Slot<Leaf> {
+        static MISSING: Slot<Leaf> = Slot::Missing;
+        self.clients.first().map_or(&MISSING, |c| &c.slot)
+    }
+}
+
 /// Everything the planner knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -401,8 +484,10 @@ pub struct State {
     pub ca: Slot<CaSecret>,
     /// The daemon Secret.
     pub daemon: Slot<Leaf>,
-    /// The client Secret.
-    pub client: Slot<Leaf>,
+    /// The client Secrets: the farm's own first, then the tenants.
+    pub clients: Vec<Client>,
+    /// The tenants kiln remembered in the CA Secret ([`ANN_TENANTS`], [`ANN_REMOVED_TENANTS`]).
+    pub record: TenantRecord,
     /// The workload; None when it does not exist.
     pub workload: Option<Workload>,
     /// Problems found while reading that the planner repairs around (a broken next CA).
@@ -612,11 +697,33 @@ pub fn read_state(snapshot: &Snapshot, format: SecretFormat) -> State {
     let ca = read_ca_secret(&snapshot.ca, &mut warnings);
     let cas: Vec<&Ca> = ca.ok().map(|c| c.all()).unwrap_or_default();
     let daemon = read_leaf(&snapshot.daemon, format, &cas, LeafKind::Daemon);
-    let client = read_leaf(&snapshot.client, format, &cas, LeafKind::Client);
+    let clients = snapshot
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| Client {
+            namespace: raw.namespace.clone(),
+            slot: read_leaf(&raw.secret, format, &cas, LeafKind::Client),
+            farm: i == 0,
+        })
+        .collect();
+    let list = |key: &str| {
+        snapshot
+            .ca
+            .annotations
+            .get(key)
+            .map(|v| parse_tenant_list(v))
+            .unwrap_or_default()
+    };
+    let record = TenantRecord {
+        tenants: list(ANN_TENANTS),
+        removed: list(ANN_REMOVED_TENANTS),
+    };
     State {
         ca,
         daemon,
-        client,
+        clients,
+        record,
         workload: snapshot.workload.as_ref().map(read_workload),
         warnings,
         observed: None,
@@ -692,7 +799,10 @@ mod tests {
         let mut snapshot = Snapshot {
             ca: shell(),
             daemon: shell(),
-            client: shell(),
+            clients: vec![RawClient {
+                namespace: config.namespace.clone(),
+                secret: shell(),
+            }],
             workload: None,
             other_workload: None,
         };
@@ -705,7 +815,7 @@ mod tests {
                 let target = match w.role {
                     crate::rotate::apply::SecretRole::Ca => &mut snapshot.ca,
                     crate::rotate::apply::SecretRole::Daemon => &mut snapshot.daemon,
-                    crate::rotate::apply::SecretRole::Client => &mut snapshot.client,
+                    crate::rotate::apply::SecretRole::Client => &mut snapshot.clients[0].secret,
                 };
                 target.data = w.data;
                 target.annotations = w.annotations;
@@ -721,7 +831,7 @@ mod tests {
         let ca = state.ca.ok().expect("CA");
         assert_eq!(ca.phase(), Phase::Stable);
         let fp = &ca.signing.info.fingerprint;
-        for leaf in [state.daemon.ok().unwrap(), state.client.ok().unwrap()] {
+        for leaf in [state.daemon.ok().unwrap(), state.farm_client().ok().unwrap()] {
             assert_eq!(leaf.issuer.as_ref(), Some(fp));
             assert_eq!(&leaf.bundle, &vec![fp.clone()]);
             assert_eq!(leaf.updated_at, Some(NOW));
@@ -737,19 +847,19 @@ mod tests {
         let (snapshot, config) = bootstrapped();
 
         let mut garbage = snapshot.clone();
-        garbage
-            .client
+        garbage.clients[0]
+            .secret
             .data
             .insert("cert.pem".into(), b"-----BEGIN CERTIFICATE-----\nxx\n".to_vec());
         let state = read_state(&garbage, config.format);
         assert!(
-            matches!(&state.client, Slot::Broken(why) if why.starts_with("key cert.pem")),
+            matches!(state.farm_client(), Slot::Broken(why) if why.starts_with("key cert.pem")),
             "{:?}",
-            state.client
+            state.farm_client()
         );
 
         let mut swapped = snapshot.clone();
-        let client_key = swapped.client.data["key.pem"].clone();
+        let client_key = swapped.clients[0].secret.data["key.pem"].clone();
         swapped.daemon.data.insert("key.pem".into(), client_key);
         let state = read_state(&swapped, config.format);
         assert_eq!(
@@ -769,7 +879,7 @@ mod tests {
         );
         assert!(state.daemon.ok().is_some());
         let mut mismatched = snapshot.clone();
-        let client_key = mismatched.client.data["key.pem"].clone();
+        let client_key = mismatched.clients[0].secret.data["key.pem"].clone();
         mismatched.ca.data.insert(CA_KEY_KEY.into(), client_key);
         let state = read_state(&mismatched, config.format);
         assert_eq!(

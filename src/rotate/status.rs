@@ -38,6 +38,38 @@ pub struct CertStatus {
     pub days_left: Option<i64>,
 }
 
+/// One tenant's client Secret (the farm's own namespace is a tenant too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The tenant namespace.
+    pub namespace: String,
+    /// The client Secret's name there.
+    pub secret: String,
+    /// `ok`, `renew-due`, `expired`, `empty`, `broken`, `missing` (the namespace, the
+    /// Secret or its Role does not exist yet) or `removed` (dropped from the overlay,
+    /// its certificate still valid).
+    pub state: &'static str,
+    /// Which CA of the CA Secret signed it: `ca`, `next-ca`, `retiring-ca`, or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<&'static str>,
+    /// What it means, for `missing`, `removed` and `broken`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Serial (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Expiry.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub not_after: Option<OffsetDateTime>,
+    /// Whole days left (negative once expired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days_left: Option<i64>,
+}
+
 /// The next thing `kiln rotate` will do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -68,6 +100,9 @@ pub struct StatusReport {
     pub phase_since: Option<OffsetDateTime>,
     /// Every certificate.
     pub certs: Vec<CertStatus>,
+    /// One row per tenant: the farm's own namespace first, then the overlay's tenants,
+    /// then the removed tenants whose certificates are still valid.
+    pub tenants: Vec<TenantStatus>,
     /// The workload exists.
     pub workload_found: bool,
     /// `Deployment/buildkitd` or `StatefulSet/buildkitd`.
@@ -176,29 +211,43 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
     }
     for (role, secret, slot) in [
         ("daemon", &config.daemon_secret, &state.daemon),
-        ("client", &config.client_secret, &state.client),
+        ("client", &config.client_secret, state.farm_client()),
     ] {
         certs.push(match slot {
             Slot::Ok(leaf) => cert_line(role, secret, &leaf.info, now, policy.leaf_renew_before),
             other => blank_line(role, secret, other),
         });
     }
-    let healthy = certs.iter().all(|c| matches!(c.state, "ok" | "renew-due"));
+    let tenants = tenant_rows(state, config, now);
+    // A tenant that is not there yet or was removed is a warning, not a failure.
+    let healthy = certs.iter().all(|c| matches!(c.state, "ok" | "renew-due"))
+        && tenants
+            .iter()
+            .all(|t| matches!(t.state, "ok" | "renew-due" | "missing" | "removed"));
     let next = next_action(state, now, policy).map(|(at, actions)| NextAction {
         at,
         actions: actions
             .iter()
             .filter_map(|a| match a {
                 Action::WriteCa { reason, .. } => Some(format!("Secret/{}: {reason}", config.ca_secret)),
-                Action::WriteLeaf { kind, reason, .. } => {
+                Action::WriteLeaf {
+                    kind,
+                    namespace,
+                    reason,
+                    ..
+                } => {
                     let name = match kind {
                         crate::pki::LeafKind::Daemon => &config.daemon_secret,
                         crate::pki::LeafKind::Client => &config.client_secret,
                     };
-                    Some(format!("Secret/{name}: {reason}"))
+                    if *namespace == config.namespace {
+                        Some(format!("Secret/{name}: {reason}"))
+                    } else {
+                        Some(format!("Secret/{namespace}/{name}: {reason}"))
+                    }
                 }
                 Action::Restart { reason } => Some(format!("restart {}: {reason}", config.workload_name)),
-                Action::IssueCa { .. } | Action::Warn { .. } => None,
+                Action::IssueCa { .. } | Action::Warn { .. } | Action::RecordTenants { .. } => None,
             })
             .collect(),
     });
@@ -226,6 +275,7 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
         phase: state.ca.ok().map(|ca| ca.phase()),
         phase_since: state.ca.ok().and_then(|ca| ca.phase_since),
         certs,
+        tenants,
         workload_found: state.workload.is_some(),
         workload,
         workload_current,
@@ -236,6 +286,100 @@ pub fn summarize(state: &State, config: &Config, now: OffsetDateTime) -> StatusR
         next_action: next,
         healthy,
     }
+}
+
+/// The tenant rows of [`StatusReport::tenants`].
+fn tenant_rows(state: &State, config: &Config, now: OffsetDateTime) -> Vec<TenantStatus> {
+    let ca = state.ca.ok();
+    let rollover = ca.is_some_and(|ca| ca.phase() != Phase::Stable);
+    let which_ca = |issuer: Option<&String>| -> &'static str {
+        let Some(ca) = ca else { return "unknown" };
+        let Some(issuer) = issuer else { return "unknown" };
+        if *issuer == ca.signing.info.fingerprint {
+            return "ca";
+        }
+        match &ca.other {
+            Some(OtherCa::Next(next)) if next.info.fingerprint == *issuer => "next-ca",
+            Some(OtherCa::Retiring(old)) if old.info.fingerprint == *issuer => "retiring-ca",
+            _ => "unknown",
+        }
+    };
+    let mut rows: Vec<TenantStatus> = state
+        .clients
+        .iter()
+        .map(|client| {
+            let mut row = TenantStatus {
+                namespace: client.namespace.clone(),
+                secret: config.client_secret.clone(),
+                state: "ok",
+                ca: None,
+                detail: None,
+                serial: None,
+                not_after: None,
+                days_left: None,
+            };
+            match &client.slot {
+                Slot::Ok(leaf) => {
+                    let line = cert_line("client", "", &leaf.info, now, config.policy.leaf_renew_before);
+                    row.state = line.state;
+                    row.ca = Some(which_ca(leaf.issuer.as_ref()));
+                    row.serial = line.serial;
+                    row.not_after = line.not_after;
+                    row.days_left = line.days_left;
+                }
+                Slot::Missing if client.absent() => {
+                    row.state = "missing";
+                    row.detail = Some(if rollover {
+                        format!(
+                            "waiting for tenant namespace {} to exist before the CA rollover can go on",
+                            client.namespace
+                        )
+                    } else {
+                        format!(
+                            "the namespace, the Secret or the Role kiln-rotate-{} does not exist yet; kiln fills the Secret once they exist, and a CA rollover step waits for it",
+                            config.namespace
+                        )
+                    });
+                }
+                other => {
+                    let line = blank_line("client", "", other);
+                    row.state = line.state;
+                    row.detail = line.detail;
+                }
+            }
+            row
+        })
+        .collect();
+    let present: Vec<&str> = state.clients.iter().map(|c| c.namespace.as_str()).collect();
+    // Dropped since the last record, or recorded as removed: the latest expiry counts.
+    let mut removed: std::collections::BTreeMap<&String, OffsetDateTime> = Default::default();
+    for (ns, at) in state.record.tenants.iter().chain(&state.record.removed) {
+        if !present.contains(&ns.as_str()) && *at > now {
+            let entry = removed.entry(ns).or_insert(*at);
+            *entry = (*entry).max(*at);
+        }
+    }
+    for (namespace, expiry) in removed {
+        rows.push(TenantStatus {
+            namespace: namespace.clone(),
+            secret: config.client_secret.clone(),
+            state: "removed",
+            ca: None,
+            detail: Some(removed_message(namespace, expiry)),
+            serial: None,
+            not_after: Some(expiry),
+            days_left: Some((expiry - now).whole_days()),
+        });
+    }
+    rows
+}
+
+/// What status says about a tenant dropped from the overlay.
+pub fn removed_message(namespace: &str, expiry: OffsetDateTime) -> String {
+    format!(
+        "{namespace}: removed from the overlay; its certificate stays valid until {}; kiln cannot revoke (buildkitd has no CRL)",
+        crate::pki::rfc3339(expiry)
+    )
 }
 
 /// The CA phase as both `kiln status` and `kiln rotate` print it: `stable`,
@@ -284,6 +428,35 @@ pub fn table(report: &StatusReport) -> String {
         );
         if let Some(detail) = &cert.detail {
             let _ = writeln!(out, "  {detail}");
+        }
+    }
+    if report.tenants.len() > 1 || report.tenants.iter().any(|t| t.state != "ok") {
+        let _ = writeln!(
+            out,
+            "{:<28} {:<10} {:<12} {:<22} {:>9}",
+            "TENANT", "STATE", "CA", "EXPIRES", "DAYS LEFT"
+        );
+        for tenant in &report.tenants {
+            let expires = tenant
+                .not_after
+                .map(crate::pki::rfc3339)
+                .unwrap_or_else(|| "-".into());
+            let days = tenant
+                .days_left
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{:<28} {:<10} {:<12} {:<22} {:>9}",
+                tenant.namespace,
+                tenant.state,
+                tenant.ca.unwrap_or("-"),
+                expires,
+                days
+            );
+            if let Some(detail) = &tenant.detail {
+                let _ = writeln!(out, "  {detail}");
+            }
         }
     }
     let daemon = report.certs.iter().find(|c| c.role == "daemon");
@@ -349,4 +522,122 @@ pub fn table(report: &StatusReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::{Overlay, Tenant};
+    use crate::rotate::apply::{SecretRole, Write, materialize};
+    use crate::rotate::plan;
+    use crate::rotate::state::{RawClient, RawSecret, Snapshot, read_state};
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2030-06-01 03:17 UTC);
+
+    fn shell() -> RawSecret {
+        RawSecret {
+            exists: true,
+            resource_version: Some("1".into()),
+            ..RawSecret::default()
+        }
+    }
+
+    fn overlay(tenants: &[&str]) -> Overlay {
+        Overlay {
+            tenants: tenants
+                .iter()
+                .map(|ns| Tenant {
+                    namespace: ns.to_string(),
+                    task: true,
+                })
+                .collect(),
+            ..Overlay::default()
+        }
+    }
+
+    #[test]
+    fn one_row_per_tenant_with_missing_and_removed_ones() {
+        let config = Config::from_overlay(&overlay(&["team-a", "team-b", "team-x"]), None, None).unwrap();
+        let mut snapshot = Snapshot {
+            ca: shell(),
+            daemon: shell(),
+            // team-b's namespace does not exist yet.
+            clients: config
+                .client_namespaces()
+                .map(|ns| RawClient {
+                    namespace: ns.to_string(),
+                    secret: if ns == "team-b" {
+                        RawSecret::default()
+                    } else {
+                        shell()
+                    },
+                })
+                .collect(),
+            workload: None,
+            other_workload: None,
+        };
+        let state = read_state(&snapshot, config.format);
+        let actions = plan(&state, NOW, &config.policy);
+        let (writes, _) = materialize(&snapshot, &state, &actions, &config, NOW).unwrap();
+        for write in writes {
+            let Write::Secret(w) = write else { continue };
+            let target = match w.role {
+                SecretRole::Ca => &mut snapshot.ca,
+                SecretRole::Daemon => &mut snapshot.daemon,
+                SecretRole::Client => {
+                    &mut snapshot
+                        .clients
+                        .iter_mut()
+                        .find(|c| c.namespace == w.namespace)
+                        .unwrap()
+                        .secret
+                }
+            };
+            target.data = w.data;
+            target.annotations = w.annotations;
+        }
+        // team-x leaves the overlay.
+        let config = Config::from_overlay(&overlay(&["team-a", "team-b"]), None, None).unwrap();
+        snapshot.clients.retain(|c| c.namespace != "team-x");
+        let state = read_state(&snapshot, config.format);
+        let report = summarize(&state, &config, NOW + time::Duration::days(1));
+        let rows: Vec<(&str, &str, Option<&str>)> = report
+            .tenants
+            .iter()
+            .map(|t| (t.namespace.as_str(), t.state, t.ca))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("buildkit", "ok", Some("ca")),
+                ("team-a", "ok", Some("ca")),
+                ("team-b", "missing", None),
+                ("team-x", "removed", None),
+            ]
+        );
+        assert!(report.healthy, "missing and removed tenants are warnings");
+        let expiry = NOW + time::Duration::days(90);
+        assert_eq!(report.tenants[3].not_after, Some(expiry));
+        assert_eq!(
+            report.tenants[3].detail.as_deref(),
+            Some(
+                "team-x: removed from the overlay; its certificate stays valid until 2030-08-30T03:17:00Z; kiln cannot revoke (buildkitd has no CRL)"
+            )
+        );
+        assert!(report.warnings[0].starts_with("tenant team-b: its client Secret cannot be read"));
+        let text = table(&report);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("team-a") && l.contains(" ok ") && l.contains(" ca ")),
+            "{text}"
+        );
+        assert!(text.contains("  team-x: removed from the overlay"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["tenants"][2]["state"], "missing");
+        assert_eq!(json["tenants"][3]["notAfter"], "2030-08-30T03:17:00Z");
+        // Once that certificate has expired, the row goes.
+        let later = summarize(&state, &config, expiry + time::Duration::days(1));
+        assert!(later.tenants.iter().all(|t| t.namespace != "team-x"));
+    }
 }

@@ -12,7 +12,10 @@
 //!   `application/apply-patch+yaml` (server-side apply);
 //! - `metadata.generation` bumps when a workload's spec changes, and a built-in
 //!   "controller" completes the rollout at once (unless told to stall);
-//! - RBAC: a Role's rules can be enforced on every request ([`Store::role`]), by verb,
+//! - a Secret's `type` defaults to `Opaque` and is immutable (an update that changes it
+//!   is 422 Invalid, `field is immutable`);
+//! - RBAC: a Role's rules can be enforced on every request ([`Store::role`], or one Role
+//!   per namespace with [`Store::roles`]), by verb,
 //!   API group, resource and `resourceNames`.
 //!
 //! Server-side apply keeps real field ownership, after structured-merge-diff:
@@ -100,6 +103,10 @@ pub struct Store {
     /// When set, every request must be allowed by these Role rules (RBAC `PolicyRule`s
     /// as JSON), or it is answered 403.
     pub role: Option<Vec<Value>>,
+    /// Per-namespace Roles: a request in a namespace listed here must be allowed by its
+    /// rules (instead of [`Store::role`]); a namespace mapped to no rules is answered 403
+    /// for everything, as when its Role does not exist.
+    pub roles: BTreeMap<String, Vec<Value>>,
     /// After this many successful writes the server answers 503 to everything.
     pub crash_after: Option<usize>,
     /// Leave workload rollouts incomplete.
@@ -1024,7 +1031,7 @@ fn serve(store: &mut Store, call: &Call) -> (u16, Value) {
     if store.forbidden.iter().any(|(v, res)| v == verb && res == r.key) {
         return denied(verb);
     }
-    if let Some(rules) = &store.role
+    if let Some(rules) = store.roles.get(&ns).or(store.role.as_ref())
         && !role_allows(rules, r.group, r.plural, name.as_deref(), verb)
     {
         return denied(verb);
@@ -1138,6 +1145,10 @@ fn commit(
 /// Fields a create fills in.
 fn created(store: &Store, r: &Resource, ns: &str, object: &mut Value) {
     object["metadata"]["namespace"] = json!(ns);
+    // The real server defaults a Secret's type.
+    if r.key == "secrets" && object.get("type").is_none_or(Value::is_null) {
+        object["type"] = json!("Opaque");
+    }
     object["metadata"]["uid"] = json!(format!("uid-{}", store.resource_version + 1));
     if r.is_workload() && object["metadata"]["generation"].is_null() {
         object["metadata"]["generation"] = json!(1);
@@ -1192,14 +1203,8 @@ fn update(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) ->
     if sent.is_some() && sent != have {
         return modified(r, name);
     }
-    if r.key == "secrets" && current.get("type") != object.get("type") {
-        return object_status(
-            422,
-            "Invalid",
-            format!("Secret {name:?} is invalid: type: Invalid value: field is immutable"),
-            r,
-            name,
-        );
+    if let Some(invalid) = type_changed(r, name, &current, &object) {
+        return invalid;
     }
     let managers = managers_of(&current);
     commit_update(store, r, key, &current, object, managers, call)
@@ -1270,8 +1275,9 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
                 .iter()
                 .any(|(v, res)| v == "create" && res == r.key)
                 || store
-                    .role
-                    .as_ref()
+                    .roles
+                    .get(ns)
+                    .or(store.role.as_ref())
                     .is_some_and(|rules| !role_allows(rules, r.group, r.plural, None, "create"))
             {
                 return object_status(
@@ -1313,12 +1319,18 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
             Ok(object) => object,
             Err(conflict) => return conflict,
         };
-        let code = if current.is_none() {
-            created(store, r, ns, &mut object);
-            object["metadata"]["name"] = json!(name);
-            201
-        } else {
-            200
+        let code = match &current {
+            None => {
+                created(store, r, ns, &mut object);
+                object["metadata"]["name"] = json!(name);
+                201
+            }
+            Some(current) => {
+                if let Some(invalid) = type_changed(r, name, current, &object) {
+                    return invalid;
+                }
+                200
+            }
         };
         return commit(store, key, object, managers, code);
     }
@@ -1343,7 +1355,23 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
     };
     let mut object = current.clone();
     merge_patch(&mut object, &patch);
+    if let Some(invalid) = type_changed(r, name, &current, &object) {
+        return invalid;
+    }
     commit_update(store, r, key, &current, object, managers, call)
+}
+
+/// A Secret's `type` is immutable: an update that changes it is 422 Invalid.
+fn type_changed(r: &Resource, name: &str, current: &Value, object: &Value) -> Option<(u16, Value)> {
+    (r.key == "secrets" && current.get("type") != object.get("type")).then(|| {
+        object_status(
+            422,
+            "Invalid",
+            format!("Secret {name:?} is invalid: type: Invalid value: field is immutable"),
+            r,
+            name,
+        )
+    })
 }
 
 /// Store an Update (PUT or merge patch): the managedFields the client sent back are the

@@ -4,18 +4,18 @@
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, Serial};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
+use support::tls::{Killed, certs_of, line_reader, provider, roots_of, wait_for_line};
 use support::{entries as listing, kiln, stderr, stdout, tool};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -731,59 +731,12 @@ fn openssl_checkend_agrees_with_inspect() {
     }
 }
 
-/// Reads a child's stdout and stderr lines on threads, so the test can wait with a deadline.
-fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
-    let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
-    for stream in [stdout, stderr] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    rx
-}
-
-/// Waits until a line containing `needle` arrives; every line read is appended to `log`.
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration, log: &mut String) -> bool {
-    let deadline = Instant::now() + timeout;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-                if line.contains(needle) {
-                    return true;
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-    false
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// Kills the child when dropped, so a failed assertion never leaks a server.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// What both openssl processes said.
@@ -912,24 +865,6 @@ fn openssl_s_server_and_s_client_complete_an_mtls_handshake() {
 }
 
 // -------------------------------------------------------------------- rustls
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-fn certs_of(pem: &str) -> Vec<CertificateDer<'static>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn roots_of(pem: &str) -> Arc<rustls::RootCertStore> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs_of(pem) {
-        roots.add(cert).unwrap();
-    }
-    Arc::new(roots)
-}
 
 /// One side of a handshake: its certificate and key, and the CA bundle it trusts.
 struct Side {

@@ -388,6 +388,14 @@ pub fn phase_label(phase: Option<Phase>) -> String {
     phase.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
 }
 
+/// The EXPIRES and DAYS LEFT columns of a row, `-` where unknown.
+fn expiry_columns(not_after: Option<OffsetDateTime>, days_left: Option<i64>) -> (String, String) {
+    (
+        not_after.map(crate::pki::rfc3339).unwrap_or_else(|| "-".into()),
+        days_left.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+    )
+}
+
 /// The human table.
 pub fn table(report: &StatusReport) -> String {
     let mut out = String::new();
@@ -413,14 +421,7 @@ pub fn table(report: &StatusReport) -> String {
         "CERT", "SECRET", "STATE", "EXPIRES", "DAYS LEFT"
     );
     for cert in &report.certs {
-        let expires = cert
-            .not_after
-            .map(crate::pki::rfc3339)
-            .unwrap_or_else(|| "-".into());
-        let days = cert
-            .days_left
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "-".into());
+        let (expires, days) = expiry_columns(cert.not_after, cert.days_left);
         let _ = writeln!(
             out,
             "{:<12} {:<28} {:<10} {:<22} {:>9}",
@@ -437,14 +438,7 @@ pub fn table(report: &StatusReport) -> String {
             "TENANT", "STATE", "CA", "EXPIRES", "DAYS LEFT"
         );
         for tenant in &report.tenants {
-            let expires = tenant
-                .not_after
-                .map(crate::pki::rfc3339)
-                .unwrap_or_else(|| "-".into());
-            let days = tenant
-                .days_left
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "-".into());
+            let (expires, days) = expiry_columns(tenant.not_after, tenant.days_left);
             let _ = writeln!(
                 out,
                 "{:<28} {:<10} {:<12} {:<22} {:>9}",

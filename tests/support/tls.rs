@@ -59,17 +59,20 @@ impl rustls::time_provider::TimeProvider for Clock {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider every test TLS stack uses (kiln's own: aws-lc-rs).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn certs_of(pem: &str) -> Vec<CertificateDer<'static>> {
+/// The certificates of a PEM text.
+pub fn certs_of(pem: &str) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .expect("PEM certificates")
 }
 
-fn roots_of(pem: &str) -> Arc<rustls::RootCertStore> {
+/// A root store of every certificate in a PEM bundle.
+pub fn roots_of(pem: &str) -> Arc<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs_of(pem) {
         roots.add(cert).expect("a root");
@@ -177,8 +180,8 @@ pub fn rustls_mtls(
     })
 }
 
-/// Reads a child's stdout and stderr lines on threads.
-fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
+/// Reads a child's stdout and stderr lines on threads, so a test can wait with a deadline.
+pub fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().unwrap());
     let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().unwrap());
@@ -196,7 +199,8 @@ fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration, log: &mut String) -> bool {
+/// Waits until a line containing `needle` arrives; every line read is appended to `log`.
+pub fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration, log: &mut String) -> bool {
     let deadline = Instant::now() + timeout;
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
@@ -213,8 +217,8 @@ fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration, l
     false
 }
 
-/// Kills the child when dropped.
-struct Killed(Child);
+/// Kills the child when dropped, so a failed assertion never leaks a server.
+pub struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {

@@ -82,6 +82,15 @@ fn default_true() -> bool {
     true
 }
 
+/// The name of the Role and RoleBinding in each tenant namespace that let the farm's
+/// `kiln-rotate` ServiceAccount renew the tenant's client Secret: `kiln-rotate-<farm
+/// namespace>`, so that two farms serving one tenant namespace each bind their own
+/// ServiceAccount instead of overwriting one another's binding. `kiln render` creates them
+/// and `kiln rotate` names them in its errors.
+pub fn tenant_rbac_name(farm_namespace: &str) -> String {
+    format!("kiln-rotate-{farm_namespace}")
+}
+
 /// How long past the Tekton build timeout a draining buildkitd pod is given before the
 /// kubelet kills it: the preStop poll interval, buildkitd's own shutdown, and slack.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(5 * 60);

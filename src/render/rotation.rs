@@ -113,11 +113,10 @@ pub fn role_binding(meta: &Meta) -> RoleBinding {
     )
 }
 
-/// The name of the Role and RoleBinding in each tenant namespace: `kiln-rotate-<farm
-/// namespace>`, so that two farms serving one tenant namespace each bind their own
-/// ServiceAccount instead of overwriting one another's binding.
+/// The name of the Role and RoleBinding in each tenant namespace
+/// ([`crate::overlay::tenant_rbac_name`]).
 pub fn tenant_rbac_name(meta: &Meta) -> String {
-    format!("{ROTATE}-{}", meta.namespace())
+    crate::overlay::tenant_rbac_name(meta.namespace())
 }
 
 /// The Role in a tenant namespace: the farm's `kiln-rotate` ServiceAccount may get and

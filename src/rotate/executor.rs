@@ -246,7 +246,7 @@ impl KubeCluster {
                 } else {
                     format!(
                         "the Role {} in namespace {namespace} must allow get on secrets/{name}",
-                        tenant_role(&self.namespace)
+                        crate::overlay::tenant_rbac_name(&self.namespace)
                     )
                 };
                 return Err(map_error(e, "read", &what, &hint));
@@ -474,12 +474,6 @@ fn mounted_items(template: &PodTemplateSpec, secret: &str) -> Option<Vec<String>
     Some(items.iter().map(|i| i.key.clone()).collect())
 }
 
-/// The Role (and RoleBinding) in a tenant namespace that lets the farm's rotate
-/// ServiceAccount get and update the tenant's client Secret (rendered by `kiln render`).
-fn tenant_role(farm_namespace: &str) -> String {
-    format!("kiln-rotate-{farm_namespace}")
-}
-
 fn capped_note(message: &str) -> String {
     if message.len() <= NOTE_LIMIT {
         return message.to_string();
@@ -563,7 +557,7 @@ impl Cluster for KubeCluster {
                 let hint = if tenant {
                     format!(
                         "the Role {} in namespace {} must allow update on secrets/{}",
-                        tenant_role(&self.namespace),
+                        crate::overlay::tenant_rbac_name(&self.namespace),
                         write.namespace,
                         write.name
                     )

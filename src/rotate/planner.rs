@@ -635,8 +635,8 @@ pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> 
         .into_iter()
         .map(|tenant| {
             warn(format!(
-                "tenant {tenant}: its client Secret cannot be read (the namespace, the Secret or the Role kiln-rotate-{} there does not exist yet); it is filled once they exist, and a CA rollover step waits for it",
-                state_namespace(state)
+                "tenant {tenant}: its client Secret cannot be read (the namespace, the Secret or the Role {} there does not exist yet); it is filled once they exist, and a CA rollover step waits for it",
+                crate::overlay::tenant_rbac_name(state_namespace(state))
             ))
         })
         .collect();

@@ -336,8 +336,8 @@ fn tenant_rows(state: &State, config: &Config, now: OffsetDateTime) -> Vec<Tenan
                         )
                     } else {
                         format!(
-                            "the namespace, the Secret or the Role kiln-rotate-{} does not exist yet; kiln fills the Secret once they exist, and a CA rollover step waits for it",
-                            config.namespace
+                            "the namespace, the Secret or the Role {} does not exist yet; kiln fills the Secret once they exist, and a CA rollover step waits for it",
+                            crate::overlay::tenant_rbac_name(&config.namespace)
                         )
                     });
                 }

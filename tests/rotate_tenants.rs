@@ -642,3 +642,126 @@ fn raw(server: &ApiServer, method: &str, content_type: &str, path: &str, body: &
     let (_, json) = response.split_once("\r\n\r\n").unwrap();
     serde_json::from_str(json).unwrap_or_else(|_| panic!("{response}"))
 }
+
+/// One team's mistake in its own namespace never stops the farm: a tenant whose Secret
+/// does not match the policy is held (not written, named, the rollover waits), a tenant
+/// whose Secret refuses the write (`immutable: true`) fails only its own renewal, and a
+/// tenant kiln renewed before but can no longer read is a failure in `status`.
+#[test]
+fn one_tenants_broken_secret_holds_only_that_tenant() {
+    let mut env = Env::new(&TENANTS);
+    env.server.insert(
+        "configmaps",
+        NS,
+        policy(&TENANTS, "rotation:\n  propagationDelay: 2d\n"),
+    );
+    env.rotate_ok(T0, &[]);
+
+    // team-a adds a key of its own; team-b freezes its Secret.
+    let mut a = env.server.get("secrets", "team-a", CLIENT).unwrap();
+    a["data"]["extra.txt"] = json!("aGVsbG8=");
+    env.server.insert("secrets", "team-a", a.clone());
+    let held = env.server.get("secrets", "team-a", CLIENT).unwrap();
+    let mut b = env.server.get("secrets", "team-b", CLIENT).unwrap();
+    b["immutable"] = json!(true);
+    env.server.insert("secrets", "team-b", b);
+    let frozen = env.server.get("secrets", "team-b", CLIENT).unwrap();
+
+    // A renewal: every other Secret is renewed, team-a is left alone, team-b's write is
+    // refused and the run exits 1 after finishing the rest.
+    let out = env.rotate(&at_days(61), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("warning: tenant team-a: its client Secret does not match the policy"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("extra.txt"),
+        "the held Secret's problem is named: {stdout}"
+    );
+    assert!(
+        stdout.contains("warning: tenant team-b: failed to update Secret team-b/buildkit-client-certs"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("failed to write the client Secret of 1 tenant(s)"),
+        "{stderr}"
+    );
+    assert_eq!(env.server.get("secrets", "team-a", CLIENT).unwrap(), held);
+    assert_eq!(env.server.get("secrets", "team-b", CLIENT).unwrap(), frozen);
+    for ns in [NS, "team-c"] {
+        assert!(leaf(&env.material(ns, CLIENT)).not_after >= day(61 + 89), "{ns}");
+    }
+    assert!(
+        leaf(&env.material(NS, DAEMON)).not_after >= day(61 + 89),
+        "daemon"
+    );
+    // The old certificates of team-a and team-b are still trusted by the renewed daemons.
+    assert_every_tenant_trusted(&env, &env.clients(), day(61), "after a partial renewal");
+
+    let status = env.status_json(&at_days(61));
+    let rows = tenant_rows(&status);
+    assert_eq!(rows["team-a"]["state"], "held", "{status:#}");
+    assert!(
+        rows["team-a"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the policy"),
+        "{status:#}"
+    );
+    assert_eq!(status["healthy"], false, "a held tenant is a failure: {status:#}");
+
+    // A rollover takes step 1 (the held tenant's bundle is left as it is) and waits at step 2.
+    env.server
+        .store()
+        .objects
+        .remove(&("secrets".into(), "team-b".into(), CLIENT.into()));
+    env.server.insert("secrets", "team-b", shell(CLIENT));
+    env.rotate_ok(&at_days(62), &["--force-renew", "ca"]);
+    assert_eq!(env.phase(), "introduced");
+    let out = env.rotate_ok(&at_days(66), &[]);
+    assert_eq!(env.phase(), "introduced", "{out}");
+    assert!(
+        out.contains("waiting for the client Secret of tenant team-a to match the policy"),
+        "{out}"
+    );
+    // Fixed: the rollover goes on and every tenant stays trusted.
+    env.server.insert("secrets", "team-a", a_without_extra(&held));
+    env.rotate_ok(&at_days(67), &[]);
+    env.rotate_ok(&at_days(70), &[]);
+    assert_eq!(env.phase(), "leaves-reissued");
+    assert_every_tenant_trusted(&env, &env.clients(), day(70), "after step 2");
+
+    // team-c's Role is deleted: kiln renewed it before, so status calls it a failure.
+    env.server.store().roles.insert("team-c".into(), Vec::new());
+    let status = env.status_json(&at_days(70));
+    let row = &tenant_rows(&status)["team-c"];
+    assert_eq!(row["state"], "unreadable", "{status:#}");
+    assert!(row["notAfter"].is_string(), "{status:#}");
+    assert_eq!(status["healthy"], false, "{status:#}");
+}
+
+fn a_without_extra(secret: &Value) -> Value {
+    let mut secret = secret.clone();
+    secret["data"].as_object_mut().unwrap().remove("extra.txt");
+    secret
+}
+
+/// A run at a time with a fraction of a second records what the next run reads back: the
+/// next run, a second later, has nothing to do.
+#[test]
+fn a_renewal_at_a_fractional_second_leaves_nothing_for_the_next_run() {
+    let mut env = Env::new(&TENANTS);
+    env.rotate_ok("2027-01-01T03:17:00.734Z", &[]);
+    let writes = env.writes();
+    let out = env.rotate_ok("2027-01-01T03:17:01Z", &[]);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(env.writes(), writes);
+    env.rotate_ok("2027-03-03T03:17:00.251Z", &[]);
+    let writes = env.writes();
+    let out = env.rotate_ok("2027-03-03T03:18:00Z", &[]);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(env.writes(), writes);
+}

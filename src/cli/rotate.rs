@@ -272,6 +272,13 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if !report.failed.is_empty() {
+        eprintln!(
+            "kiln: failed to write the client Secret of {} tenant(s); every other Secret was written (see the warnings)",
+            report.failed.len()
+        );
+        return Ok(ExitCode::from(super::EXIT_FAILURE));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -279,11 +286,12 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let (config, now, mut cluster) = prepare(&args.source, None, false, false)?;
-    let snapshot = cluster.read()?;
+    let mut snapshot = cluster.read()?;
+    let mismatch = crate::rotate::precheck::admit(&mut snapshot, &config).err();
     let mut state = read_state(&snapshot, config.format);
     crate::rotate::apply::observe(&mut cluster, &mut state, &config, now)?;
     let mut report = status::summarize(&state, &config, now);
-    if let Err(mismatch) = crate::rotate::precheck::check(&snapshot, &config) {
+    if let Some(mismatch) = mismatch {
         report.healthy = false;
         report.warnings.insert(0, mismatch.to_string());
     }

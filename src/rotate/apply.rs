@@ -252,6 +252,10 @@ pub struct Report {
     /// During a rollover that took no step: what the next step waits for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// Tenant client Secrets whose write failed (other than a conflict): the run went on
+    /// with the rest, and the command exits non-zero. One line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
 }
 
 /// A write the run loop performs, in order.
@@ -826,6 +830,12 @@ fn record_warning(cluster: &mut impl Cluster, config: &Config, message: &str, se
 /// not match the policy, or when the workload is missing outside a bootstrap. A failure
 /// part-way leaves a state the next run finishes.
 pub fn run(cluster: &mut impl Cluster, config: &Config, options: RunOptions) -> Result<Report, RotateError> {
+    // Certificates and the kiln.dev/* annotations hold whole seconds: plan in whole
+    // seconds too, so what this run records equals what the next run reads back.
+    let options = RunOptions {
+        now: options.now.replace_nanosecond(0).unwrap_or(options.now),
+        ..options
+    };
     let mut report = Report {
         dry_run: options.dry_run,
         ..Report::default()
@@ -833,8 +843,8 @@ pub fn run(cluster: &mut impl Cluster, config: &Config, options: RunOptions) -> 
     let mut bootstrap = None;
     let mut observed = None;
     for attempt in 0..MAX_ATTEMPTS {
-        let snapshot = cluster.read()?;
-        precheck::check(&snapshot, config)?;
+        let mut snapshot = cluster.read()?;
+        precheck::admit(&mut snapshot, config)?;
         let mut state = read_state(&snapshot, config.format);
         // A missing workload is fine only while the daemon Secret was never filled:
         // nothing runs yet, and the pods load the certificates when they start.
@@ -926,7 +936,28 @@ fn apply_writes(
     for write in writes {
         match write {
             Write::Secret(secret) => {
-                cluster.write_secret(&secret)?;
+                match cluster.write_secret(&secret) {
+                    Ok(()) => {}
+                    // One team's Secret (immutable, refused by an admission policy, its
+                    // Role deleted since the read) must not stop the farm's and the other
+                    // teams' renewals. Going on is safe: the tenant keeps what it holds,
+                    // which the planner already judged trusted by every bundle written
+                    // after it, and a CA rollover step waits until it has caught up.
+                    Err(err)
+                        if secret.namespace != config.namespace
+                            && !matches!(err, ClusterError::Conflict { .. }) =>
+                    {
+                        let message = format!(
+                            "tenant {}: {err}; the other Secrets are written, this one is tried again on the next run, and a CA rollover step waits for it",
+                            secret.namespace
+                        );
+                        record_warning(cluster, config, &message, Severity::Warning);
+                        report.warnings.push(message.clone());
+                        report.failed.push(message);
+                        continue;
+                    }
+                    Err(err) => return Err(err.into()),
+                }
                 let object = if secret.namespace == config.namespace {
                     format!("Secret/{}", secret.name)
                 } else {

@@ -516,7 +516,11 @@ impl Cluster for KubeCluster {
         let mut clients = Vec::with_capacity(namespaces.len());
         for namespace in namespaces {
             let secret = self.read_secret(&namespace, &client_name)?;
-            clients.push(state::RawClient { namespace, secret });
+            clients.push(state::RawClient {
+                namespace,
+                secret,
+                held: None,
+            });
         }
         let workload = self.read_workload()?;
         let other_workload = if workload.is_none() {

@@ -283,14 +283,9 @@ fn state_namespace(state: &State) -> &str {
     state.clients.first().map_or("", |c| c.namespace.as_str())
 }
 
-/// The tenants whose namespace (or Secret, or Role) is not there yet.
-fn absent_tenants(state: &State) -> Vec<&str> {
-    state
-        .clients
-        .iter()
-        .filter(|c| c.absent())
-        .map(|c| c.namespace.as_str())
-        .collect()
+/// The tenants kiln cannot write this run: not there yet, or held (see [`Client::absent`]).
+fn absent_tenants(state: &State) -> impl Iterator<Item = &Client> {
+    state.clients.iter().filter(|c| c.absent())
 }
 
 /// Decide what to do with one leaf Secret. Returns the action and, for repairs, a warning.
@@ -519,10 +514,16 @@ pub fn replicas_settled(state: &State, ca: &CaSecret, daemon: &Leaf) -> Result<(
 /// is over, every replica serves what the phase expects, and the propagation delay has
 /// passed since the last leaf write.
 fn step_settled(state: &State, ca: &CaSecret, now: OffsetDateTime, policy: &Policy) -> Result<(), String> {
-    if let Some(tenant) = absent_tenants(state).first() {
-        return Err(format!(
-            "waiting for tenant namespace {tenant} to exist before the CA rollover can go on (its clients would lose trust)"
-        ));
+    if let Some(tenant) = absent_tenants(state).next() {
+        let ns = &tenant.namespace;
+        return Err(match &tenant.held {
+            Some(_) => format!(
+                "waiting for the client Secret of tenant {ns} to match the policy before the CA rollover can go on (its clients would lose trust)"
+            ),
+            None => format!(
+                "waiting for tenant namespace {ns} to exist before the CA rollover can go on (its clients would lose trust)"
+            ),
+        });
     }
     let Slot::Ok(daemon) = &state.daemon else {
         return Err("the leaf Secrets are not complete".into());
@@ -632,12 +633,21 @@ const START_OVER: &str = "starting over with a new CA: clients and daemons do no
 /// Plan one run. Pure: the same state, time and policy give the same actions.
 pub fn plan(state: &State, now: OffsetDateTime, policy: &Policy) -> Vec<Action> {
     let mut out: Vec<Action> = absent_tenants(state)
-        .into_iter()
         .map(|tenant| {
-            warn(format!(
-                "tenant {tenant}: its client Secret cannot be read (the namespace, the Secret or the Role {} there does not exist yet); it is filled once they exist, and a CA rollover step waits for it",
-                crate::overlay::tenant_rbac_name(state_namespace(state))
-            ))
+            let ns = &tenant.namespace;
+            warn(match &tenant.held {
+                Some(why) => format!(
+                    "tenant {ns}: its client Secret does not match the policy, so kiln leaves it alone: {why}; fix the Secret (or the policy), and until then it is not renewed and a CA rollover step waits for it"
+                ),
+                None if state.record.tenants.contains_key(ns) => format!(
+                    "tenant {ns}: kiln renewed its client Secret before but cannot read it now (the Secret or the Role {} there was deleted); it is not renewed until they are back, and a CA rollover step waits for it",
+                    crate::overlay::tenant_rbac_name(state_namespace(state))
+                ),
+                None => format!(
+                    "tenant {ns}: its client Secret cannot be read (the namespace, the Secret or the Role {} there does not exist yet); it is filled once they exist, and a CA rollover step waits for it",
+                    crate::overlay::tenant_rbac_name(state_namespace(state))
+                ),
+            })
         })
         .collect();
     out.extend(plan_steps(state, now, policy));
@@ -1002,6 +1012,7 @@ mod tests {
             namespace: "buildkit".into(),
             slot,
             farm: true,
+            held: None,
         }]
     }
 
@@ -1636,6 +1647,7 @@ mod tests {
             namespace: ns.into(),
             slot,
             farm: false,
+            held: None,
         }
     }
 

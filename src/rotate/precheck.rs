@@ -10,7 +10,10 @@
 //! - the workload kind (a StatefulSet where the policy says Deployment, or the reverse),
 //!   and the keys the pod template mounts from the daemon Secret.
 //!
-//! Any disagreement stops the run with [`Mismatch`], which names every object and field.
+//! Any disagreement in the farm's own namespace stops the run with [`Mismatch`], which
+//! names every object and field. A tenant's client Secret that disagrees holds back only
+//! that tenant ([`admit`]): each team can edit its own namespace, and one team's mistake
+//! must not stop the renewals of the farm and every other team.
 
 use std::fmt;
 
@@ -175,18 +178,28 @@ fn check_ca(secret: &RawSecret, name: &str, config: &Config, out: &mut Vec<Strin
     }
 }
 
-/// Check the live objects against the policy. See the module docs.
+/// [`check`], then each tenant's client Secret: one that does not match the policy is
+/// marked [`held`](super::state::RawClient::held) (this run does not write it, and a CA rollover step waits
+/// for it) instead of stopping the run.
+pub fn admit(snapshot: &mut Snapshot, config: &Config) -> Result<(), Mismatch> {
+    check(snapshot, config)?;
+    for client in snapshot.clients.iter_mut().skip(1) {
+        let mut problems = Vec::new();
+        let name = format!("{}/{}", client.namespace, config.client_secret);
+        check_leaf(&client.secret, &name, config, &mut problems);
+        client.held = (!problems.is_empty()).then(|| problems.join("; "));
+    }
+    Ok(())
+}
+
+/// Check the farm's own objects against the policy: the CA, daemon and client Secrets in
+/// its namespace and the workload. See the module docs.
 pub fn check(snapshot: &Snapshot, config: &Config) -> Result<(), Mismatch> {
     let mut problems = Vec::new();
     check_ca(&snapshot.ca, &config.ca_secret, config, &mut problems);
     check_leaf(&snapshot.daemon, &config.daemon_secret, config, &mut problems);
-    for client in &snapshot.clients {
-        let name = if client.namespace == config.namespace {
-            config.client_secret.clone()
-        } else {
-            format!("{}/{}", client.namespace, config.client_secret)
-        };
-        check_leaf(&client.secret, &name, config, &mut problems);
+    if let Some(farm) = snapshot.farm_client() {
+        check_leaf(farm, &config.client_secret, config, &mut problems);
     }
     let wanted = match config.workload {
         Workload::Deployment => "Deployment",
@@ -267,6 +280,7 @@ mod tests {
             clients: vec![RawClient {
                 namespace: "buildkit".into(),
                 secret: leaf(),
+                held: None,
             }],
             workload: None,
             other_workload: Some("StatefulSet"),
@@ -332,6 +346,7 @@ mod tests {
             clients: vec![RawClient {
                 namespace: "buildkit".into(),
                 secret: secret(&[], None, "Opaque"),
+                held: None,
             }],
             workload: Some(RawWorkload {
                 daemon_secret_items: Some(vec!["ca.crt".into(), "tls.crt".into(), "tls.key".into()]),

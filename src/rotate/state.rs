@@ -132,6 +132,9 @@ pub struct RawClient {
     pub namespace: String,
     /// The Secret.
     pub secret: RawSecret,
+    /// Why this run must not write the Secret, set by [`super::precheck::admit`]: a
+    /// tenant's Secret that does not match the policy holds back that tenant, never the farm.
+    pub held: Option<String>,
 }
 
 impl Snapshot {
@@ -431,12 +434,16 @@ pub struct Client {
     pub slot: Slot<Leaf>,
     /// True for the farm's own namespace.
     pub farm: bool,
+    /// Why kiln must not write this tenant's Secret (it does not match the policy).
+    pub held: Option<String>,
 }
 
 impl Client {
-    /// A tenant whose namespace, Secret or Role does not exist yet: nothing can be written.
+    /// A tenant kiln cannot write this run: its namespace, Secret or Role does not exist
+    /// yet, or its Secret is [`Client::held`]. It is not renewed, and a CA rollover step
+    /// waits for it.
     pub fn absent(&self) -> bool {
-        !self.farm && self.slot == Slot::Missing
+        !self.farm && (self.slot == Slot::Missing || self.held.is_some())
     }
 }
 
@@ -705,6 +712,7 @@ pub fn read_state(snapshot: &Snapshot, format: SecretFormat) -> State {
             namespace: raw.namespace.clone(),
             slot: read_leaf(&raw.secret, format, &cas, LeafKind::Client),
             farm: i == 0,
+            held: raw.held.clone(),
         })
         .collect();
     let list = |key: &str| {
@@ -802,6 +810,7 @@ mod tests {
             clients: vec![RawClient {
                 namespace: config.namespace.clone(),
                 secret: shell(),
+                held: None,
             }],
             workload: None,
             other_workload: None,

@@ -318,6 +318,19 @@ fn tenant_rows(state: &State, config: &Config, now: OffsetDateTime) -> Vec<Tenan
                 not_after: None,
                 days_left: None,
             };
+            if let Some(why) = &client.held {
+                row.state = "held";
+                row.detail = Some(format!(
+                    "does not match the policy, so kiln leaves it alone: {why}; until it is fixed it is not renewed and a CA rollover step waits for it"
+                ));
+                if let Slot::Ok(leaf) = &client.slot {
+                    row.ca = Some(which_ca(leaf.issuer.as_ref()));
+                    row.serial = Some(leaf.info.serial.clone());
+                    row.not_after = Some(leaf.info.not_after);
+                    row.days_left = Some(days_left(&leaf.info, now));
+                }
+                return row;
+            }
             match &client.slot {
                 Slot::Ok(leaf) => {
                     let line = cert_line("client", "", &leaf.info, now, config.policy.leaf_renew_before);
@@ -326,6 +339,19 @@ fn tenant_rows(state: &State, config: &Config, now: OffsetDateTime) -> Vec<Tenan
                     row.serial = line.serial;
                     row.not_after = line.not_after;
                     row.days_left = line.days_left;
+                }
+                Slot::Missing if let Some(expiry) = state.record.tenants.get(&client.namespace) => {
+                    // kiln wrote it before: a Role or Secret deleted since is a failure
+                    // (its certificate will expire unrenewed), not a namespace to come.
+                    row.state = "unreadable";
+                    row.not_after = Some(*expiry);
+                    row.days_left = Some((*expiry - now).whole_days());
+                    row.detail = Some(format!(
+                        "kiln renewed it before but cannot read it now: the Secret or the Role {} in namespace {} was deleted; its certificate expires at {} unrenewed, and a CA rollover step waits for it",
+                        crate::overlay::tenant_rbac_name(&config.namespace),
+                        client.namespace,
+                        crate::pki::rfc3339(*expiry)
+                    ));
                 }
                 Slot::Missing if client.absent() => {
                     row.state = "missing";
@@ -566,6 +592,7 @@ mod tests {
                     } else {
                         shell()
                     },
+                    held: None,
                 })
                 .collect(),
             workload: None,

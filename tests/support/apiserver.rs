@@ -13,7 +13,8 @@
 //! - `metadata.generation` bumps when a workload's spec changes, and a built-in
 //!   "controller" completes the rollout at once (unless told to stall);
 //! - a Secret's `type` defaults to `Opaque` and is immutable (an update that changes it
-//!   is 422 Invalid, `field is immutable`);
+//!   is 422 Invalid, `field is immutable`); a Secret with `immutable: true` refuses any
+//!   change of its data (422 Invalid, `field is immutable when `immutable` is set`);
 //! - RBAC: a Role's rules can be enforced on every request ([`Store::role`], or one Role
 //!   per namespace with [`Store::roles`]), by verb,
 //!   API group, resource and `resourceNames`.
@@ -1203,7 +1204,7 @@ fn update(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) ->
     if sent.is_some() && sent != have {
         return modified(r, name);
     }
-    if let Some(invalid) = type_changed(r, name, &current, &object) {
+    if let Some(invalid) = secret_update_invalid(r, name, &current, &object) {
         return invalid;
     }
     let managers = managers_of(&current);
@@ -1326,7 +1327,7 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
                 201
             }
             Some(current) => {
-                if let Some(invalid) = type_changed(r, name, current, &object) {
+                if let Some(invalid) = secret_update_invalid(r, name, current, &object) {
                     return invalid;
                 }
                 200
@@ -1355,23 +1356,37 @@ fn patch(store: &mut Store, r: &Resource, ns: &str, name: &str, call: &Call) -> 
     };
     let mut object = current.clone();
     merge_patch(&mut object, &patch);
-    if let Some(invalid) = type_changed(r, name, &current, &object) {
+    if let Some(invalid) = secret_update_invalid(r, name, &current, &object) {
         return invalid;
     }
     commit_update(store, r, key, &current, object, managers, call)
 }
 
-/// A Secret's `type` is immutable: an update that changes it is 422 Invalid.
-fn type_changed(r: &Resource, name: &str, current: &Value, object: &Value) -> Option<(u16, Value)> {
-    (r.key == "secrets" && current.get("type") != object.get("type")).then(|| {
+/// A Secret's `type` is immutable: an update that changes it is 422 Invalid. So is any
+/// change to the data of a Secret marked `immutable: true`.
+fn secret_update_invalid(r: &Resource, name: &str, current: &Value, object: &Value) -> Option<(u16, Value)> {
+    if r.key != "secrets" {
+        return None;
+    }
+    let invalid = |field: &str| {
         object_status(
             422,
             "Invalid",
-            format!("Secret {name:?} is invalid: type: Invalid value: field is immutable"),
+            format!("Secret {name:?} is invalid: {field}"),
             r,
             name,
         )
-    })
+    };
+    if current.get("type") != object.get("type") {
+        return Some(invalid("type: Invalid value: field is immutable"));
+    }
+    let frozen = current["immutable"] == Value::Bool(true);
+    if frozen && (current.get("data") != object.get("data") || object["immutable"] != Value::Bool(true)) {
+        return Some(invalid(
+            "data: Forbidden: field is immutable when `immutable` is set",
+        ));
+    }
+    None
 }
 
 /// Store an Update (PUT or merge patch): the managedFields the client sent back are the

@@ -8,14 +8,11 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, Serial};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{PrivateKeyDer, ServerName};
-use support::tls::{Killed, certs_of, line_reader, provider, roots_of, wait_for_line};
+use support::tls::{Killed, Material, line_reader, rustls_mtls, wait_for_line};
 use support::{entries as listing, kiln, stderr, stdout, tool};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -883,91 +880,19 @@ impl Side {
     }
 }
 
-/// A real mTLS exchange over 127.0.0.1 with tokio-rustls: the server requires a client
-/// certificate from its bundle, the client verifies `server_name`. Ok when both sides
-/// completed the handshake and exchanged a line; Err with both sides' errors otherwise.
+/// A real mTLS exchange over 127.0.0.1 with tokio-rustls ([`rustls_mtls`], on a thread of
+/// its own: it runs its own runtime): the server requires a client certificate from its
+/// bundle, the client verifies `server_name`. Err with both sides' errors otherwise.
 async fn rustls_handshake(server: &Side, client: &Side, server_name: &str) -> Result<(), String> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots_of(&server.trust), provider())
-            .build()
-            .unwrap();
-    let server_config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs_of(&server.cert),
-            PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let client_config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots_of(&client.trust))
-        .with_client_auth_cert(
-            certs_of(&client.cert),
-            PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap(),
-        )
-        .unwrap();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    let name = ServerName::try_from(server_name.to_string()).unwrap();
-
-    let server_side = async move {
-        let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let tls = acceptor.accept(tcp).await.map_err(|e| format!("server: {e}"))?;
-        let mut tls = BufReader::new(tls);
-        let mut line = String::new();
-        tls.read_line(&mut line)
-            .await
-            .map_err(|e| format!("server read: {e}"))?;
-        if line != "ping\n" {
-            return Err(format!("server got {line:?}"));
-        }
-        tls.get_mut()
-            .write_all(b"pong\n")
-            .await
-            .map_err(|e| format!("server write: {e}"))?;
-        tls.get_mut()
-            .shutdown()
-            .await
-            .map_err(|e| format!("server shutdown: {e}"))
+    let material = |side: &Side| Material {
+        bundle: side.trust.clone(),
+        cert: side.cert.clone(),
+        key: side.key.clone(),
     };
-    let client_side = async move {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("client: {e}"))?;
-        tls.write_all(b"ping\n")
-            .await
-            .map_err(|e| format!("client write: {e}"))?;
-        let mut tls = BufReader::new(tls);
-        let mut line = String::new();
-        tls.read_line(&mut line)
-            .await
-            .map_err(|e| format!("client read: {e}"))?;
-        if line == "pong\n" {
-            Ok(())
-        } else {
-            Err(format!("client got {line:?}"))
-        }
-    };
-    let both = async { tokio::join!(server_side, client_side) };
-    let (s, c) = tokio::time::timeout(Duration::from_secs(10), both)
+    let (server, client, name) = (material(server), material(client), server_name.to_string());
+    tokio::task::spawn_blocking(move || rustls_mtls(&server, &client, OffsetDateTime::now_utc(), &name))
         .await
-        .map_err(|_| "handshake timed out".to_string())?;
-    match (s, c) {
-        (Ok(()), Ok(())) => Ok(()),
-        (s, c) => Err(format!("{:?} / {:?}", s.err(), c.err())),
-    }
+        .expect("the handshake thread")
 }
 
 #[tokio::test]
@@ -1017,7 +942,7 @@ async fn rustls_mtls_handshake_succeeds_and_fails_where_it_must() {
         .await
         .unwrap_err();
     assert!(
-        err.contains("server: invalid peer certificate: UnknownIssuer"),
+        err.contains("daemon: invalid peer certificate: UnknownIssuer"),
         "{err}"
     );
 
@@ -1054,7 +979,7 @@ async fn rustls_mtls_handshake_succeeds_and_fails_where_it_must() {
         .await
         .unwrap_err();
     assert!(
-        err.contains("server: invalid peer certificate: certificate expired"),
+        err.contains("daemon: invalid peer certificate: certificate expired"),
         "{err}"
     );
 }

@@ -1921,8 +1921,7 @@ fn the_test_server_keeps_server_side_apply_field_ownership() {
     assert_eq!(raw_apply(&server, "carol", false, &stale)["code"], 409);
     // A workload cannot be created by an apply that lacks its required fields.
     let bad = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {"replicas": 1}});
-    let out = raw_request(
-        &server,
+    let out = server.raw(
         "PATCH",
         "/apis/apps/v1/namespaces/buildkit/deployments/x?fieldManager=kiln",
         "application/apply-patch+yaml",
@@ -1936,24 +1935,7 @@ fn raw_apply(server: &ApiServer, manager: &str, force: bool, body: &Value) -> Va
     if force {
         path.push_str("&force=true");
     }
-    raw_request(server, "PATCH", &path, "application/apply-patch+yaml", body)
-}
-
-/// One HTTP/1.1 request with a JSON body; the response body as JSON.
-fn raw_request(server: &ApiServer, method: &str, path: &str, content_type: &str, body: &Value) -> Value {
-    use std::io::{Read, Write};
-    let body = body.to_string();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (_, json) = response.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(json).unwrap_or_else(|_| panic!("{response}"))
+    server.raw("PATCH", &path, "application/apply-patch+yaml", body)
 }
 
 #[test]

@@ -602,9 +602,10 @@ fn rotate_keeps_the_live_secret_type_which_the_server_will_not_change() {
     // The server keeps the real rule: a type change is 422, whatever the writer.
     let mut changed = env.server.get("secrets", NS, DAEMON).unwrap();
     changed["type"] = json!("kubernetes.io/tls");
-    let answer = raw_put(
-        &env.server,
+    let answer = env.server.raw(
+        "PUT",
         &format!("/api/v1/namespaces/{NS}/secrets/{DAEMON}"),
+        "application/json",
         &changed,
     );
     assert_eq!(answer["code"], 422, "{answer}");
@@ -612,35 +613,14 @@ fn rotate_keeps_the_live_secret_type_which_the_server_will_not_change() {
         answer["message"].as_str().unwrap().contains("field is immutable"),
         "{answer}"
     );
-    let patched = raw(
-        &env.server,
+    let patched = env.server.raw(
         "PATCH",
-        "application/merge-patch+json",
         &format!("/api/v1/namespaces/{NS}/secrets/{DAEMON}"),
+        "application/merge-patch+json",
         &json!({"type": "kubernetes.io/tls"}),
     );
     assert_eq!(patched["code"], 422, "{patched}");
     assert_eq!(env.server.get("secrets", NS, DAEMON).unwrap()["type"], "Opaque");
-}
-
-fn raw_put(server: &ApiServer, path: &str, body: &Value) -> Value {
-    raw(server, "PUT", "application/json", path, body)
-}
-
-fn raw(server: &ApiServer, method: &str, content_type: &str, path: &str, body: &Value) -> Value {
-    use std::io::{Read, Write};
-    let body = body.to_string();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (_, json) = response.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(json).unwrap_or_else(|_| panic!("{response}"))
 }
 
 /// One team's mistake in its own namespace never stops the farm: a tenant whose Secret

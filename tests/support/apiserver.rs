@@ -634,6 +634,24 @@ fn content(value: &Value) -> Value {
 // ------------------------------------------------------------------- server
 
 impl ApiServer {
+    /// One raw HTTP/1.1 request with a JSON body, as no client library would send it (to
+    /// test the server's own rules); the response body as JSON.
+    pub fn raw(&self, method: &str, path: &str, content_type: &str, body: &Value) -> Value {
+        use std::io::{Read, Write};
+        let body = body.to_string();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (_, json) = response.split_once("\r\n\r\n").unwrap();
+        serde_json::from_str(json).unwrap_or_else(|_| panic!("{response}"))
+    }
+
     /// Start a server on an ephemeral port.
     pub fn start() -> Self {
         let store = Arc::new(Mutex::new(Store::default()));

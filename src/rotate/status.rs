@@ -47,13 +47,14 @@ pub struct TenantStatus {
     /// The client Secret's name there.
     pub secret: String,
     /// `ok`, `renew-due`, `expired`, `empty`, `broken`, `missing` (the namespace, the
-    /// Secret or its Role does not exist yet) or `removed` (dropped from the overlay,
-    /// its certificate still valid).
+    /// Secret or its Role does not exist yet), `unreadable` (renewed before, cannot be read
+    /// now), `held` (does not match the policy, left alone) or `removed` (dropped from the
+    /// overlay, its certificate still valid).
     pub state: &'static str,
     /// Which CA of the CA Secret signed it: `ca`, `next-ca`, `retiring-ca`, or `unknown`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca: Option<&'static str>,
-    /// What it means, for `missing`, `removed` and `broken`.
+    /// What it means, for `missing`, `unreadable`, `held`, `removed` and `broken`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Serial (hex).

@@ -11,13 +11,15 @@
 //!    - `random`: a plain Service;
 //!    - `sticky`: buildx's sticky mode, hashing the context path alone over the running pods;
 //!    - `hash`: kiln's rendezvous hashing of `<repository>:<context>` (`--load-factor 0`);
-//!    - `kiln`: kiln's default, the same order with bounded load, and variants of its
-//!      [`Policy`] (load factor, replicas asked at once).
+//!    - `kiln`: kiln's default, the same order with bounded load and busy repositories
+//!      spread, and variants of its [`Policy`] (the bound alone, as kiln had it before;
+//!      the key's first 3 asked, as two changes back).
 //!
 //!    kiln's strategies call `kiln::build::choose` itself, the code `kiln build` runs: the
-//!    simulation answers the walk's load questions from its own replicas, as daemons do.
+//!    simulation answers the walk's load questions from its own replicas, as daemons do
+//!    (each its active builds and its newest finished ones, by repository).
 //! 2. **Other rules** on the same month, to map what the bound can buy: kiln's walk with
-//!    other load factors and the key's first 3 asked (kiln before), and [`Rule`]s that are
+//!    other spread steps and load factors, the bound alone, and [`Rule`]s that are
 //!    not kiln's: the paper's counting, two choices, key-blind rules that pass over the
 //!    farm's busiest replica, and rules that know more than a daemon's active count (which
 //!    replica holds a repository's cache, which repositories are the most built, which
@@ -27,13 +29,15 @@
 //!    ring kiln used before (reproduced here): spread, keys moved by a rescale, and the cost
 //!    of one choice (a `kiln build` process computes it once) up to the replica cap.
 //! 5. **The load query's latency**: kiln's walk asking 1, 3, 8, 10 or 32 stand-in daemons
-//!    at once over mTLS (tests/support/daemon.rs), as `kiln build` does before a build.
+//!    at once over mTLS (tests/support/daemon.rs), as `kiln build` does before a build, each
+//!    answering its history; and 8 without history, for what reading it costs.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use kiln::build::choose::{self, Policy, Probe};
+use kiln::build::choose::{self, Load, Policy, Probe};
+use kiln::build::history::FINISHED_LIMIT;
 use kiln::build::{Daemon, preflight, run};
 use kiln::pki::{self, Algorithm, CaRequest, LeafKind, LeafRequest, Serial};
 
@@ -316,17 +320,28 @@ impl Rule {
     }
 }
 
-/// kiln's default: `Policy::with_load_factor(1.25)`.
+/// kiln's default: `Policy::with_load_factor(1.25)`, every replica asked, busy
+/// repositories spread.
 fn kiln_default() -> Strategy {
     Strategy::Kiln(Policy::with_load_factor(choose::DEFAULT_LOAD_FACTOR))
 }
 
-/// kiln before this change: the key's first three asked, the total estimated from them.
+/// kiln's walk with load factor `c` and the spread at `step` (0: off, the bound alone).
+fn kiln_spread(load_factor: f64, spread_step: f64) -> Strategy {
+    Strategy::Kiln(Policy {
+        spread_step,
+        ..Policy::with_load_factor(load_factor)
+    })
+}
+
+/// kiln two changes back: the key's first three asked, the total estimated from them, no
+/// spread.
 fn kiln_three_asked(load_factor: f64) -> Strategy {
     Strategy::Kiln(Policy {
         load_factor,
         probe_width: 3,
         max_probed: 12,
+        spread_step: 0.0,
     })
 }
 
@@ -341,6 +356,9 @@ struct Replica {
     version: u64,
     cache: VecDeque<usize>,
     capacity: usize,
+    /// The repositories of its newest finished builds, newest first: what its build history
+    /// answers kiln (at most `FINISHED_LIMIT`).
+    finished: VecDeque<usize>,
     slots: f64,
     busy: f64,
     uptime: f64,
@@ -358,6 +376,7 @@ impl Replica {
             version: 0,
             cache: VecDeque::new(),
             capacity: farm.cache,
+            finished: VecDeque::new(),
             slots: farm.slots,
             busy: 0.0,
             uptime: 0.0,
@@ -390,6 +409,12 @@ impl Replica {
             }
         }
         self.last = now;
+    }
+
+    /// Record a finished (or cancelled) build of `repo` in its history.
+    fn record(&mut self, repo: usize) {
+        self.finished.push_front(repo);
+        self.finished.truncate(FINISHED_LIMIT as usize);
     }
 
     /// Touch `repo` in the LRU; true when it was there (a warm build).
@@ -540,6 +565,7 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy, farm: &Far
                 r.active.retain(|(_, work)| *work > 1e-6);
                 for id in finished {
                     report.times.push(now - builds[id].submitted);
+                    replicas[replica].record(builds[id].repo);
                 }
                 queue.schedule(&mut replicas[replica], replica, now);
             }
@@ -551,6 +577,7 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy, farm: &Far
                     r.active.remove(at);
                     report.timed_out += 1;
                     report.times.push(TIMEOUT);
+                    r.record(builds[id].repo);
                     queue.schedule(&mut replicas[replica], replica, now);
                 }
             }
@@ -584,6 +611,7 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy, farm: &Far
                 r.advance(now);
                 r.up = false;
                 r.cache.clear();
+                r.finished.clear();
                 r.version += 1;
                 // Its builds lost their daemon: rerun on the next one (issue 9).
                 for (id, _) in std::mem::take(&mut r.active) {
@@ -621,7 +649,15 @@ fn simulate(repos: &[Repo], arrivals: &[Arrival], strategy: Strategy, farm: &Far
                             .map(|position| {
                                 let r = &replicas[order[position]];
                                 if r.up {
-                                    Probe::Active(r.active.len() as u32)
+                                    let same = |of: &mut dyn Iterator<Item = usize>| {
+                                        of.filter(|other| *other == repo).count() as u32
+                                    };
+                                    Probe::Active(Load {
+                                        active: r.active.len() as u32,
+                                        active_same: same(&mut r.active.iter().map(|(b, _)| builds[*b].repo)),
+                                        finished: r.finished.len() as u32,
+                                        finished_same: same(&mut r.finished.iter().copied()),
+                                    })
                                 } else {
                                     Probe::NoAnswer("down".into())
                                 }
@@ -847,16 +883,16 @@ fn month() {
         run("sticky (buildx: context path)", Strategy::Sticky),
         run("kiln, hashing (--load-factor 0)", Strategy::Hash),
         run(
-            "kiln, bounded load (default: c = 1.25, all asked)",
+            "kiln, bounded load and spread (default, c = 1.25)",
             kiln_default(),
         ),
         run(
-            "kiln before (c = 1.25, the first 3 asked)",
-            kiln_three_asked(1.25),
+            "kiln before: the bound alone (c = 1.25, all asked)",
+            kiln_spread(1.25, 0.0),
         ),
         run(
-            "kiln, --load-factor 1.5 (all asked)",
-            Strategy::Kiln(Policy::with_load_factor(1.5)),
+            "kiln two changes back (c = 1.25, first 3 asked)",
+            kiln_three_asked(1.25),
         ),
     ];
     print_rows(&rows, None);
@@ -899,20 +935,35 @@ fn month() {
     println!();
     println!("2. rules on the same month (every row holds replicas to ceil(c × (total + 1) / N)):");
     let mut rules = vec![run("kiln, hashing (--load-factor 0)", Strategy::Hash)];
-    rules.push(run("kiln default: c = 1.25, every replica asked", kiln_default()));
+    rules.push(run("kiln default: c = 1.25, spread step 0.1", kiln_default()));
+    for step in [0.05, 0.2, 0.5, 1.0] {
+        rules.push(run(
+            &format!("kiln: c = 1.25, spread step {step}"),
+            kiln_spread(1.25, step),
+        ));
+    }
+    for c in [1.1, 1.5, 2.0] {
+        rules.push(run(
+            &format!("kiln: c = {c:.2}, spread step 0.1"),
+            kiln_spread(c, choose::SPREAD_STEP),
+        ));
+    }
+    rules.push(run(
+        "the bound alone: c = 1.25, every replica asked",
+        kiln_spread(1.25, 0.0),
+    ));
+    for c in [1.0, 1.5] {
+        rules.push(run(
+            &format!("the bound alone: c = {c:.2}, every replica asked"),
+            kiln_spread(c, 0.0),
+        ));
+    }
     let before = simulate(&repos, &arrivals, kiln_three_asked(1.25), &BASE);
     let bias = (
         before.home_over_true_bound as f64 / before.builds as f64,
         before.home_kept_by_estimate as f64 / before.home_over_true_bound.max(1) as f64,
     );
-    rules.push(row("kiln before: c = 1.25, the first 3 asked", before));
-    for c in [1.0, 1.1, 1.5, 2.0] {
-        rules.push(run(
-            &format!("kiln: c = {c:.2}, every replica asked"),
-            Strategy::Kiln(Policy::with_load_factor(c)),
-        ));
-    }
-    rules.push(run("kiln: c = 1.50, the first 3 asked", kiln_three_asked(1.5)));
+    rules.push(row("the bound alone: c = 1.25, the first 3 asked", before));
     for (name, rule) in [
         (
             "not kiln: the paper's counting (active + 1 ≤ bound)",
@@ -942,7 +993,7 @@ fn month() {
     }
     print_rows(&rules, Some(&rules[0]));
     println!(
-        "  kiln before: the key's home was over the bound of the farm's true total in {:.1}% of choices; \
+        "  the bound alone, the first 3 asked: the key's home was over the bound of the farm's true total in {:.1}% of choices; \
          the estimate from the first 3 kept it eligible in {:.1}% of those",
         100.0 * bias.0,
         100.0 * bias.1
@@ -978,8 +1029,12 @@ fn sensitivity() {
         let run = |name: &str, strategy: Strategy| row(name, simulate(&repos, &arrivals, strategy, &farm));
         let rows = vec![
             run("kiln, hashing (--load-factor 0)", Strategy::Hash),
-            run("kiln default: c = 1.25, every replica asked", kiln_default()),
-            run("kiln before: c = 1.25, the first 3 asked", kiln_three_asked(1.25)),
+            run("kiln default: bounded load and spread", kiln_default()),
+            run(
+                "kiln before: the bound alone, every replica asked",
+                kiln_spread(1.25, 0.0),
+            ),
+            run("the bound alone, the first 3 asked", kiln_three_asked(1.25)),
             run("not kiln: the paper's counting", Strategy::Other(Rule::Counting)),
             run("not kiln: two choices", Strategy::Other(Rule::TwoChoices)),
         ];
@@ -1155,55 +1210,65 @@ fn load_query_latency(runs: usize) -> Result<(), Error> {
     }
     let files = preflight::find_tls_files(dir.path())?;
     let config = preflight::client_config(dir.path(), &preflight::read_material(&files)?)?;
+    // Each stand-in runs 1 build and has a full history, as a daemon of a busy farm: it
+    // answers its 50 newest finished builds (of another repository, so nothing spreads and
+    // every walk ends at the home). 8 more have no history, for what reading it costs.
     let most = 32;
-    let stand_ins: Vec<daemon::Daemon> = (0..most)
-        .map(|_| {
-            daemon::serve(
-                &ca.cert_pem,
-                &daemon_cert.cert_pem,
-                &daemon_cert.key_pem,
-                1,
-                daemon::Behavior::default(),
-            )
-        })
-        .collect();
-    let candidates: Vec<Daemon> = stand_ins
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Daemon {
-            host: format!("buildkitd-{i}.buildkitd.ci.svc"),
-            port: 1234,
-            connect_to: Some(s.addr),
-        })
-        .collect();
+    let serve = |finished: u32| {
+        daemon::serve(
+            &ca.cert_pem,
+            &daemon_cert.cert_pem,
+            &daemon_cert.key_pem,
+            1,
+            daemon::Behavior {
+                finished,
+                ..Default::default()
+            },
+        )
+    };
+    let stand_ins: Vec<daemon::Daemon> = (0..most).map(|_| serve(200)).collect();
+    let fresh: Vec<daemon::Daemon> = (0..8).map(|_| serve(0)).collect();
+    let to = |stand_ins: &[daemon::Daemon]| -> Vec<Daemon> {
+        stand_ins
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Daemon {
+                host: format!("buildkitd-{i}.buildkitd.ci.svc"),
+                port: 1234,
+                connect_to: Some(s.addr),
+            })
+            .collect()
+    };
+    let (candidates, without_history) = (to(&stand_ins), to(&fresh));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let cases: Vec<(String, usize, Policy)> = vec![
-        ("the home only (1 asked of 8)".into(), 8, width(1)),
-        ("the first 3 of 8 (kiln before)".into(), 8, width(3)),
+    let all = Policy::with_load_factor(1.25);
+    let cases: Vec<(String, &[Daemon], usize, Policy)> = vec![
+        ("the home only (1 asked of 8)".into(), &candidates, 8, width(1)),
         (
-            "every one of 8 (kiln now)".into(),
+            "the first 3 of 8 (kiln two changes back)".into(),
+            &candidates,
             8,
-            Policy::with_load_factor(1.25),
+            width(3),
         ),
         (
-            "every one of 10 (kiln now)".into(),
-            10,
-            Policy::with_load_factor(1.25),
+            "every one of 8, no history (kiln before)".into(),
+            &without_history,
+            8,
+            all,
         ),
-        (
-            "every one of 32 (kiln now)".into(),
-            32,
-            Policy::with_load_factor(1.25),
-        ),
+        ("every one of 8 (kiln now)".into(), &candidates, 8, all),
+        ("every one of 10 (kiln now)".into(), &candidates, 10, all),
+        ("every one of 32 (kiln now)".into(), &candidates, 32, all),
     ];
-    let choose = |n: usize, policy: &Policy| {
+    let choose = |candidates: &[Daemon], n: usize, policy: &Policy| {
         let choice = runtime.block_on(run::choose_by_load(
             &candidates[..n],
             config.clone(),
             policy,
             Duration::from_secs(5),
+            "registry.example.com/team/app",
         ));
         assert_eq!(
             choice.chosen(),
@@ -1213,28 +1278,32 @@ fn load_query_latency(runs: usize) -> Result<(), Error> {
         choice.verdicts.len()
     };
     // Warm up, then interleave the cases so the machine's load falls on all alike.
-    for (_, n, policy) in &cases {
+    for (_, stand_ins, n, policy) in &cases {
         for _ in 0..5 {
-            choose(*n, policy);
+            choose(stand_ins, *n, policy);
         }
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut asked = vec![0; cases.len()];
     for _ in 0..runs {
-        for (i, (_, n, policy)) in cases.iter().enumerate() {
+        for (i, (_, stand_ins, n, policy)) in cases.iter().enumerate() {
             let start = Instant::now();
-            asked[i] = choose(*n, policy);
+            asked[i] = choose(stand_ins, *n, policy);
             samples[i].push(start.elapsed().as_secs_f64() * 1000.0);
         }
     }
     println!(
         "5. the load query as `kiln build` makes it: kiln's walk over stand-in daemons on loopback, \
-         a fresh mTLS connection to each, {runs} runs each, interleaved"
+         a fresh mTLS connection to each, each answering 1 active and {FINISHED_LIMIT} finished builds \
+         unless it has no history, {runs} runs each, interleaved (a finished record is {} bytes, an answer \
+         with history {} KiB)",
+        daemon::event(1, "done0", daemon::OTHER_IMAGE).len(),
+        (51 * (daemon::event(1, "done0", daemon::OTHER_IMAGE).len() + 5)) / 1024,
     );
-    for (i, (name, _, _)) in cases.iter().enumerate() {
+    for (i, (name, ..)) in cases.iter().enumerate() {
         let (p50, p90) = (percentile(&mut samples[i], 0.5), percentile(&mut samples[i], 0.9));
         println!(
-            "  {name:<32} {:>3} asked   p50 {p50:7.2} ms   p90 {p90:7.2} ms",
+            "  {name:<42} {:>3} asked   p50 {p50:7.2} ms   p90 {p90:7.2} ms",
             asked[i]
         );
     }
@@ -1246,6 +1315,7 @@ fn width(probe_width: usize) -> Policy {
         load_factor: choose::DEFAULT_LOAD_FACTOR,
         probe_width,
         max_probed: 4 * probe_width,
+        spread_step: choose::SPREAD_STEP,
     }
 }
 

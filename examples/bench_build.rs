@@ -4,8 +4,8 @@
 //!    the client files, check them, build the TLS config, pick the daemon, mTLS
 //!    handshake plus HTTP/2 preface) against a bare TLS connect (TCP + mTLS handshake
 //!    with a ready config) to the same loopback server.
-//! 2. The active-build query of the bounded-load choice: the native gRPC call against a
-//!    client process making the same call (see [`load_query`]).
+//! 2. The build-history query of the daemon choice (3 active and 50 finished builds): the
+//!    native gRPC call against a client process making the same call (see [`load_query`]).
 //!
 //! Cache affinity is scripts/bench-affinity's (examples/bench_affinity.rs).
 
@@ -18,13 +18,16 @@ use std::time::{Duration, Instant};
 #[path = "../tests/support/daemon.rs"]
 mod daemon;
 
-use kiln::build::choose::{DEFAULT_LOAD_FACTOR, Policy};
+use kiln::build::choose::{DEFAULT_LOAD_FACTOR, Load, Policy};
 use kiln::build::preflight::{self, CertSource, Retry};
 use kiln::build::{Daemon, Placement, daemon_candidates, history, run};
 use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, Serial};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use time::OffsetDateTime;
+
+/// The repository the load query asks about.
+const REPOSITORY: &str = "registry.example.com/team/app";
 
 type Error = Box<dyn std::error::Error>;
 
@@ -201,7 +204,7 @@ fn preflight_overhead(iterations: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// The active-build query: kiln's native gRPC call against running a separate client
+/// The build-history query: kiln's native gRPC call against running a separate client
 /// process that makes the same call over the same mTLS, the way the `buildctl debug
 /// histories` method would. No buildctl binary exists on this machine (Debian and PyPI
 /// ship none, and no Go toolchain new enough to build one), so the process is `curl
@@ -224,7 +227,10 @@ fn load_query(iterations: usize) -> Result<(), Error> {
         &daemon_cert.key_pem,
         3,
         daemon::Behavior {
-            finished: 2,
+            // A daemon with a full history: kiln reads its 50 newest finished builds.
+            finished: 200,
+            building: (1, 10),
+            image: format!("{REPOSITORY}:1.0"),
             ..Default::default()
         },
     );
@@ -248,15 +254,16 @@ fn load_query(iterations: usize) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let native = || -> Result<u32, Error> {
-        Ok(runtime.block_on(history::active_builds(
+    let native = || -> Result<Load, Error> {
+        Ok(runtime.block_on(history::load(
             &target,
             config.clone(),
             Duration::from_secs(5),
+            REPOSITORY,
         ))?)
     };
     let out = dir.path().join("answer.bin");
-    let curl = || -> Result<u32, Error> {
+    let curl = || -> Result<Load, Error> {
         let status = std::process::Command::new("curl")
             .args(["--silent", "--show-error", "--http2", "--fail"])
             .arg("--cacert")
@@ -283,15 +290,22 @@ fn load_query(iterations: usize) -> Result<(), Error> {
         if !status.success() {
             return Err(format!("curl failed: {status}").into());
         }
-        Ok(history::count_active(&std::fs::read(&out)?)?)
+        Ok(history::summarize(&std::fs::read(&out)?, REPOSITORY)?)
     };
-    // Both must read the same answer: 3 active builds (the 2 finished ones not counted).
-    assert_eq!(native()?, 3);
+    // Both must read the same answer: 3 active builds, 1 of the repository; 50 finished
+    // (the request's Limit), 10 of the repository.
+    let expected = Load {
+        active: 3,
+        active_same: 1,
+        finished: 50,
+        finished_same: 10,
+    };
+    assert_eq!(native()?, expected);
     if curl().is_err() {
         println!("load query: curl with HTTP/2 is not available; only the native figure is measured");
     }
-    let curl_works = curl().map(|n| n == 3).unwrap_or(false);
-    // A whole choice as kiln build runs it: the walk's first wave, 3 daemons at once.
+    let curl_works = curl().is_ok_and(|load| load == expected);
+    // A whole choice as kiln build runs it: 3 daemons asked at once.
     let wave: Vec<Daemon> = (0..3)
         .map(|i| Daemon {
             host: format!("buildkitd-{i}.buildkitd.ci.svc"),
@@ -306,6 +320,7 @@ fn load_query(iterations: usize) -> Result<(), Error> {
             config.clone(),
             &policy,
             Duration::from_secs(5),
+            REPOSITORY,
         ));
     };
     for _ in 0..10 {
@@ -332,12 +347,12 @@ fn load_query(iterations: usize) -> Result<(), Error> {
         }
     }
     println!(
-        "active-build query ({iterations} runs each, interleaved, loopback, stand-in gRPC daemon over mTLS)"
+        "build-history query, 3 active and 50 finished builds ({iterations} runs each, interleaved, loopback, stand-in gRPC daemon over mTLS)"
     );
     let (n50, n90) = (percentile(&mut native_ms, 0.5), percentile(&mut native_ms, 0.9));
     let (w50, w90) = (percentile(&mut choice_ms, 0.5), percentile(&mut choice_ms, 0.9));
     println!("  native gRPC, one daemon (TCP + mTLS + HTTP/2 + call):  p50 {n50:7.3} ms   p90 {n90:7.3} ms");
-    println!("  native, the walk's first wave (3 daemons at once):      p50 {w50:7.3} ms   p90 {w90:7.3} ms");
+    println!("  native, a walk over 3 daemons asked at once:            p50 {w50:7.3} ms   p90 {w90:7.3} ms");
     if curl_works {
         let (c50, c90) = (percentile(&mut curl_ms, 0.5), percentile(&mut curl_ms, 0.9));
         println!(

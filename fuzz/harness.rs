@@ -131,3 +131,37 @@ pub fn template(data: &[u8]) {
         }
     }
 }
+
+/// A build-history answer as a daemon streams it (gRPC frames of BuildHistoryEvents): read
+/// whole and in two pieces split where the first byte says, the counts agree, stay within
+/// what the bytes can hold, and never exceed the finished-build limit.
+pub fn history(data: &[u8]) {
+    use kiln::build::history::{self, FINISHED_LIMIT, Tally};
+    let repository = "registry.example.com/team/app";
+    let whole = history::summarize(data, repository);
+    if let Ok(load) = &whole {
+        assert!(load.active_same <= load.active && load.finished_same <= load.finished);
+        assert!(load.finished <= FINISHED_LIMIT);
+        assert!(
+            load.reported() as usize <= data.len() / 5,
+            "every event takes a 5-byte frame header"
+        );
+    }
+    let split = data.first().map_or(0, |b| usize::from(*b) * data.len() / 256);
+    let mut tally = Tally::new(repository);
+    let pieces = match tally.feed(&data[..split]) {
+        Ok(true) => tally.finish(&data[..split]),
+        Ok(false) => tally.finish(data),
+        Err(e) => Err(e),
+    };
+    match (&whole, &pieces) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "read whole and in pieces"),
+        (Err(_), Err(_)) => {}
+        // Stopping at the limit in the first piece ignores what a whole read finds after it.
+        (Err(_), Ok(load)) => assert_eq!(load.finished, FINISHED_LIMIT),
+        (Ok(a), Err(e)) => panic!("whole {a:?}, in pieces {e}"),
+    }
+    if let Err(e) = &whole {
+        check_message(&e.to_string(), "");
+    }
+}

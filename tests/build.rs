@@ -1362,38 +1362,65 @@ fn client_config(ca: &Issued) -> Arc<rustls::ClientConfig> {
 }
 
 #[test]
-fn the_history_call_counts_active_builds_over_mtls() {
+fn the_history_call_counts_builds_and_the_repositorys_over_mtls() {
+    use kiln::build::choose::Load;
     use kiln::build::history::{self, LoadError};
     let ca = issue_ca("kiln CA");
     let cert = daemon_cert(&ca, "buildkitd", "ci");
     let config = client_config(&ca);
     let rt = runtime();
+    let repository = "registry.example.com/team/app";
     let ask = |addr: SocketAddr, timeout: Duration| {
-        rt.block_on(history::active_builds(
+        rt.block_on(history::load(
             &daemon("buildkitd-0.buildkitd.ci.svc", addr),
             config.clone(),
             timeout,
+            repository,
         ))
     };
-    // Three active builds and two finished ones (a daemon that ignored ActiveOnly).
-    let busy = serve_loaded(
-        &ca.cert_pem,
-        &cert,
-        3,
-        daemon::Behavior {
-            finished: 2,
-            ..Default::default()
-        },
-    );
-    assert_eq!(ask(busy.addr, Duration::from_secs(5)), Ok(3));
+    // Three active builds, one of them of the repository; 80 finished, 30 of them of the
+    // repository. The daemon sends its newest 50 (the request's Limit).
+    let app = daemon::Behavior {
+        finished: 80,
+        building: (1, 30),
+        image: format!("{repository}:1.0"),
+        ..Default::default()
+    };
+    let busy = serve_loaded(&ca.cert_pem, &cert, 3, app.clone());
+    let expected = Load {
+        active: 3,
+        active_same: 1,
+        finished: 50,
+        finished_same: 30,
+    };
+    assert_eq!(ask(busy.addr, Duration::from_secs(5)), Ok(expected));
     busy.active.store(0, Ordering::SeqCst);
-    assert_eq!(ask(busy.addr, Duration::from_secs(5)), Ok(0));
+    assert_eq!(
+        ask(busy.addr, Duration::from_secs(5)),
+        Ok(Load {
+            active: 0,
+            active_same: 0,
+            ..expected
+        })
+    );
     assert_eq!(busy.history_calls.load(Ordering::SeqCst), 2);
     assert!(
         busy.bad_requests.lock().unwrap().is_empty(),
         "{:?}",
         busy.bad_requests
     );
+    // A daemon before v0.20 ignores Limit and sends all 5,000: kiln reads 50 and stops.
+    let old = serve_loaded(
+        &ca.cert_pem,
+        &cert,
+        3,
+        daemon::Behavior {
+            finished: 5_000,
+            ignore_limit: true,
+            ..app
+        },
+    );
+    assert_eq!(ask(old.addr, Duration::from_secs(5)), Ok(expected));
 
     // A buildkitd before v0.11 has no such method.
     let old = serve_loaded(
@@ -1479,6 +1506,7 @@ fn the_choice_asks_every_daemon_at_once_and_skips_a_home_over_its_bound() {
         config,
         &Policy::with_load_factor(1.25),
         Duration::from_secs(5),
+        "registry.example.com/team/app",
     ));
     let elapsed = started.elapsed();
     // Every replica answered: 6 on the farm, bound ceil(1.25·7/8) = 2. (The key's first
@@ -1501,6 +1529,72 @@ fn the_choice_asks_every_daemon_at_once_and_skips_a_home_over_its_bound() {
         .map(|s| s.history_calls.load(Ordering::SeqCst))
         .collect();
     assert_eq!(calls, [1; 8], "every daemon is asked, once");
+}
+
+#[test]
+fn a_busy_repositorys_build_goes_to_the_least_loaded_of_its_first_daemons() {
+    let env = Env::new(SecretFormat::Pem);
+    let image = "registry.example.com/team/app:1.0";
+    let with = |active: u32, building: (u32, u32)| {
+        (
+            active,
+            daemon::Behavior {
+                finished: 50,
+                building,
+                image: image.to_string(),
+                ..Default::default()
+            },
+        )
+    };
+    // The key's home runs 2 builds (both of the repository), its second 1, its third none,
+    // the rest 1 each: 8 on the farm, bound ceil(1.25·9/8) = 2, so the home is eligible.
+    // The daemons report 8 running and 400 finished builds, 12 of them of the repository:
+    // a share of 2.9%, 2.35 tenths of a daemon's fair share, so its builds spread over the
+    // key's first 3 (also 1 + its 2 running builds).
+    let mut loads = vec![with(2, (2, 6)), with(1, (0, 4)), with(0, (0, 0))];
+    loads.extend((0..5).map(|_| with(1, (0, 0))));
+    let (order, _servers, args) = farm(&env, image, &loads);
+    let mut dry = args.clone();
+    dry.extend(["--dry-run".to_string(), "-o".into(), "json".into()]);
+    let dry: Vec<&str> = dry.iter().map(String::as_str).collect();
+    let output = env.kiln(&dry, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let name = |i: usize| format!("{}:1234", order[i].host);
+    assert_eq!(report["bound"], 2);
+    assert_eq!(
+        report["spread"],
+        serde_json::json!({"over": 3, "repositoryBuilds": 12, "reportedBuilds": 408})
+    );
+    assert_eq!(report["chosen"], name(2), "the least loaded of the first three");
+    let expected: Vec<String> = [2, 1, 0, 3, 4, 5, 6, 7].iter().map(|i| name(*i)).collect();
+    assert_eq!(report["order"], serde_json::json!(expected));
+    let line = stderr(&output)
+        .lines()
+        .find(|l| l.contains("chose buildkitd"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.ends_with(&format!(
+            "chose buildkitd {} (0 active builds, bound 2 for 8 active on the farm; the least loaded of the key's first 3, \
+             as its repository made 12 of the 408 builds the daemons reported); skipped {} (2 active builds, busier), {} (1 active build, busier)",
+            name(2),
+            name(0),
+            name(1)
+        )),
+        "{line}"
+    );
+    assert_eq!(env.runs(), 0);
+
+    // Another repository, built nowhere on the farm, keeps its home: the same loads.
+    let other = "registry.example.com/team/rare:1.0";
+    let (order, _servers, mut args) = farm(&env, other, &loads);
+    args.extend(["--dry-run".to_string(), "-o".into(), "json".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = env.kiln(&args, &[]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["spread"], serde_json::Value::Null);
+    assert_eq!(report["chosen"], format!("{}:1234", order[0].host));
 }
 
 #[test]
@@ -1596,13 +1690,22 @@ fn dry_run_json_is_stable_and_runs_no_buildctl() {
     let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     // The fields, in a fixed order.
     let text = String::from_utf8_lossy(&first.stdout);
-    let at: Vec<usize> = ["key", "loadFactor", "bound", "daemons", "order", "chosen", "argv"]
-        .iter()
-        .map(|k| {
-            text.find(&format!("\n  \"{k}\": "))
-                .unwrap_or_else(|| panic!("no {k}: {text}"))
-        })
-        .collect();
+    let at: Vec<usize> = [
+        "key",
+        "loadFactor",
+        "bound",
+        "spread",
+        "daemons",
+        "order",
+        "chosen",
+        "argv",
+    ]
+    .iter()
+    .map(|k| {
+        text.find(&format!("\n  \"{k}\": "))
+            .unwrap_or_else(|| panic!("no {k}: {text}"))
+    })
+    .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
     assert_eq!(report.as_object().unwrap().len(), at.len());
     let key =
@@ -1611,6 +1714,11 @@ fn dry_run_json_is_stable_and_runs_no_buildctl() {
     assert_eq!(report["loadFactor"], 1.25);
     // 4 + 0 + 0 over all 3: total 4, bound ceil(1.25·5/3) = 3.
     assert_eq!(report["bound"], 3);
+    assert_eq!(
+        report["spread"],
+        serde_json::Value::Null,
+        "no build of the repository reported"
+    );
     let name = |i: usize| format!("{}:1234", order[i].host);
     assert_eq!(report["chosen"], name(1));
     assert_eq!(report["order"], serde_json::json!([name(1), name(2), name(0)]));

@@ -743,11 +743,12 @@ fn fuzz_inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn fuzz_seeds_and_every_crash_found_replay_cleanly() {
     type Check = fn(&[u8]);
-    let targets: [(&str, Check); 4] = [
+    let targets: [(&str, Check); 5] = [
         ("overlay", harness::overlay),
         ("krm", harness::krm),
         ("pem", harness::pem),
         ("template", harness::template),
+        ("history", harness::history),
     ];
     let mut replayed = 0;
     for (target, check) in targets {

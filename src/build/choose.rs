@@ -8,15 +8,22 @@
 //!    (each to its next in order); adding one moves to it only the keys it now scores
 //!    highest for, 1/(N+1) of them. docs/build.md has the figures that chose this over a
 //!    512-point hash ring.
-//! 2. **The bounded-load walk** (consistent hashing with bounded loads, Mirrokni, Thorup and
+//! 2. **The spread of a busy repository.** A repository that makes more than its share of
+//!    the farm's builds would pile onto its home whatever the bound, so its builds share
+//!    the key's first few replicas, least loaded first: one more replica for every
+//!    [`SPREAD_STEP`] of a replica's fair share that its builds make among those the daemons
+//!    report (running, and each daemon's newest finished ones). Those replicas keep its
+//!    cache warm because it builds there often; a repository built rarely has a share near
+//!    0 and keeps its home.
+//! 3. **The bounded-load walk** (consistent hashing with bounded loads, Mirrokni, Thorup and
 //!    Zadimoghaddam, 2018). A replica is eligible while its active builds are at most
-//!    `ceil(c × (total + 1) / N)`; the walk takes the first eligible replica in the key's
-//!    order. The loads come from the daemons ([`super::history`] asks them, an IO edge); the
-//!    walk says which to ask: the key's first [`PROBE_WIDTH`] at once, which is every
-//!    replica of a farm up to that size, because the bound needs the farm's total and
+//!    `ceil(c × (total + 1) / N)`; the walk takes the first eligible replica in that
+//!    preference. The loads come from the daemons ([`super::history`] asks them, an IO
+//!    edge); the walk says which to ask: the key's first [`PROBE_WIDTH`] at once, which is
+//!    every replica of a farm up to that size, because the bound needs the farm's total and
 //!    asking all costs the same one round trip as asking a few. `total` is the sum of the
 //!    answers scaled to N (the true total when every replica answered); a replica that did
-//!    not answer counts as full. docs/build.md has the figures behind both choices.
+//!    not answer counts as full. docs/build.md has the figures behind each choice.
 //!
 //! `kiln build` and `scripts/bench-affinity` both run this code.
 
@@ -39,6 +46,13 @@ pub const PROBE_WIDTH: usize = 32;
 
 /// The most replicas one walk asks (waves after the first only when nobody answered).
 pub const MAX_PROBED: usize = 4 * PROBE_WIDTH;
+
+/// How widely a busy repository's builds spread: over `1 + ⌊share × N / SPREAD_STEP⌋` of the
+/// key's first replicas, where `share` is the repository's part of the builds the daemons
+/// reported. A repository making a tenth of one replica's fair share gets a second
+/// replica, one making a replica's whole share 11 (at most N). docs/build.md has the
+/// figures that chose a tenth.
+pub const SPREAD_STEP: f64 = 0.1;
 
 fn score(node: &str, key: &str) -> u64 {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -79,13 +93,54 @@ pub fn affinity_key(repository: &str, context: &str) -> String {
     format!("{repository}:{context}")
 }
 
+/// What one daemon reported: its builds, and how many of them are for the repository being
+/// built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Load {
+    /// Builds it is running.
+    pub active: u32,
+    /// Of those, builds of this build's repository.
+    pub active_same: u32,
+    /// Finished builds it reported (its newest, up to [`super::history::FINISHED_LIMIT`]).
+    pub finished: u32,
+    /// Of those, builds of this build's repository.
+    pub finished_same: u32,
+}
+
+impl Load {
+    /// A daemon running `active` builds, none of them for this repository, with no history.
+    pub fn active(active: u32) -> Self {
+        Self {
+            active,
+            ..Self::default()
+        }
+    }
+
+    /// Its builds of this repository, running and finished.
+    pub fn same(&self) -> u32 {
+        self.active_same.saturating_add(self.finished_same)
+    }
+
+    /// Every build it reported, running and finished.
+    pub fn reported(&self) -> u32 {
+        self.active.saturating_add(self.finished)
+    }
+}
+
 /// What asking one daemon for its load gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// It is running this many builds.
-    Active(u32),
+    /// It answered.
+    Active(Load),
     /// It did not answer (why, in words): it counts as full.
     NoAnswer(String),
+}
+
+impl Probe {
+    /// A daemon that answered with `active` builds, none of them for this repository.
+    pub fn active(active: u32) -> Self {
+        Self::Active(Load::active(active))
+    }
 }
 
 /// How the walk weighs load.
@@ -97,6 +152,8 @@ pub struct Policy {
     pub probe_width: usize,
     /// The most replicas one walk asks.
     pub max_probed: usize,
+    /// [`SPREAD_STEP`]; 0 keeps every repository on its home while the home is eligible.
+    pub spread_step: f64,
 }
 
 impl Policy {
@@ -106,6 +163,7 @@ impl Policy {
             load_factor,
             probe_width: PROBE_WIDTH,
             max_probed: MAX_PROBED,
+            spread_step: SPREAD_STEP,
         }
     }
 
@@ -153,6 +211,19 @@ pub struct Choice {
     pub total: Option<(f64, bool)>,
     /// Set when the choice is not the first eligible replica.
     pub fallback: Option<Fallback>,
+    /// How the repository's builds were spread, when over more than its home.
+    pub spread: Option<Spread>,
+}
+
+/// A busy repository's builds shared by the key's first few replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spread {
+    /// The key's first `over` replicas take its builds, least loaded first.
+    pub over: usize,
+    /// Builds of the repository among those the daemons reported.
+    pub same: u32,
+    /// Every build the daemons reported, running and finished.
+    pub reported: u32,
 }
 
 impl Choice {
@@ -179,10 +250,11 @@ impl Choice {
                     self.bound.unwrap_or(0)
                 )),
             (Some(Verdict::Eligible(load)), _) => line.push_str(&format!(
-                " ({}, bound {}{})",
+                " ({}, bound {}{}{})",
                 builds(*load),
                 self.bound.unwrap_or(0),
-                self.total_text()
+                self.total_text(),
+                self.spread_text()
             )),
             _ => {}
         }
@@ -199,7 +271,8 @@ impl Choice {
                 let why = match self.verdicts.get(*position)? {
                     Verdict::OverBound(load) => format!("{}, over the bound", builds(*load)),
                     Verdict::NoAnswer(reason) => format!("no answer: {reason}"),
-                    Verdict::Eligible(_) => return None,
+                    // Only the spread passes over an eligible replica: a busier one.
+                    Verdict::Eligible(load) => format!("{}, busier", builds(*load)),
                 };
                 Some((*position, why))
             })
@@ -222,6 +295,16 @@ impl Choice {
                 self.verdicts.get(position),
                 Some(Verdict::OverBound(_) | Verdict::NoAnswer(_))
             )
+    }
+
+    fn spread_text(&self) -> String {
+        match self.spread {
+            Some(spread) => format!(
+                "; the least loaded of the key's first {}, as its repository made {} of the {} builds the daemons reported",
+                spread.over, spread.same, spread.reported
+            ),
+            None => String::new(),
+        }
     }
 
     fn total_text(&self) -> String {
@@ -282,6 +365,7 @@ pub fn step(policy: &Policy, candidates: usize, probes: &[Probe]) -> Step {
             bound: None,
             total: None,
             fallback: Some(Fallback::Off),
+            spread: None,
         });
     }
     let width = policy.probe_width.max(1);
@@ -290,28 +374,34 @@ pub fn step(policy: &Policy, candidates: usize, probes: &[Probe]) -> Step {
     if asked == 0 {
         return Step::Ask(0..width.min(limit));
     }
-    let answered: Vec<u32> = probes[..asked]
+    let probes = &probes[..asked];
+    let answered: Vec<&Load> = probes
         .iter()
         .filter_map(|probe| match probe {
-            Probe::Active(load) => Some(*load),
+            Probe::Active(load) => Some(load),
             Probe::NoAnswer(_) => None,
         })
         .collect();
     let estimate = (!answered.is_empty()).then(|| {
-        let sum: f64 = answered.iter().map(|load| f64::from(*load)).sum();
+        let sum: f64 = answered.iter().map(|load| f64::from(load.active)).sum();
         let exact = answered.len() == candidates;
         (sum * candidates as f64 / answered.len() as f64, exact)
     });
     let bound = estimate.map(|(total, _)| bound(policy.load_factor, total, candidates));
-    let verdicts: Vec<Verdict> = probes[..asked]
+    let verdicts: Vec<Verdict> = probes
         .iter()
         .map(|probe| match (probe, bound) {
-            (Probe::Active(load), Some(bound)) if *load <= bound => Verdict::Eligible(*load),
-            (Probe::Active(load), _) => Verdict::OverBound(*load),
+            (Probe::Active(load), Some(bound)) if load.active <= bound => Verdict::Eligible(load.active),
+            (Probe::Active(load), _) => Verdict::OverBound(load.active),
             (Probe::NoAnswer(reason), _) => Verdict::NoAnswer(reason.clone()),
         })
         .collect();
-    let first_eligible = verdicts.iter().position(|v| matches!(v, Verdict::Eligible(_)));
+    let spread = spread(policy, candidates, &answered);
+    let preference = preference(&verdicts, candidates, spread.map_or(1, |s| s.over));
+    let first_eligible = preference
+        .iter()
+        .copied()
+        .find(|p| matches!(verdicts.get(*p), Some(Verdict::Eligible(_))));
     if first_eligible.is_none() && asked < limit {
         return Step::Ask(asked..(asked + width).min(limit));
     }
@@ -328,7 +418,12 @@ pub fn step(policy: &Policy, candidates: usize, probes: &[Probe]) -> Step {
         Some(Verdict::OverBound(_)) => 2,
         Some(Verdict::NoAnswer(_)) => 3,
     };
-    let mut order: Vec<usize> = (0..candidates).filter(|p| *p != chosen).collect();
+    let mut order: Vec<usize> = if fallback == Some(Fallback::NoLoads) {
+        (0..candidates).collect()
+    } else {
+        preference
+    };
+    order.retain(|p| *p != chosen);
     if fallback != Some(Fallback::NoLoads) {
         order.sort_by_key(|position| class(*position));
     }
@@ -339,7 +434,53 @@ pub fn step(policy: &Policy, candidates: usize, probes: &[Probe]) -> Step {
         bound,
         total: estimate,
         fallback,
+        spread,
     })
+}
+
+/// How many of the key's first replicas share its repository's builds, from what the
+/// daemons that answered reported; None when it is one (the home).
+fn spread(policy: &Policy, candidates: usize, answered: &[&Load]) -> Option<Spread> {
+    let same: u32 = answered
+        .iter()
+        .map(|load| load.same())
+        .fold(0, u32::saturating_add);
+    let reported: u32 = answered
+        .iter()
+        .map(|load| load.reported())
+        .fold(0, u32::saturating_add);
+    let running: u32 = answered
+        .iter()
+        .map(|load| load.active_same)
+        .fold(0, u32::saturating_add);
+    if policy.spread_step.is_nan() || policy.spread_step <= 0.0 || reported == 0 {
+        return None;
+    }
+    let share = f64::from(same.min(reported)) / f64::from(reported);
+    let by_share = (share * candidates as f64 / policy.spread_step).floor();
+    // Finite and at most `candidates / step`; a count of replicas.
+    let by_share = if by_share.is_finite() {
+        by_share.min(candidates as f64) as usize
+    } else {
+        0
+    };
+    // A repository with builds running everywhere it has room gets one replica more.
+    let over = (1 + by_share).max(1 + running as usize).min(candidates);
+    (over > 1).then_some(Spread { over, same, reported })
+}
+
+/// Every position, in the order the walk prefers them: the first `over` (the spread) by
+/// falling room (least active builds first, the earlier on a tie; those that did not answer
+/// last), then the rest in the key's order.
+fn preference(verdicts: &[Verdict], candidates: usize, over: usize) -> Vec<usize> {
+    let head = over.min(verdicts.len()).max(1).min(candidates);
+    let load = |position: usize| match verdicts.get(position) {
+        Some(Verdict::Eligible(load) | Verdict::OverBound(load)) => u64::from(*load),
+        _ => u64::MAX,
+    };
+    let mut order: Vec<usize> = (0..candidates).collect();
+    order[..head].sort_by_key(|position| (load(*position), *position));
+    order
 }
 
 /// The least loaded answering position, the first in order among equals.
@@ -507,6 +648,7 @@ mod tests {
             load_factor: 1.25,
             probe_width: 3,
             max_probed: 12,
+            spread_step: SPREAD_STEP,
         }
     }
 
@@ -520,7 +662,7 @@ mod tests {
         // A busy home (3) and a quiet farm: 3 + 2 + 2 = 7 builds on 9 replicas, bound
         // ceil(1.25 · 8 / 9) = 2. The key's first three alone (3, 2, 2) would have
         // estimated 21 and a bound of 4, keeping the busy home eligible.
-        let loads: Vec<Probe> = [3, 2, 2, 0, 0, 0, 0, 0, 0].map(Probe::Active).to_vec();
+        let loads: Vec<Probe> = [3, 2, 2, 0, 0, 0, 0, 0, 0].map(Probe::active).to_vec();
         let choice = chosen(step(&p, 9, &loads));
         assert_eq!(choice.total, Some((7.0, true)));
         assert_eq!((choice.bound, choice.chosen()), (Some(2), 1));
@@ -545,22 +687,22 @@ mod tests {
         let choice = chosen(step(
             &p,
             8,
-            &[Probe::Active(1), Probe::Active(0), Probe::Active(0)],
+            &[Probe::active(1), Probe::active(0), Probe::active(0)],
         ));
         assert_eq!(choice.chosen(), 0);
         assert_eq!(choice.bound, Some(1));
         // With c ≥ 1 one of those that answered is always within the bound (the least
         // loaded is at most the mean): the walk goes on only past silence.
         let busy = [
-            Probe::Active(9),
-            Probe::Active(9),
+            Probe::active(9),
+            Probe::active(9),
             Probe::NoAnswer("timeout".into()),
         ];
         assert_eq!(chosen(step(&p, 8, &busy)).chosen(), 0);
         let silent: Vec<Probe> = (0..3).map(|_| Probe::NoAnswer("timeout".into())).collect();
         assert_eq!(step(&p, 8, &silent), Step::Ask(3..6));
         let mut later = silent.clone();
-        later.extend([Probe::Active(4), Probe::Active(0), Probe::Active(0)]);
+        later.extend([Probe::active(4), Probe::active(0), Probe::active(0)]);
         let choice = chosen(step(&p, 8, &later));
         // total ≈ 4·8/3 ≈ 10.7, bound ceil(1.25·11.7/8) = 2: position 3 is over, 4 within.
         assert_eq!((choice.chosen(), choice.bound), (4, Some(2)));
@@ -575,6 +717,7 @@ mod tests {
             load_factor: 1.25,
             probe_width: 5,
             max_probed: 5,
+            spread_step: SPREAD_STEP,
         };
         let mut loads = [0u32; 5];
         for code in 0..5u32.pow(5) {
@@ -583,7 +726,7 @@ mod tests {
                 *slot = rest % 5;
                 rest /= 5;
             }
-            let probes: Vec<Probe> = loads.iter().map(|l| Probe::Active(*l)).collect();
+            let probes: Vec<Probe> = loads.iter().map(|l| Probe::active(*l)).collect();
             let choice = chosen(step(&p, 5, &probes));
             let total: u32 = loads.iter().sum();
             let limit = bound(1.25, f64::from(total), 5);
@@ -634,11 +777,12 @@ mod tests {
             load_factor: 1.0,
             probe_width: 3,
             max_probed: 3,
+            spread_step: SPREAD_STEP,
         };
-        let probes: Vec<Probe> = [9, 5, 9].iter().map(|l| Probe::Active(*l)).collect();
+        let probes: Vec<Probe> = [9, 5, 9].iter().map(|l| Probe::active(*l)).collect();
         let choice = chosen(step(&p, 12, &probes));
         assert_eq!((choice.chosen(), choice.bound), (1, Some(8)));
-        let over = [Probe::Active(20), Probe::NoAnswer("x".into()), Probe::Active(10)];
+        let over = [Probe::active(20), Probe::NoAnswer("x".into()), Probe::active(10)];
         let choice = chosen(step(&p, 12, &over));
         // total ≈ 30·12/2 = 180, bound 16: position 2 is within.
         assert_eq!(choice.chosen(), 2);
@@ -651,8 +795,9 @@ mod tests {
             load_factor: 0.5,
             probe_width: 3,
             max_probed: 3,
+            spread_step: SPREAD_STEP,
         };
-        let probes: Vec<Probe> = [6, 4, 4].iter().map(|l| Probe::Active(*l)).collect();
+        let probes: Vec<Probe> = [6, 4, 4].iter().map(|l| Probe::active(*l)).collect();
         let choice = chosen(step(&p, 3, &probes));
         assert_eq!(
             (choice.chosen(), choice.fallback),
@@ -666,7 +811,7 @@ mod tests {
         let p = policy(1.25);
         let names: Vec<String> = (0..8).map(|i| format!("buildkitd-{i}:1234")).collect();
         // Every daemon answered: the farm's total, exact.
-        let probes: Vec<Probe> = [6, 2, 1, 0, 0, 0, 0, 0].map(Probe::Active).to_vec();
+        let probes: Vec<Probe> = [6, 2, 1, 0, 0, 0, 0, 0].map(Probe::active).to_vec();
         let choice = chosen(step(&p, 8, &probes));
         assert_eq!(
             choice.describe(&names),
@@ -691,6 +836,130 @@ mod tests {
             off.describe(&names),
             "chose buildkitd buildkitd-0:1234 (the key's first daemon; load not asked)"
         );
+    }
+
+    /// A daemon's answer: `active` builds, `same` of them of this repository, and `finished`
+    /// finished builds, `finished_same` of them of this repository.
+    fn load(active: u32, same: u32, finished: u32, finished_same: u32) -> Probe {
+        Probe::Active(Load {
+            active,
+            active_same: same,
+            finished,
+            finished_same,
+        })
+    }
+
+    #[test]
+    fn a_busy_repository_spreads_over_its_first_replicas_least_loaded_first() {
+        let p = policy(1.25);
+        // 8 daemons, 50 finished builds each; loads 3, 2, 1, 2, 2, 2, 2, 2 (16 active,
+        // bound ceil(1.25·17/8) = 3: everyone eligible). Of the 416 builds reported, 40 are
+        // of the repository: 9.6%, so 1 + ⌊0.096·8/0.1⌋ = 8 … capped at the 8 replicas.
+        let loads = [3, 2, 1, 2, 2, 2, 2, 2];
+        let probes: Vec<Probe> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, l)| load(*l, u32::from(i == 0), 50, if i < 3 { 13 } else { 0 }))
+            .collect();
+        let choice = chosen(step(&p, 8, &probes));
+        assert_eq!(
+            choice.spread,
+            Some(Spread {
+                over: 8,
+                same: 40,
+                reported: 416
+            })
+        );
+        assert_eq!(choice.chosen(), 2, "the least loaded of all eight");
+        assert_eq!(
+            choice.order,
+            [2, 1, 3, 4, 5, 6, 7, 0],
+            "then by load, the key's order on ties"
+        );
+
+        // A repository with 3 of the 416: 0.7%, 1 + ⌊0.58⌋ = 1; none running: its home.
+        let rare: Vec<Probe> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, l)| load(*l, 0, 50, u32::from(i < 3)))
+            .collect();
+        let choice = chosen(step(&p, 8, &rare));
+        assert_eq!((choice.spread, choice.chosen()), (None, 0));
+        assert_eq!(choice.order, [0, 1, 2, 3, 4, 5, 6, 7]);
+
+        // The same, but 2 of its builds running (on the home): 1 + 2 = 3 replicas share it.
+        let mut running = rare.clone();
+        running[0] = load(3, 2, 50, 1);
+        let choice = chosen(step(&p, 8, &running));
+        assert_eq!(choice.spread.map(|s| s.over), Some(3));
+        assert_eq!(choice.chosen(), 2);
+        assert_eq!(choice.order, [2, 1, 0, 3, 4, 5, 6, 7]);
+
+        // Spreading off (the step 0): the walk, the home.
+        let off = Policy {
+            spread_step: 0.0,
+            ..policy(1.25)
+        };
+        let choice = chosen(step(&off, 8, &probes));
+        assert_eq!((choice.spread, choice.chosen()), (None, 0));
+    }
+
+    #[test]
+    fn the_spread_never_takes_a_replica_over_its_bound_while_one_within_exists() {
+        // Every load vector over 4 replicas with loads 0..=4, and for each a few shares of
+        // the repository: the chosen one is within the bound; it is the least loaded within
+        // the bound among the spread's replicas when one is, else the first within the bound
+        // after them, in the key's order.
+        let p = Policy {
+            probe_width: 4,
+            max_probed: 4,
+            ..policy(1.25)
+        };
+        let mut loads = [0u32; 4];
+        for code in 0..5u32.pow(4) {
+            let mut rest = code;
+            for slot in &mut loads {
+                *slot = rest % 5;
+                rest /= 5;
+            }
+            for same in [0u32, 1, 3, 8, 20, 40] {
+                let probes: Vec<Probe> = loads
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        load(
+                            *l,
+                            0,
+                            10,
+                            if i == 0 {
+                                same.min(10)
+                            } else {
+                                same.saturating_sub(10).min(10)
+                            },
+                        )
+                    })
+                    .collect();
+                let choice = chosen(step(&p, 4, &probes));
+                let limit = choice.bound.unwrap();
+                let within: Vec<usize> = (0..4).filter(|i| loads[*i] <= limit).collect();
+                let c = choice.chosen();
+                assert!(
+                    loads[c] <= limit,
+                    "loads {loads:?}, same {same}: chose {c} over {limit}"
+                );
+                let over = choice.spread.map_or(1, |s| s.over);
+                let head: Vec<usize> = within.iter().copied().filter(|i| *i < over).collect();
+                let expected = head
+                    .iter()
+                    .copied()
+                    .min_by_key(|i| (loads[*i], *i))
+                    .unwrap_or_else(|| within[0]);
+                assert_eq!(c, expected, "loads {loads:?}, same {same}, over {over}");
+                if choice.spread.is_none() {
+                    assert_eq!(c, within[0], "no spread: the first within the bound");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,30 +1,48 @@
-//! How many builds a daemon is running, read from BuildKit's build-history API: the
+//! What a daemon is building, read from BuildKit's build-history API: the
 //! `ListenBuildHistory` call behind `buildctl debug histories`, asked natively over gRPC
 //! with the mTLS the preflight uses (docs/build.md has the figures against running
 //! buildctl).
 //!
-//! The request is `BuildHistoryRequest{ActiveOnly: true, EarlyExit: true}`: the daemon sends
-//! one `BuildHistoryEvent` per active build and ends the stream. The few protobuf fields
-//! involved are encoded and decoded here by hand ([`request_message`], [`count_active`]:
-//! pure, bounded, and total over any input); [`active_builds`] is the network edge.
+//! The request is `BuildHistoryRequest{EarlyExit: true, Limit: 50}`: the daemon sends one
+//! `BuildHistoryEvent` per active build (STARTED), then its newest finished builds
+//! (COMPLETE, at most [`FINISHED_LIMIT`]), and ends the stream. Each record names the
+//! images its exporters write, which says how many of those builds are for the repository
+//! being built ([`Tally`]). The few protobuf fields involved are encoded and decoded here
+//! by hand ([`request_message`], [`Tally`], [`summarize`]: pure, bounded, and total over
+//! any input); [`load`] is the network edge.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Daemon;
+use super::choose::Load;
 use super::preflight::{self, HandshakeFailure};
+use super::{Daemon, ImageRef};
 
 /// The gRPC method: service `moby.buildkit.v1.Control`, server-streaming.
 pub const METHOD: &str = "/moby.buildkit.v1.Control/ListenBuildHistory";
 
-/// The largest answer read (all gRPC messages together): active build records are a few
-/// KiB each, so this is thousands of builds. A bigger answer counts as no answer.
+/// The largest answer read (all gRPC messages together): build records are a few KiB
+/// each, so this is thousands of builds. A bigger answer counts as no answer.
 pub const MAX_BODY: usize = 8 << 20;
 
-/// `BuildHistoryRequest{ActiveOnly (1): true, EarlyExit (3): true}` in protobuf.
+/// The finished builds asked of each daemon (the request's `Limit`), newest first: BuildKit's
+/// default `history.maxEntries`, so a daemon with default settings keeps at least as many.
+/// kiln stops reading after that many, also from a daemon older than v0.20 that ignores the
+/// limit.
+pub const FINISHED_LIMIT: u32 = 50;
+
+/// `BuildHistoryRequest{EarlyExit (3): true, Limit (5): FINISHED_LIMIT}` in protobuf.
+/// ActiveOnly (1) stays false, its default, so finished builds come too.
 pub fn request_message() -> Vec<u8> {
-    vec![0x08, 0x01, 0x18, 0x01]
+    let mut out = vec![0x18, 0x01, 0x28];
+    let mut value = u64::from(FINISHED_LIMIT);
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+    out
 }
 
 /// `message` in a gRPC frame: an uncompressed flag, the 4-byte big-endian length, the bytes.
@@ -69,67 +87,167 @@ fn varint(bytes: &[u8], at: &mut usize) -> Result<u64, DecodeError> {
     Err(DecodeError::BadVarint)
 }
 
-/// The `type` (field 1) of one `BuildHistoryEvent`: STARTED is 0 (and absent), COMPLETE 1,
-/// DELETED 2. Every other field (the record) is skipped unread.
-pub fn event_type(message: &[u8]) -> Result<u64, DecodeError> {
+/// One protobuf field's value: a number (varint or fixed width) or bytes.
+enum Value<'a> {
+    Number(u64),
+    Bytes(&'a [u8]),
+}
+
+/// Call `each` with every field of `message` (field number, value), in order.
+fn fields<'a>(
+    message: &'a [u8],
+    mut each: impl FnMut(u64, Value<'a>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
     let mut at = 0;
-    let mut kind = 0;
     while at < message.len() {
         let tag = varint(message, &mut at)?;
         let (field, wire) = (tag >> 3, (tag & 7) as u8);
-        match wire {
-            0 => {
-                let value = varint(message, &mut at)?;
-                if field == 1 {
-                    kind = value;
-                }
-            }
+        let value = match wire {
+            0 => Value::Number(varint(message, &mut at)?),
             1 | 5 => {
                 let width = if wire == 1 { 8 } else { 4 };
                 at = at
                     .checked_add(width)
                     .filter(|end| *end <= message.len())
                     .ok_or(DecodeError::Truncated)?;
+                Value::Number(0)
             }
             2 => {
                 let length = varint(message, &mut at)?;
+                let start = at;
                 at = usize::try_from(length)
                     .ok()
                     .and_then(|length| at.checked_add(length))
                     .filter(|end| *end <= message.len())
                     .ok_or(DecodeError::Truncated)?;
+                Value::Bytes(&message[start..at])
             }
             other => return Err(DecodeError::WireType(other)),
-        }
+        };
+        each(field, value)?;
     }
-    Ok(kind)
+    Ok(())
 }
 
-/// The number of STARTED events in a whole gRPC response body: the active builds. Other
-/// events (a daemon that ignores ActiveOnly sends its finished builds too) are not counted.
-pub fn count_active(body: &[u8]) -> Result<u32, DecodeError> {
-    if body.len() > MAX_BODY {
-        return Err(DecodeError::TooLarge);
-    }
-    let mut at = 0;
-    let mut active = 0u32;
-    while at < body.len() {
-        let header = body.get(at..at + 5).ok_or(DecodeError::Truncated)?;
-        if header[0] != 0 {
-            return Err(DecodeError::Compressed);
+/// The `type` (field 1) of one `BuildHistoryEvent`: STARTED is 0 (and absent), COMPLETE 1,
+/// DELETED 2; and whether its record (field 2) exports an image of `repository`.
+pub fn event(message: &[u8], repository: &str) -> Result<(u64, bool), DecodeError> {
+    let (mut kind, mut same) = (0, false);
+    fields(message, |field, value| {
+        match (field, value) {
+            (1, Value::Number(value)) => kind = value,
+            (2, Value::Bytes(record)) => same |= exports(record, repository)?,
+            _ => {}
         }
-        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        let start = at + 5;
-        let message = start
-            .checked_add(length)
-            .and_then(|end| body.get(start..end))
-            .ok_or(DecodeError::Truncated)?;
-        if event_type(message)? == 0 {
-            active = active.saturating_add(1);
+        Ok(())
+    })?;
+    Ok((kind, same))
+}
+
+/// Whether a `BuildHistoryRecord` has an exporter (field 4) whose `name` attribute (field 2,
+/// a map entry of key 1 and value 2) lists an image of `repository`: image exporters take a
+/// comma-separated list of references, each with an optional tag or digest.
+fn exports(record: &[u8], repository: &str) -> Result<bool, DecodeError> {
+    let mut same = false;
+    fields(record, |field, value| {
+        let (4, Value::Bytes(exporter)) = (field, value) else {
+            return Ok(());
+        };
+        fields(exporter, |field, value| {
+            let (2, Value::Bytes(entry)) = (field, value) else {
+                return Ok(());
+            };
+            let (mut key, mut names): (&[u8], &[u8]) = (&[], &[]);
+            fields(entry, |field, value| {
+                match (field, value) {
+                    (1, Value::Bytes(bytes)) => key = bytes,
+                    (2, Value::Bytes(bytes)) => names = bytes,
+                    _ => {}
+                }
+                Ok(())
+            })?;
+            if key == b"name" {
+                same |= String::from_utf8_lossy(names).split(',').any(|name| {
+                    ImageRef::parse(name.trim()).is_ok_and(|image| image.repository == repository)
+                });
+            }
+            Ok(())
+        })
+    })?;
+    Ok(same)
+}
+
+/// A build-history answer read as it arrives: the events of whole gRPC frames counted into
+/// a [`Load`] for one repository.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    repository: String,
+    load: Load,
+    /// Where the next frame starts in the body.
+    at: usize,
+}
+
+impl Tally {
+    /// A count of builds, and of builds of `repository`.
+    pub fn new(repository: &str) -> Self {
+        Self {
+            repository: repository.to_string(),
+            load: Load::default(),
+            at: 0,
         }
-        at = start + length;
     }
-    Ok(active)
+
+    /// Read the whole frames of `body` (the answer so far, from its first byte) not read
+    /// yet. True once [`FINISHED_LIMIT`] finished builds are counted: the rest is not needed.
+    pub fn feed(&mut self, body: &[u8]) -> Result<bool, DecodeError> {
+        if body.len() > MAX_BODY {
+            return Err(DecodeError::TooLarge);
+        }
+        while self.load.finished < FINISHED_LIMIT {
+            let Some(header) = body.get(self.at..self.at + 5) else {
+                return Ok(false);
+            };
+            if header[0] != 0 {
+                return Err(DecodeError::Compressed);
+            }
+            let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            let start = self.at + 5;
+            let Some(message) = start.checked_add(length).and_then(|end| body.get(start..end)) else {
+                if start.saturating_add(length) > MAX_BODY {
+                    return Err(DecodeError::TooLarge);
+                }
+                return Ok(false);
+            };
+            let (kind, same) = event(message, &self.repository)?;
+            let (count, same_count) = match kind {
+                0 => (&mut self.load.active, &mut self.load.active_same),
+                1 => (&mut self.load.finished, &mut self.load.finished_same),
+                _ => {
+                    self.at = start + length;
+                    continue;
+                }
+            };
+            *count = count.saturating_add(1);
+            if same {
+                *same_count = same_count.saturating_add(1);
+            }
+            self.at = start + length;
+        }
+        Ok(true)
+    }
+
+    /// The counts, once the answer ended after `body`: a frame cut off is an error.
+    pub fn finish(mut self, body: &[u8]) -> Result<Load, DecodeError> {
+        if !self.feed(body)? && self.at != body.len() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(self.load)
+    }
+}
+
+/// The counts of a whole gRPC response body for builds of `repository`.
+pub fn summarize(body: &[u8], repository: &str) -> Result<Load, DecodeError> {
+    Tally::new(repository).finish(body)
 }
 
 /// Why a daemon gave no load. Every one counts as full.
@@ -279,14 +397,15 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Result<(), LoadError>> {
     Some(Err(LoadError::Status { code, message }))
 }
 
-/// The number of builds `daemon` is running, asked over mTLS with `config` (the
-/// preflight's), all within `timeout`.
-pub async fn active_builds(
+/// What `daemon` is building, and how much of it is for `repository`, asked over mTLS with
+/// `config` (the preflight's), all within `timeout`.
+pub async fn load(
     daemon: &Daemon,
     config: Arc<rustls::ClientConfig>,
     timeout: Duration,
-) -> Result<u32, LoadError> {
-    match tokio::time::timeout(timeout, ask(daemon, config, timeout)).await {
+    repository: &str,
+) -> Result<Load, LoadError> {
+    match tokio::time::timeout(timeout, ask(daemon, config, timeout, repository)).await {
         Ok(result) => result,
         Err(_) => Err(LoadError::Timeout(timeout)),
     }
@@ -296,7 +415,8 @@ async fn ask(
     daemon: &Daemon,
     config: Arc<rustls::ClientConfig>,
     timeout: Duration,
-) -> Result<u32, LoadError> {
+    repository: &str,
+) -> Result<Load, LoadError> {
     let tls = preflight::connect_tls(daemon, config)
         .await
         .map_err(LoadError::Connect)?;
@@ -343,10 +463,11 @@ async fn ask(
         }
         // A "trailers-only" answer: the status comes with the headers and there is no body.
         if let Some(status) = grpc_status(response.headers()) {
-            return status.map(|()| 0);
+            return status.map(|()| Load::default());
         }
         let mut stream = response.into_body();
         let mut body = Vec::new();
+        let mut tally = Tally::new(repository);
         while let Some(chunk) = stream.data().await {
             let chunk = chunk.map_err(h2_error)?;
             let _ = stream.flow_control().release_capacity(chunk.len());
@@ -354,10 +475,15 @@ async fn ask(
                 return Err(LoadError::Decode(DecodeError::TooLarge));
             }
             body.extend_from_slice(&chunk);
+            if tally.feed(&body).map_err(LoadError::Decode)? {
+                // Enough finished builds (a daemon that ignores Limit sends them all):
+                // dropping the stream cancels it.
+                return tally.finish(&body).map_err(LoadError::Decode);
+            }
         }
         let trailers = stream.trailers().await.map_err(h2_error)?.unwrap_or_default();
         match grpc_status(&trailers) {
-            Some(Ok(())) => count_active(&body).map_err(LoadError::Decode),
+            Some(Ok(())) => tally.finish(&body).map_err(LoadError::Decode),
             Some(Err(error)) => Err(error),
             None => Err(LoadError::NotGrpc(
                 "the stream ended without a gRPC status".into(),
@@ -376,18 +502,20 @@ async fn ask(
     }
 }
 
-/// Ask every daemon in `daemons` at once, each within `timeout`; the answers in the same order.
+/// Ask every daemon in `daemons` at once, each within `timeout`, what it is building and
+/// how much of it is for `repository`; the answers in the same order.
 pub async fn ask_all(
     daemons: &[Daemon],
     config: Arc<rustls::ClientConfig>,
     timeout: Duration,
-) -> Vec<Result<u32, LoadError>> {
+    repository: &str,
+) -> Vec<Result<Load, LoadError>> {
     let mut set = tokio::task::JoinSet::new();
     for (index, daemon) in daemons.iter().enumerate() {
-        let (daemon, config) = (daemon.clone(), config.clone());
-        set.spawn(async move { (index, active_builds(&daemon, config, timeout).await) });
+        let (daemon, config, repository) = (daemon.clone(), config.clone(), repository.to_string());
+        set.spawn(async move { (index, load(&daemon, config, timeout, &repository).await) });
     }
-    let mut answers: Vec<Result<u32, LoadError>> = vec![Err(LoadError::Timeout(timeout)); daemons.len()];
+    let mut answers: Vec<Result<Load, LoadError>> = vec![Err(LoadError::Timeout(timeout)); daemons.len()];
     while let Some(joined) = set.join_next().await {
         if let Ok((index, answer)) = joined {
             answers[index] = answer;
@@ -400,49 +528,88 @@ pub async fn ask_all(
 mod tests {
     use super::*;
 
+    fn bytes_field(field: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![(field << 3) | 2];
+        let mut length = bytes.len();
+        while length >= 0x80 {
+            out.push((length as u8 & 0x7f) | 0x80);
+            length >>= 7;
+        }
+        out.push(length as u8);
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn map_entry(field: u8, key: &str, value: &str) -> Vec<u8> {
+        bytes_field(
+            field,
+            &[bytes_field(1, key.as_bytes()), bytes_field(2, value.as_bytes())].concat(),
+        )
+    }
+
     /// A BuildHistoryEvent: type (omitted for STARTED, as Go's encoder does) and a record
-    /// with a ref, a map entry and a timestamp.
-    fn event(kind: u64, reference: &str) -> Vec<u8> {
-        let mut record = vec![0x0a, reference.len() as u8];
-        record.extend_from_slice(reference.as_bytes());
-        // FrontendAttrs (3): map entry {key: "build-arg:X", value: "y"}.
-        let entry = [&[0x0a, 11][..], b"build-arg:X", &[0x12, 1, b'y']].concat();
-        record.push(0x1a);
-        record.push(entry.len() as u8);
-        record.extend_from_slice(&entry);
-        // CreatedAt (6): {seconds: 1700000000}.
-        let stamp = [0x08, 0x80, 0xe2, 0xcf, 0xaa, 0x06];
-        record.push(0x32);
-        record.push(stamp.len() as u8);
-        record.extend_from_slice(&stamp);
+    /// with a ref, a build arg, a timestamp and an image exporter writing `names`.
+    fn event_bytes(kind: u64, reference: &str, names: &str) -> Vec<u8> {
+        let exporter = [
+            bytes_field(1, b"image"),
+            map_entry(2, "push", "true"),
+            map_entry(2, "name", names),
+        ]
+        .concat();
+        let record = [
+            bytes_field(1, reference.as_bytes()),
+            map_entry(3, "build-arg:X", "y"),
+            bytes_field(4, &exporter),
+            // CreatedAt (6): {seconds: 1700000000}.
+            bytes_field(6, &[0x08, 0x80, 0xe2, 0xcf, 0xaa, 0x06]),
+        ]
+        .concat();
         let mut out = Vec::new();
         if kind != 0 {
             out.extend_from_slice(&[0x08, kind as u8]);
         }
-        out.push(0x12);
-        out.push(record.len() as u8);
-        out.extend_from_slice(&record);
+        out.extend(bytes_field(2, &record));
         out
     }
 
+    const APP: &str = "registry.example.com/team/app";
+
     #[test]
-    fn request_sets_active_only_and_early_exit() {
-        assert_eq!(frame(&request_message()), [0, 0, 0, 0, 4, 0x08, 1, 0x18, 1]);
+    fn request_asks_for_finished_builds_up_to_the_limit_and_early_exit() {
+        assert_eq!(frame(&request_message()), [0, 0, 0, 0, 4, 0x18, 1, 0x28, 50]);
     }
 
     #[test]
-    fn counts_started_events_only() {
+    fn counts_builds_and_those_of_the_repository_by_exported_image_name() {
         let frames = [
-            frame(&event(0, "abc")),
-            frame(&event(1, "done")),
-            frame(&event(0, "def")),
-            frame(&event(2, "gone")),
+            frame(&event_bytes(0, "abc", "registry.example.com/team/app:1.0")),
+            frame(&event_bytes(
+                1,
+                "done",
+                "registry.example.com/team/app@sha256:0123456789abcdef0123456789abcdef",
+            )),
+            frame(&event_bytes(0, "def", "registry.example.com/team/other:1")),
+            frame(&event_bytes(
+                1,
+                "both",
+                "x.io/mirror/app:2, registry.example.com/team/app",
+            )),
+            frame(&event_bytes(1, "prefix", "registry.example.com/team/app-2:1")),
+            frame(&event_bytes(2, "gone", "registry.example.com/team/app:1")),
             frame(&[]),
         ];
         let body = frames.concat();
-        // The empty message is an event with every field default: STARTED.
-        assert_eq!(count_active(&body), Ok(3));
-        assert_eq!(count_active(&[]), Ok(0));
+        // The empty message is an event with every field default: STARTED, no exporter.
+        assert_eq!(
+            summarize(&body, APP),
+            Ok(Load {
+                active: 3,
+                active_same: 1,
+                finished: 3,
+                finished_same: 2
+            })
+        );
+        assert_eq!(summarize(&[], APP), Ok(Load::default()));
         // A cut between frames is a shorter stream; anywhere else it is a truncation.
         let boundaries: Vec<usize> = frames
             .iter()
@@ -452,36 +619,84 @@ mod tests {
             })
             .collect();
         for cut in 1..body.len() {
-            let short = count_active(&body[..cut]);
+            let short = summarize(&body[..cut], APP);
             assert_eq!(short.is_ok(), boundaries.contains(&cut), "cut {cut}: {short:?}");
         }
     }
 
     #[test]
-    fn bad_answers_are_errors_not_panics() {
-        assert_eq!(count_active(&[1, 0, 0, 0, 0]), Err(DecodeError::Compressed));
-        assert_eq!(
-            count_active(&[0, 0xff, 0xff, 0xff, 0xff, 1]),
-            Err(DecodeError::Truncated)
+    fn reading_stops_after_the_limit_of_finished_builds() {
+        // A daemon older than v0.20 ignores Limit and sends every record it has.
+        let mut body = frame(&event_bytes(0, "running", APP));
+        for i in 0..FINISHED_LIMIT + 20 {
+            body.extend(frame(&event_bytes(
+                1,
+                &format!("done{i}"),
+                "registry.example.com/team/app:1",
+            )));
+        }
+        let mut tally = Tally::new(APP);
+        // Fed in pieces, as the stream arrives; done once the limit is reached.
+        let mut done_at = None;
+        for end in (0..=body.len()).step_by(97).chain([body.len()]) {
+            if tally.feed(&body[..end]) == Ok(true) {
+                done_at = Some(end);
+                break;
+            }
+        }
+        assert!(
+            done_at.is_some_and(|end| end < body.len()),
+            "stopped early: {done_at:?}"
         );
+        let load = tally.finish(&body[..done_at.unwrap()]).unwrap();
         assert_eq!(
-            event_type(&[0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80]),
+            (load.active, load.finished, load.finished_same),
+            (1, FINISHED_LIMIT, FINISHED_LIMIT)
+        );
+    }
+
+    #[test]
+    fn bad_answers_are_errors_not_panics() {
+        assert_eq!(summarize(&[1, 0, 0, 0, 0], APP), Err(DecodeError::Compressed));
+        // A frame longer than the largest answer read is refused before it arrives.
+        assert_eq!(
+            summarize(&[0, 0xff, 0xff, 0xff, 0xff, 1], APP),
+            Err(DecodeError::TooLarge)
+        );
+        assert_eq!(summarize(&[0, 0, 0, 0, 9, 1], APP), Err(DecodeError::Truncated));
+        assert_eq!(
+            event(
+                &[0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80],
+                APP
+            ),
             Err(DecodeError::BadVarint)
         );
-        assert_eq!(event_type(&[0x0b]), Err(DecodeError::WireType(3)));
-        assert_eq!(event_type(&[0x12, 0x05, 1]), Err(DecodeError::Truncated));
+        assert_eq!(event(&[0x0b], APP), Err(DecodeError::WireType(3)));
+        assert_eq!(event(&[0x12, 0x05, 1], APP), Err(DecodeError::Truncated));
         assert_eq!(
-            event_type(&[0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            event(&[0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01], APP),
             Err(DecodeError::Truncated)
         );
-        assert_eq!(event_type(&[0x09, 1, 2]), Err(DecodeError::Truncated));
-        assert_eq!(count_active(&vec![0u8; MAX_BODY + 1]), Err(DecodeError::TooLarge));
+        assert_eq!(event(&[0x09, 1, 2], APP), Err(DecodeError::Truncated));
+        // A record whose exporter is cut short inside.
+        assert_eq!(
+            event(&bytes_field(2, &[0x22, 0x03, 0x12, 0x05]), APP),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            summarize(&vec![0u8; MAX_BODY + 1], APP),
+            Err(DecodeError::TooLarge)
+        );
     }
 
     #[test]
     fn any_bytes_decode_without_panicking() {
         // A bounded random walk over inputs (xorshift, fixed seed), mutating a valid body.
-        let valid = [frame(&event(0, "abc")), frame(&event(1, "x"))].concat();
+        let valid = [
+            frame(&event_bytes(0, "abc", "registry.example.com/team/app:1")),
+            frame(&event_bytes(1, "x", "a/b,registry.example.com/team/app")),
+        ]
+        .concat();
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             state ^= state << 13;
@@ -496,14 +711,14 @@ mod tests {
                 input[at] = next() as u8;
             }
             let cut = (next() as usize) % (input.len() + 1);
-            let result = count_active(&input[..cut]);
-            if let Ok(count) = result {
+            if let Ok(load) = summarize(&input[..cut], APP) {
                 assert!(
-                    count as usize <= cut / 5,
+                    load.reported() as usize <= cut / 5,
                     "every event takes a 5-byte frame header"
                 );
+                assert!(load.active_same <= load.active && load.finished_same <= load.finished);
             }
-            let _ = event_type(&input[..cut]);
+            let _ = event(&input[..cut], APP);
         }
     }
 

@@ -21,23 +21,24 @@ use super::choose::{self, Choice, Policy, Probe, Step, Verdict};
 use super::preflight::{self, PreflightError, Retry, TlsFiles};
 use super::{BuildError, Daemon, Results, history};
 
-/// Ask the candidates (in the key's order) for their load, as the walk needs, each wave at
-/// once and each daemon within `timeout`, and choose. With load-awareness off, or one
-/// candidate, nobody is asked.
+/// Ask the candidates (in the key's order) for their load and how much of it is for
+/// `repository`, as the walk needs, each wave at once and each daemon within `timeout`, and
+/// choose. With load-awareness off, or one candidate, nobody is asked.
 pub async fn choose_by_load(
     candidates: &[Daemon],
     config: Arc<rustls::ClientConfig>,
     policy: &Policy,
     timeout: Duration,
+    repository: &str,
 ) -> Choice {
     let mut probes: Vec<Probe> = Vec::new();
     loop {
         match choose::step(policy, candidates.len(), &probes) {
             Step::Chosen(choice) => return choice,
             Step::Ask(range) => {
-                let answers = history::ask_all(&candidates[range], config.clone(), timeout).await;
+                let answers = history::ask_all(&candidates[range], config.clone(), timeout, repository).await;
                 probes.extend(answers.into_iter().map(|answer| match answer {
-                    Ok(active) => Probe::Active(active),
+                    Ok(load) => Probe::Active(load),
                     Err(error) => Probe::NoAnswer(error.to_string()),
                 }));
             }
@@ -64,6 +65,8 @@ pub struct DryRun {
     pub load_factor: f64,
     /// The bound on active builds a daemon was held to, when loads were asked.
     pub bound: Option<u32>,
+    /// How the repository's builds were spread, when over more than the key's first daemon.
+    pub spread: Option<SpreadReport>,
     /// Every candidate in the key's order, with what the walk found.
     pub daemons: Vec<DaemonReport>,
     /// The order kiln tries them in: the chosen daemon first.
@@ -72,6 +75,18 @@ pub struct DryRun {
     pub chosen: String,
     /// The buildctl command line for the chosen daemon, program first.
     pub argv: Vec<String>,
+}
+
+/// The spread of a busy repository in a [`DryRun`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpreadReport {
+    /// The key's first `over` daemons take its builds, least loaded first.
+    pub over: usize,
+    /// Builds of the repository among those the daemons reported.
+    pub repository_builds: u32,
+    /// Every build the daemons reported, running and finished.
+    pub reported_builds: u32,
 }
 
 /// One candidate in a [`DryRun`].
@@ -135,6 +150,11 @@ impl DryRun {
                 0.0
             },
             bound: choice.bound,
+            spread: choice.spread.map(|spread| SpreadReport {
+                over: spread.over,
+                repository_builds: spread.same,
+                reported_builds: spread.reported,
+            }),
             daemons,
             order: ordered(candidates, choice).iter().map(Daemon::name).collect(),
             chosen: candidates.get(chosen).map(Daemon::name).unwrap_or_default(),
@@ -149,6 +169,12 @@ impl DryRun {
             out.push_str(&format!(
                 "load factor {}: at most {bound} active builds per daemon\n",
                 self.load_factor
+            ));
+        }
+        if let Some(spread) = &self.spread {
+            out.push_str(&format!(
+                "spread over the key's first {} daemons, least loaded first: its repository made {} of the {} builds they reported\n",
+                spread.over, spread.repository_builds, spread.reported_builds
             ));
         }
         out.push_str("daemons, in the key's order:\n");
@@ -430,9 +456,9 @@ mod tests {
             .collect();
         let policy = Policy::with_load_factor(1.25);
         let probes = [
-            Probe::Active(5),
+            Probe::active(5),
             Probe::NoAnswer("no answer within 500ms".into()),
-            Probe::Active(0),
+            Probe::active(0),
         ];
         let Step::Chosen(choice) = choose::step(&policy, 4, &probes) else {
             panic!("the walk should be done")

@@ -159,11 +159,13 @@ pub struct BuildArgs {
     pub attempts: u32,
 
     /// Bounded load: skip a replica running more than ceil(C × (active builds on the farm + 1)
-    /// / replicas) builds, for the next in the key's order. 0 turns it off (pure hashing).
+    /// / replicas) builds, for the next in the key's order; a repository that makes a large
+    /// share of the builds the daemons report is spread over the key's first few replicas,
+    /// least loaded first. 0 turns both off (pure hashing).
     #[arg(long, env = "KILN_LOAD_FACTOR", value_name = "C", default_value_t = choose::DEFAULT_LOAD_FACTOR)]
     pub load_factor: f64,
 
-    /// The limit for asking one replica its active builds; one that does not answer in
+    /// The limit for asking one replica what it is building; one that does not answer in
     /// time counts as full. Such as 500ms or 2s.
     #[arg(
         long,
@@ -400,6 +402,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         tls_config.clone(),
         &config.policy,
         config.load_timeout,
+        &config.spec.image.repository,
     ));
     let names: Vec<String> = candidates.iter().map(Daemon::name).collect();
     tracing::info!("{}", choice.describe(&names));

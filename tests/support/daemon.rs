@@ -2,7 +2,9 @@
 //! requires a client certificate from the trusted CA, speaking HTTP/2 (the `h2` crate's
 //! server) and answering BuildKit's `/moby.buildkit.v1.Control/ListenBuildHistory` the way
 //! buildkitd does: one `BuildHistoryEvent` per active build (STARTED, `type` omitted as
-//! Go's protobuf encoder omits a zero enum), then `grpc-status: 0` in the trailers.
+//! Go's protobuf encoder omits a zero enum), then its finished builds (COMPLETE), at most
+//! the request's `Limit`, each record naming the image its exporter writes; then
+//! `grpc-status: 0` in the trailers.
 //!
 //! Shared by tests/build.rs and examples/bench_build.rs through `#[path]`.
 #![allow(dead_code)]
@@ -15,12 +17,25 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The image the stand-in's builds export unless [`Behavior::building`] says otherwise.
+pub const OTHER_IMAGE: &str = "registry.example.com/other/service:1";
+
+/// The `Limit` kiln asks for (`history::FINISHED_LIMIT`), which the stand-in checks.
+pub const LIMIT: u32 = 50;
+
 /// What the stand-in answers.
 #[derive(Debug, Clone, Default)]
 pub struct Behavior {
-    /// Finished builds sent as COMPLETE events after the active ones (as a daemon that
-    /// ignored ActiveOnly would).
+    /// Finished builds it has; it sends at most the request's `Limit` of them (all with
+    /// `ignore_limit`) as COMPLETE events after the active ones.
     pub finished: u32,
+    /// Of the active builds, the first `.0` export [`Behavior::image`]; of the finished
+    /// builds, the first `.1`. The others export [`OTHER_IMAGE`].
+    pub building: (u32, u32),
+    /// The image of the builds [`Behavior::building`] counts.
+    pub image: String,
+    /// Send every finished build, as buildkitd before v0.20 (which has no `Limit`) does.
+    pub ignore_limit: bool,
     /// Wait this long before answering the history call.
     pub delay: Duration,
     /// Answer with this gRPC status (trailers-only) instead of the events.
@@ -41,22 +56,72 @@ pub struct Daemon {
     pub bad_requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// Protobuf field `field` with bytes `bytes` (wire type 2).
+fn bytes_field(field: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    let mut length = bytes.len();
+    while length >= 0x80 {
+        out.push((length as u8 & 0x7f) | 0x80);
+        length >>= 7;
+    }
+    out.push(length as u8);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A map entry (key 1, value 2) as field `field`.
+fn map_entry(field: u8, key: &str, value: &str) -> Vec<u8> {
+    bytes_field(
+        field,
+        &[bytes_field(1, key.as_bytes()), bytes_field(2, value.as_bytes())].concat(),
+    )
+}
+
 /// A protobuf `BuildHistoryEvent`: `kind` (0 STARTED, 1 COMPLETE) and a record whose `Ref`
-/// (field 1) is `reference` and whose `FrontendAttrs` (field 3) holds a build arg.
-pub fn event(kind: u8, reference: &str) -> Vec<u8> {
-    let mut record = vec![0x0a, reference.len() as u8];
-    record.extend_from_slice(reference.as_bytes());
-    let entry = [&[0x0a, 13][..], b"build-arg:GIT", &[0x12, 3], b"abc"].concat();
-    record.push(0x1a);
-    record.push(entry.len() as u8);
-    record.extend_from_slice(&entry);
+/// (field 1) is `reference`, whose `FrontendAttrs` (field 3) hold a build arg and whose
+/// image exporter (field 4) writes `image` and pushes it. A finished record also carries
+/// what buildkitd adds at the end, about 2 KiB: the logs descriptor (8), the exporter's
+/// response (9: the image descriptor, base64, and digests) and the result (10).
+pub fn event(kind: u8, reference: &str, image: &str) -> Vec<u8> {
+    let exporter = [
+        bytes_field(1, b"image"),
+        map_entry(2, "name", image),
+        map_entry(2, "push", "true"),
+    ]
+    .concat();
+    let record = [
+        bytes_field(1, reference.as_bytes()),
+        map_entry(3, "build-arg:GIT", "abc"),
+        bytes_field(4, &exporter),
+    ]
+    .concat();
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let record = if kind == 1 {
+        [
+            record,
+            bytes_field(
+                8,
+                format!("application/vnd.buildkit.status.v0 {digest} 18231").as_bytes(),
+            ),
+            map_entry(
+                9,
+                "containerimage.descriptor",
+                &"eyJtZWRpYVR5cGUiOiJhcHBsaWNhdGlvbi92bmQub2Np".repeat(14),
+            ),
+            map_entry(9, "containerimage.digest", &digest),
+            map_entry(9, "containerimage.config.digest", &digest),
+            map_entry(9, "image.name", image),
+            bytes_field(10, "r".repeat(900).as_bytes()),
+        ]
+        .concat()
+    } else {
+        record
+    };
     let mut out = Vec::new();
     if kind != 0 {
         out.extend_from_slice(&[0x08, kind]);
     }
-    out.push(0x12);
-    out.push(record.len() as u8);
-    out.extend_from_slice(&record);
+    out.extend(bytes_field(2, &record));
     out
 }
 
@@ -184,9 +249,9 @@ async fn answer(
         let _ = body.flow_control().release_capacity(chunk.len());
         bytes.extend_from_slice(&chunk);
     }
-    // BuildHistoryRequest{ActiveOnly: true, EarlyExit: true}; EarlyExit matters most:
-    // without it buildkitd streams forever.
-    if bytes != grpc_frame(&[0x08, 1, 0x18, 1]) {
+    // BuildHistoryRequest{EarlyExit: true, Limit: 50}; EarlyExit matters most: without it
+    // buildkitd streams forever.
+    if bytes != grpc_frame(&[0x18, 1, 0x28, LIMIT as u8]) {
         problems.push(format!("body {bytes:02x?}"));
     }
     calls.fetch_add(1, Ordering::SeqCst);
@@ -220,11 +285,31 @@ async fn answer(
         return;
     };
     let mut stream = Vec::new();
+    let image = |i: u32, same: u32| {
+        if i < same {
+            behavior.image.as_str()
+        } else {
+            OTHER_IMAGE
+        }
+    };
     for i in 0..active.load(Ordering::SeqCst) {
-        stream.extend(grpc_frame(&event(0, &format!("active{i}"))));
+        stream.extend(grpc_frame(&event(
+            0,
+            &format!("active{i}"),
+            image(i, behavior.building.0),
+        )));
     }
-    for i in 0..behavior.finished {
-        stream.extend(grpc_frame(&event(1, &format!("done{i}"))));
+    let sent = if behavior.ignore_limit {
+        behavior.finished
+    } else {
+        behavior.finished.min(LIMIT)
+    };
+    for i in 0..sent {
+        stream.extend(grpc_frame(&event(
+            1,
+            &format!("done{i}"),
+            image(i, behavior.building.1),
+        )));
     }
     if !stream.is_empty() && send.send_data(bytes::Bytes::from(stream), false).is_err() {
         return;

@@ -926,9 +926,9 @@ fn month() {
     }
     println!(
         "  in working hours the farm runs {:.1} builds on average ({:.2} per replica); the bound \
-         B = ceil(1.25 × (T + 1) / N) is then {:.2}× the mean replica's load on average, so a home \
-         taken whenever it is within the bound (active ≤ B, then B + 1 with the new build) runs above 1.3× the mean \
-         while its keys' builds keep coming",
+         B = ceil(1.25 × (T + 1) / N) is then {:.2}× the mean replica's load on average, so with the bound alone \
+         a home taken whenever it is within the bound (active ≤ B, then B + 1 with the new build) runs above 1.3× \
+         the mean while its keys' builds keep coming; the spread takes the busy repositories' builds elsewhere first",
         bounded.work_total, bounded.work_per_replica, bounded.bound_over_mean,
     );
 
@@ -1209,7 +1209,10 @@ fn load_query_latency(runs: usize) -> Result<(), Error> {
         std::fs::write(dir.path().join(name), pem)?;
     }
     let files = preflight::find_tls_files(dir.path())?;
-    let config = preflight::client_config(dir.path(), &preflight::read_material(&files)?)?;
+    let material = preflight::read_material(&files)?;
+    // A fresh client config per walk, as each `kiln build` process has: no TLS session
+    // to resume from an earlier walk.
+    let fresh_config = || preflight::client_config(dir.path(), &material).unwrap();
     // Each stand-in runs 1 build and has a full history, as a daemon of a busy farm: it
     // answers its 50 newest finished builds (of another repository, so nothing spreads and
     // every walk ends at the home). 8 more have no history, for what reading it costs.
@@ -1262,10 +1265,10 @@ fn load_query_latency(runs: usize) -> Result<(), Error> {
         ("every one of 10 (kiln now)".into(), &candidates, 10, all),
         ("every one of 32 (kiln now)".into(), &candidates, 32, all),
     ];
-    let choose = |candidates: &[Daemon], n: usize, policy: &Policy| {
+    let choose = |config, candidates: &[Daemon], n: usize, policy: &Policy| {
         let choice = runtime.block_on(run::choose_by_load(
             &candidates[..n],
-            config.clone(),
+            config,
             policy,
             Duration::from_secs(5),
             "registry.example.com/team/app",
@@ -1280,21 +1283,22 @@ fn load_query_latency(runs: usize) -> Result<(), Error> {
     // Warm up, then interleave the cases so the machine's load falls on all alike.
     for (_, stand_ins, n, policy) in &cases {
         for _ in 0..5 {
-            choose(stand_ins, *n, policy);
+            choose(fresh_config(), stand_ins, *n, policy);
         }
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut asked = vec![0; cases.len()];
     for _ in 0..runs {
         for (i, (_, stand_ins, n, policy)) in cases.iter().enumerate() {
+            let config = fresh_config();
             let start = Instant::now();
-            asked[i] = choose(stand_ins, *n, policy);
+            asked[i] = choose(config, stand_ins, *n, policy);
             samples[i].push(start.elapsed().as_secs_f64() * 1000.0);
         }
     }
     println!(
         "5. the load query as `kiln build` makes it: kiln's walk over stand-in daemons on loopback, \
-         a fresh mTLS connection to each, each answering 1 active and {FINISHED_LIMIT} finished builds \
+         a fresh mTLS connection (no session resumed) to each, each answering 1 active and {FINISHED_LIMIT} finished builds \
          unless it has no history, {runs} runs each, interleaved (a finished record is {} bytes, an answer \
          with history {} KiB)",
         daemon::event(1, "done0", daemon::OTHER_IMAGE).len(),

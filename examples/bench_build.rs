@@ -245,7 +245,10 @@ fn load_query(iterations: usize) -> Result<(), Error> {
     let request = dir.path().join("request.bin");
     std::fs::write(&request, history::frame(&history::request_message()))?;
     let files = preflight::find_tls_files(dir.path())?;
-    let config = preflight::client_config(dir.path(), &preflight::read_material(&files)?)?;
+    let material = preflight::read_material(&files)?;
+    // A fresh client config per call, as each `kiln build` process (and each curl) has: no
+    // TLS session resumed from an earlier call.
+    let fresh_config = || preflight::client_config(dir.path(), &material);
     let target = Daemon {
         host: "buildkitd-0.buildkitd.ci.svc".into(),
         port: 1234,
@@ -257,7 +260,7 @@ fn load_query(iterations: usize) -> Result<(), Error> {
     let native = || -> Result<Load, Error> {
         Ok(runtime.block_on(history::load(
             &target,
-            config.clone(),
+            fresh_config()?,
             Duration::from_secs(5),
             REPOSITORY,
         ))?)
@@ -317,7 +320,7 @@ fn load_query(iterations: usize) -> Result<(), Error> {
     let choice = || {
         runtime.block_on(run::choose_by_load(
             &wave,
-            config.clone(),
+            fresh_config().unwrap(),
             &policy,
             Duration::from_secs(5),
             REPOSITORY,

@@ -1546,12 +1546,12 @@ fn a_busy_repositorys_build_goes_to_the_least_loaded_of_its_first_daemons() {
             },
         )
     };
-    // The key's home runs 2 builds (both of the repository), its second 1, its third none,
-    // the rest 1 each: 8 on the farm, bound ceil(1.25·9/8) = 2, so the home is eligible.
-    // The daemons report 8 running and 400 finished builds, 12 of them of the repository:
-    // a share of 2.9%, 2.35 tenths of a daemon's fair share, so its builds spread over the
-    // key's first 3 (also 1 + its 2 running builds).
-    let mut loads = vec![with(2, (2, 6)), with(1, (0, 4)), with(0, (0, 0))];
+    // The key's home runs 2 builds, its second 1, its third none, the rest 1 each: 8 on
+    // the farm, bound ceil(1.25·9/8) = 2, so the home is eligible. The daemons report 8
+    // running and 400 finished builds, 12 of them (finished, none running) of the
+    // repository: a share of 2.9%, 2.35 tenths of a daemon's fair share, so its builds
+    // spread over the key's first 3.
+    let mut loads = vec![with(2, (0, 8)), with(1, (0, 4)), with(0, (0, 0))];
     loads.extend((0..5).map(|_| with(1, (0, 0))));
     let (order, _servers, args) = farm(&env, image, &loads);
     let mut dry = args.clone();
@@ -1794,7 +1794,7 @@ fn a_build_whose_daemon_goes_away_is_rerun_once_on_the_next_daemon() {
     );
     assert!(
         line.ends_with(&format!(
-            "rerunning the whole build on {}:1234, the next daemon in the key's order (rerun 1 of 1)",
+            "rerunning the whole build on {}:1234, the next daemon in the choice's order (rerun 1 of 1)",
             order[1].host
         )),
         "{line}"

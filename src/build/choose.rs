@@ -12,9 +12,9 @@
 //!    the farm's builds would pile onto its home whatever the bound, so its builds share
 //!    the key's first few replicas, least loaded first: one more replica for every
 //!    [`SPREAD_STEP`] of a replica's fair share that its builds make among those the daemons
-//!    report (running, and each daemon's newest finished ones). Those replicas keep its
-//!    cache warm because it builds there often; a repository built rarely has a share near
-//!    0 and keeps its home.
+//!    report (running, and each daemon's newest finished ones), and at least one more than
+//!    it has builds running. Those replicas keep its cache warm because it builds there
+//!    often; a repository built rarely has a share near 0 and keeps its home.
 //! 3. **The bounded-load walk** (consistent hashing with bounded loads, Mirrokni, Thorup and
 //!    Zadimoghaddam, 2018). A replica is eligible while its active builds are at most
 //!    `ceil(c × (total + 1) / N)`; the walk takes the first eligible replica in that
@@ -48,10 +48,10 @@ pub const PROBE_WIDTH: usize = 32;
 pub const MAX_PROBED: usize = 4 * PROBE_WIDTH;
 
 /// How widely a busy repository's builds spread: over `1 + ⌊share × N / SPREAD_STEP⌋` of the
-/// key's first replicas, where `share` is the repository's part of the builds the daemons
-/// reported. A repository making a tenth of one replica's fair share gets a second
-/// replica, one making a replica's whole share 11 (at most N). docs/build.md has the
-/// figures that chose a tenth.
+/// key's first replicas (and at least one more than it has builds running), where `share`
+/// is the repository's part of the builds the daemons reported. A repository making a
+/// tenth of one replica's fair share gets a second replica, one making a replica's whole
+/// share 11 (at most N). docs/build.md has the figures that chose a tenth.
 pub const SPREAD_STEP: f64 = 0.1;
 
 fn score(node: &str, key: &str) -> u64 {
@@ -101,7 +101,8 @@ pub struct Load {
     pub active: u32,
     /// Of those, builds of this build's repository.
     pub active_same: u32,
-    /// Finished builds it reported (its newest, up to [`super::history::FINISHED_LIMIT`]).
+    /// Finished builds it reported: its newest, up to [`super::history::FINISHED_LIMIT`]
+    /// (from a daemon before v0.20, any of them).
     pub finished: u32,
     /// Of those, builds of this build's repository.
     pub finished_same: u32,
@@ -184,7 +185,7 @@ pub enum Verdict {
     NoAnswer(String),
 }
 
-/// Why the choice is not simply the first eligible replica.
+/// Why the choice is not the first eligible replica in the walk's preference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fallback {
     /// Load-awareness is off (`--load-factor 0`) or there is one daemon.
@@ -200,7 +201,8 @@ pub enum Fallback {
 pub struct Choice {
     /// Candidate positions (into the key's order), best first: the chosen one, then the
     /// other eligible ones, then those not asked, then those over the bound, then those that
-    /// did not answer, each group in the key's order. Fallover and reruns follow it.
+    /// did not answer, each group in the walk's preference (the spread's replicas by load,
+    /// then the key's order). Fallover and reruns follow it.
     pub order: Vec<usize>,
     /// One verdict per asked position, in the key's order (position i is `verdicts[i]`).
     pub verdicts: Vec<Verdict>,
@@ -209,7 +211,7 @@ pub struct Choice {
     /// The farm's active builds the bound was computed from, and whether every replica
     /// answered (exact) or it was estimated from those that did.
     pub total: Option<(f64, bool)>,
-    /// Set when the choice is not the first eligible replica.
+    /// Set when the choice is not the first eligible replica in the walk's preference.
     pub fallback: Option<Fallback>,
     /// How the repository's builds were spread, when over more than its home.
     pub spread: Option<Spread>,
@@ -299,8 +301,12 @@ impl Choice {
 
     fn spread_text(&self) -> String {
         match self.spread {
-            Some(spread) => format!(
+            Some(spread) if self.chosen() < spread.over => format!(
                 "; the least loaded of the key's first {}, as its repository made {} of the {} builds the daemons reported",
+                spread.over, spread.same, spread.reported
+            ),
+            Some(spread) => format!(
+                "; the key's first {}, which share its repository's builds ({} of the {} the daemons reported), are over the bound",
                 spread.over, spread.same, spread.reported
             ),
             None => String::new(),
@@ -396,7 +402,11 @@ pub fn step(policy: &Policy, candidates: usize, probes: &[Probe]) -> Step {
             (Probe::NoAnswer(reason), _) => Verdict::NoAnswer(reason.clone()),
         })
         .collect();
-    let spread = spread(policy, candidates, &answered);
+    let spread = spread(policy, candidates, &answered).and_then(|spread| {
+        // Only the replicas asked so far can share the builds (a farm wider than one wave).
+        let over = spread.over.min(asked);
+        (over > 1).then_some(Spread { over, ..spread })
+    });
     let preference = preference(&verdicts, candidates, spread.map_or(1, |s| s.over));
     let first_eligible = preference
         .iter()
@@ -458,14 +468,18 @@ fn spread(policy: &Policy, candidates: usize, answered: &[&Load]) -> Option<Spre
     }
     let share = f64::from(same.min(reported)) / f64::from(reported);
     let by_share = (share * candidates as f64 / policy.spread_step).floor();
-    // Finite and at most `candidates / step`; a count of replicas.
+    // A count of replicas: a tiny step makes it infinite, which is every replica.
     let by_share = if by_share.is_finite() {
         by_share.min(candidates as f64) as usize
     } else {
-        0
+        candidates
     };
-    // A repository with builds running everywhere it has room gets one replica more.
-    let over = (1 + by_share).max(1 + running as usize).min(candidates);
+    // Its running builds each hold a replica; the next build gets one more.
+    let running = usize::try_from(running).unwrap_or(usize::MAX);
+    let over = by_share
+        .saturating_add(1)
+        .max(running.saturating_add(1))
+        .min(candidates);
     (over > 1).then_some(Spread { over, same, reported })
 }
 
@@ -853,20 +867,20 @@ mod tests {
     fn a_busy_repository_spreads_over_its_first_replicas_least_loaded_first() {
         let p = policy(1.25);
         // 8 daemons, 50 finished builds each; loads 3, 2, 1, 2, 2, 2, 2, 2 (16 active,
-        // bound ceil(1.25·17/8) = 3: everyone eligible). Of the 416 builds reported, 40 are
-        // of the repository: 9.6%, so 1 + ⌊0.096·8/0.1⌋ = 8 … capped at the 8 replicas.
+        // bound ceil(1.25·17/8) = 3: everyone eligible). Of the 416 builds reported, 61 are
+        // of the repository: 14.7%, so 1 + ⌊0.147·8/0.1⌋ = 12, capped at the 8 replicas.
         let loads = [3, 2, 1, 2, 2, 2, 2, 2];
         let probes: Vec<Probe> = loads
             .iter()
             .enumerate()
-            .map(|(i, l)| load(*l, u32::from(i == 0), 50, if i < 3 { 13 } else { 0 }))
+            .map(|(i, l)| load(*l, u32::from(i == 0), 50, if i < 3 { 20 } else { 0 }))
             .collect();
         let choice = chosen(step(&p, 8, &probes));
         assert_eq!(
             choice.spread,
             Some(Spread {
                 over: 8,
-                same: 40,
+                same: 61,
                 reported: 416
             })
         );
@@ -923,20 +937,18 @@ mod tests {
                 rest /= 5;
             }
             for same in [0u32, 1, 3, 8, 20, 40] {
+                // The repository's running builds (on the second replica), from none to all.
+                let running = (same % 3).min(loads[1]);
                 let probes: Vec<Probe> = loads
                     .iter()
                     .enumerate()
                     .map(|(i, l)| {
-                        load(
-                            *l,
-                            0,
-                            10,
-                            if i == 0 {
-                                same.min(10)
-                            } else {
-                                same.saturating_sub(10).min(10)
-                            },
-                        )
+                        let finished_same = if i == 0 {
+                            same.min(10)
+                        } else {
+                            same.saturating_sub(10).min(10)
+                        };
+                        load(*l, if i == 1 { running } else { 0 }, 10, finished_same)
                     })
                     .collect();
                 let choice = chosen(step(&p, 4, &probes));
@@ -960,6 +972,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_spread_whose_replicas_are_all_over_the_bound_says_so_and_a_wave_caps_it() {
+        let p = policy(1.25);
+        let names: Vec<String> = (0..8).map(|i| format!("buildkitd-{i}:1234")).collect();
+        // The key's first 3 run 3 builds each, 2 of them the repository's: 9 on the farm,
+        // bound ceil(1.25·10/8) = 2; 50 finished builds each, none the repository's. Its
+        // share (6 of 409) gives 1 + 1 replicas, its 6 running builds 1 + 6 = 7: position 3,
+        // inside the spread and the least loaded, takes it.
+        let mut probes: Vec<Probe> = (0..3).map(|_| load(3, 2, 50, 0)).collect();
+        probes.extend((3..8).map(|_| load(0, 0, 50, 0)));
+        let choice = chosen(step(&p, 8, &probes));
+        assert_eq!((choice.chosen(), choice.spread.map(|s| s.over)), (3, Some(7)));
+        let line = choice.describe(&names);
+        assert!(
+            line.starts_with(
+                "chose buildkitd buildkitd-3:1234 (0 active builds, bound 2 for 9 active on the farm; \
+                 the least loaded of the key's first 7"
+            ),
+            "{line}"
+        );
+        // With only 2 of them running, the spread is 3 and everyone in it is over the bound:
+        // the first within the bound after them takes it, and the line says why.
+        let mut probes: Vec<Probe> = (0..3).map(|_| load(3, 0, 50, 0)).collect();
+        probes[0] = load(3, 2, 50, 0);
+        probes.extend((3..8).map(|_| load(0, 0, 50, 0)));
+        let choice = chosen(step(&p, 8, &probes));
+        assert_eq!((choice.chosen(), choice.spread.map(|s| s.over)), (3, Some(3)));
+        assert_eq!(
+            choice.describe(&names),
+            "chose buildkitd buildkitd-3:1234 (0 active builds, bound 2 for 9 active on the farm; \
+             the key's first 3, which share its repository's builds (2 of the 409 the daemons reported), \
+             are over the bound); skipped buildkitd-0:1234 (3 active builds, over the bound), \
+             buildkitd-1:1234 (3 active builds, over the bound), buildkitd-2:1234 (3 active builds, over the bound)"
+        );
+        // A wave of 3 in a farm of 12: the spread cannot reach past the daemons asked.
+        let narrow = Policy {
+            probe_width: 3,
+            max_probed: 12,
+            ..policy(1.25)
+        };
+        let wave: Vec<Probe> = (0..3)
+            .map(|i| load(1, 0, 10, if i == 0 { 10 } else { 0 }))
+            .collect();
+        let choice = chosen(step(&narrow, 12, &wave));
+        assert_eq!(
+            choice.spread.map(|s| s.over),
+            Some(3),
+            "10 of 33 would spread over 12"
+        );
+        assert_eq!(choice.chosen(), 0, "equal loads: the key's order");
     }
 
     #[test]

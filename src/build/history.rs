@@ -5,7 +5,8 @@
 //!
 //! The request is `BuildHistoryRequest{EarlyExit: true, Limit: 50}`: the daemon sends one
 //! `BuildHistoryEvent` per active build (STARTED), then its newest finished builds
-//! (COMPLETE, at most [`FINISHED_LIMIT`]), and ends the stream. Each record names the
+//! (COMPLETE, at most [`FINISHED_LIMIT`]; a daemon before v0.20 has no `Limit` and sends
+//! all it keeps, in no useful order, of which kiln reads the first 50), and ends the stream. Each record names the
 //! images its exporters write, which says how many of those builds are for the repository
 //! being built ([`Tally`]). The few protobuf fields involved are encoded and decoded here
 //! by hand ([`request_message`], [`Tally`], [`summarize`]: pure, bounded, and total over
@@ -646,7 +647,7 @@ mod tests {
         }
         assert!(
             done_at.is_some_and(|end| end < body.len()),
-            "stopped early: {done_at:?}"
+            "should stop before the end: {done_at:?}"
         );
         let load = tally.finish(&body[..done_at.unwrap()]).unwrap();
         assert_eq!(

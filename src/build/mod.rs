@@ -1,12 +1,13 @@
 //! `kiln build`: the Tekton step that drives buildkitd over mTLS.
 //!
 //! The pure parts live here and in [`choose`]: reading image references, build args,
-//! platforms and daemon addresses, the daemon order for a key and the bounded-load
-//! choice, and turning buildctl's metadata file into Tekton results
+//! platforms and daemon addresses, the daemon order for a key, the spread of busy
+//! repositories and the bounded-load choice, and turning buildctl's metadata file into
+//! Tekton results
 //! ([`resolve_dockerfile`] alone looks at the file system). [`preflight`] checks the
 //! client certificates (pure) and shakes hands with the daemon (network edge);
-//! [`history`] asks daemons how many builds they run (network edge, with a pure
-//! protobuf codec); [`buildctl`] builds the command line (pure) and runs it (process
+//! [`history`] asks daemons what they are building and have built (network edge, with a
+//! pure protobuf codec); [`buildctl`] builds the command line (pure) and runs it (process
 //! edge); [`run`] is the whole flow of one build, with its retries.
 
 pub mod buildctl;

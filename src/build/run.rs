@@ -363,7 +363,7 @@ pub fn execute(
                     Some(next) if reruns < plan.reruns_after_interruption => {
                         reruns += 1;
                         tracing::warn!(
-                            "buildkitd {} went away while the build ran ({}); rerunning the whole build on {}, the next daemon in the key's order (rerun {reruns} of {})",
+                            "buildkitd {} went away while the build ran ({}); rerunning the whole build on {}, the next daemon in the choice's order (rerun {reruns} of {})",
                             daemon.name(),
                             line.trim_start_matches("error: "),
                             next.name(),
@@ -373,7 +373,7 @@ pub fn execute(
                     }
                     _ => {
                         let why = if next.is_none() {
-                            "no daemon is left in the key's order".to_string()
+                            "no daemon is left in the choice's order".to_string()
                         } else {
                             format!(
                                 "--retries-after-interruption {} used up",

@@ -175,7 +175,7 @@ pub struct BuildArgs {
     )]
     pub load_timeout: String,
 
-    /// Rerun the whole build on the next daemon in the key's order when the daemon goes
+    /// Rerun the whole build on the next daemon in the choice's order when the daemon goes
     /// away while the build runs (a restart, a lost connection), at most N times.
     #[arg(
         long,

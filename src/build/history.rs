@@ -37,13 +37,34 @@ pub const FINISHED_LIMIT: u32 = 50;
 /// ActiveOnly (1) stays false, its default, so finished builds come too.
 pub fn request_message() -> Vec<u8> {
     let mut out = vec![0x18, 0x01, 0x28];
-    let mut value = u64::from(FINISHED_LIMIT);
+    put_varint(&mut out, u64::from(FINISHED_LIMIT));
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8 & 0x7f) | 0x80);
         value >>= 7;
     }
     out.push(value as u8);
+}
+
+/// Protobuf field `field` (below 16) holding `bytes` (wire type 2): how a record's strings,
+/// messages and map entries are written. For the stand-in daemons of the tests and
+/// benchmarks, which answer what [`Tally`] reads.
+pub fn bytes_field(field: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    put_varint(&mut out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
     out
+}
+
+/// A `map<string, string>` entry (key 1, value 2) as field `field`.
+pub fn map_entry(field: u8, key: &str, value: &str) -> Vec<u8> {
+    bytes_field(
+        field,
+        &[bytes_field(1, key.as_bytes()), bytes_field(2, value.as_bytes())].concat(),
+    )
 }
 
 /// `message` in a gRPC frame: an uncompressed flag, the 4-byte big-endian length, the bytes.
@@ -529,23 +550,12 @@ pub async fn ask_all(
 mod tests {
     use super::*;
 
-    fn bytes_field(field: u8, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![(field << 3) | 2];
-        let mut length = bytes.len();
-        while length >= 0x80 {
-            out.push((length as u8 & 0x7f) | 0x80);
-            length >>= 7;
-        }
-        out.push(length as u8);
-        out.extend_from_slice(bytes);
-        out
-    }
-
-    fn map_entry(field: u8, key: &str, value: &str) -> Vec<u8> {
-        bytes_field(
-            field,
-            &[bytes_field(1, key.as_bytes()), bytes_field(2, value.as_bytes())].concat(),
-        )
+    #[test]
+    fn fields_are_encoded_as_protobuf_writes_them() {
+        assert_eq!(bytes_field(1, b"ab"), [0x0a, 2, b'a', b'b']);
+        // A length of 200 takes two varint bytes: 0xc8 0x01.
+        assert_eq!(bytes_field(2, &[0; 200])[..3], [0x12, 0xc8, 0x01]);
+        assert_eq!(map_entry(3, "k", "v"), [0x1a, 6, 0x0a, 1, b'k', 0x12, 1, b'v']);
     }
 
     /// A BuildHistoryEvent: type (omitted for STARTED, as Go's encoder does) and a record

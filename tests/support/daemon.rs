@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kiln::build::history::{bytes_field, map_entry};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -54,27 +55,6 @@ pub struct Daemon {
     pub active: Arc<AtomicU32>,
     /// Requests that were not a well-formed history call, described.
     pub bad_requests: Arc<Mutex<Vec<String>>>,
-}
-
-/// Protobuf field `field` with bytes `bytes` (wire type 2).
-fn bytes_field(field: u8, bytes: &[u8]) -> Vec<u8> {
-    let mut out = vec![(field << 3) | 2];
-    let mut length = bytes.len();
-    while length >= 0x80 {
-        out.push((length as u8 & 0x7f) | 0x80);
-        length >>= 7;
-    }
-    out.push(length as u8);
-    out.extend_from_slice(bytes);
-    out
-}
-
-/// A map entry (key 1, value 2) as field `field`.
-fn map_entry(field: u8, key: &str, value: &str) -> Vec<u8> {
-    bytes_field(
-        field,
-        &[bytes_field(1, key.as_bytes()), bytes_field(2, value.as_bytes())].concat(),
-    )
 }
 
 /// A protobuf `BuildHistoryEvent`: `kind` (0 STARTED, 1 COMPLETE) and a record whose `Ref`

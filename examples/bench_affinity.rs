@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 use kiln::build::choose::{self, Load, Policy, Probe};
 use kiln::build::history::FINISHED_LIMIT;
 use kiln::build::{Daemon, preflight, run};
-use kiln::pki::{self, Algorithm, CaRequest, LeafKind, LeafRequest, Serial};
 
 #[path = "../tests/support/daemon.rs"]
 mod daemon;
@@ -1176,38 +1175,8 @@ type Error = Box<dyn std::error::Error>;
 /// 1, 3 or every one of them at once. Loopback: the client's and the daemons' TLS work
 /// share this machine's cores, which a cluster spreads over nodes.
 fn load_query_latency(runs: usize) -> Result<(), Error> {
-    let now = time::OffsetDateTime::now_utc();
-    let ca = pki::issue_ca(&CaRequest {
-        common_name: "bench CA".into(),
-        algorithm: Algorithm::EcdsaP256,
-        not_before: now - time::Duration::days(1),
-        not_after: now + time::Duration::days(30),
-        serial: Serial::random()?,
-    })?;
-    let leaf = |kind: LeafKind, sans: Vec<pki::San>| -> Result<pki::Issued, Error> {
-        Ok(pki::issue_leaf(
-            &ca,
-            &LeafRequest {
-                kind,
-                common_name: "bench".into(),
-                sans,
-                algorithm: Algorithm::EcdsaP256,
-                not_before: now - time::Duration::days(1),
-                not_after: now + time::Duration::days(29),
-                serial: Serial::random()?,
-            },
-        )?)
-    };
-    let daemon_cert = leaf(LeafKind::Daemon, pki::daemon_sans("buildkitd", "ci", &[])?)?;
-    let client = leaf(LeafKind::Client, Vec::new())?;
-    let dir = tempfile::tempdir()?;
-    for (name, pem) in [
-        ("ca.pem", &ca.cert_pem),
-        ("cert.pem", &client.cert_pem),
-        ("key.pem", &client.key_pem),
-    ] {
-        std::fs::write(dir.path().join(name), pem)?;
-    }
+    let pki = daemon::Pki::new();
+    let dir = &pki.dir;
     let files = preflight::find_tls_files(dir.path())?;
     let material = preflight::read_material(&files)?;
     // A fresh client config per walk, as each `kiln build` process has: no TLS session
@@ -1218,10 +1187,7 @@ fn load_query_latency(runs: usize) -> Result<(), Error> {
     // every walk ends at the home). 8 more have no history, for what reading it costs.
     let most = 32;
     let serve = |finished: u32| {
-        daemon::serve(
-            &ca.cert_pem,
-            &daemon_cert.cert_pem,
-            &daemon_cert.key_pem,
+        pki.serve(
             1,
             daemon::Behavior {
                 finished,

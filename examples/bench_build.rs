@@ -21,9 +21,8 @@ mod daemon;
 use kiln::build::choose::{DEFAULT_LOAD_FACTOR, Load, Policy};
 use kiln::build::preflight::{self, CertSource, Retry};
 use kiln::build::{Daemon, Placement, daemon_candidates, history, run};
-use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, Serial};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use kiln::pki::Issued;
+use rustls::pki_types::ServerName;
 use time::OffsetDateTime;
 
 /// The repository the load query asks about.
@@ -31,40 +30,9 @@ const REPOSITORY: &str = "registry.example.com/team/app";
 
 type Error = Box<dyn std::error::Error>;
 
-fn issue(ca: &Issued, kind: LeafKind, sans: Vec<pki::San>) -> Result<Issued, Error> {
-    let now = OffsetDateTime::now_utc();
-    Ok(pki::issue_leaf(
-        ca,
-        &LeafRequest {
-            kind,
-            common_name: "bench".into(),
-            sans,
-            algorithm: Algorithm::EcdsaP256,
-            not_before: now - time::Duration::days(1),
-            not_after: now + time::Duration::days(90),
-            serial: Serial::random()?,
-        },
-    )?)
-}
-
 /// A loopback mTLS server answering the HTTP/2 preface with SETTINGS, one thread per connection.
 fn serve(ca: &Issued, daemon: &Issued) -> Result<SocketAddr, Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()?;
-    let chain = CertificateDer::pem_slice_iter(daemon.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(daemon.key_pem.as_bytes())?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = Arc::new(config);
+    let config = daemon::server_config(&ca.cert_pem, &daemon.cert_pem, &daemon.key_pem);
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     std::thread::spawn(move || {
@@ -104,21 +72,9 @@ fn percentile(samples: &mut [f64], p: f64) -> f64 {
 }
 
 fn preflight_overhead(iterations: usize) -> Result<(), Error> {
-    let now = OffsetDateTime::now_utc();
-    let ca = pki::issue_ca(&CaRequest {
-        common_name: "bench CA".into(),
-        algorithm: Algorithm::EcdsaP256,
-        not_before: now - time::Duration::days(30),
-        not_after: now + time::Duration::days(365),
-        serial: Serial::random()?,
-    })?;
-    let daemon = issue(&ca, LeafKind::Daemon, pki::daemon_sans("buildkitd", "ci", &[])?)?;
-    let client = issue(&ca, LeafKind::Client, Vec::new())?;
-    let addr = serve(&ca, &daemon)?;
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem)?;
-    std::fs::write(dir.path().join("cert.pem"), &client.cert_pem)?;
-    std::fs::write(dir.path().join("key.pem"), &client.key_pem)?;
+    let pki = daemon::Pki::new();
+    let addr = serve(&pki.ca, &pki.daemon)?;
+    let dir = &pki.dir;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -211,20 +167,8 @@ fn preflight_overhead(iterations: usize) -> Result<(), Error> {
 /// --http2` doing the identical HTTP/2 gRPC exchange: a lower bound for buildctl, which
 /// adds the Go runtime's start and its own dial. Both against the same stand-in daemon.
 fn load_query(iterations: usize) -> Result<(), Error> {
-    let now = OffsetDateTime::now_utc();
-    let ca = pki::issue_ca(&CaRequest {
-        common_name: "bench CA".into(),
-        algorithm: Algorithm::EcdsaP256,
-        not_before: now - time::Duration::days(30),
-        not_after: now + time::Duration::days(365),
-        serial: Serial::random()?,
-    })?;
-    let daemon_cert = issue(&ca, LeafKind::Daemon, pki::daemon_sans("buildkitd", "ci", &[])?)?;
-    let client = issue(&ca, LeafKind::Client, Vec::new())?;
-    let stand_in = daemon::serve(
-        &ca.cert_pem,
-        &daemon_cert.cert_pem,
-        &daemon_cert.key_pem,
+    let pki = daemon::Pki::new();
+    let stand_in = pki.serve(
         3,
         daemon::Behavior {
             // A daemon with a full history: kiln reads its 50 newest finished builds.
@@ -234,14 +178,7 @@ fn load_query(iterations: usize) -> Result<(), Error> {
             ..Default::default()
         },
     );
-    let dir = tempfile::tempdir()?;
-    for (name, pem) in [
-        ("ca.pem", &ca.cert_pem),
-        ("cert.pem", &client.cert_pem),
-        ("key.pem", &client.key_pem),
-    ] {
-        std::fs::write(dir.path().join(name), pem)?;
-    }
+    let dir = &pki.dir;
     let request = dir.path().join("request.bin");
     std::fs::write(&request, history::frame(&history::request_message()))?;
     let files = preflight::find_tls_files(dir.path())?;

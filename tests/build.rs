@@ -21,8 +21,6 @@ use kiln::build::preflight::{
 };
 use kiln::build::{Daemon, Placement};
 use kiln::pki::{self, Algorithm, CaRequest, Issued, LeafKind, LeafRequest, San, SecretFormat, Serial};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
 // ---------------------------------------------------------------------------
@@ -130,27 +128,7 @@ struct Server {
 }
 
 fn serve_tls_only(trusted_ca: &str, daemon: &Issued) -> Server {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(trusted_ca.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
-    let chain = CertificateDer::pem_slice_iter(daemon.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(daemon.key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = Arc::new(config);
+    let config = daemon::server_config(trusted_ca, &daemon.cert_pem, &daemon.key_pem);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handshakes = Arc::new(AtomicUsize::new(0));

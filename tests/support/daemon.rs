@@ -6,7 +6,10 @@
 //! the request's `Limit`, each record naming the image its exporter writes; then
 //! `grpc-status: 0` in the trailers.
 //!
-//! Shared by tests/build.rs and examples/bench_build.rs through `#[path]`.
+//! [`Pki`] issues the certificates a stand-in and its client need.
+//!
+//! Shared by tests/build.rs and the benchmarks (examples/bench_build.rs,
+//! examples/bench_affinity.rs) through `#[path]`.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -17,6 +20,76 @@ use std::time::Duration;
 use kiln::build::history::{bytes_field, map_entry};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A CA, a daemon certificate for `buildkitd` in namespace `ci` and a client certificate
+/// (P-256, valid from a day ago for four weeks), with the client's files written as
+/// `kiln build --tls-dir` reads them: `ca.pem`, `cert.pem`, `key.pem` in [`Pki::dir`].
+pub struct Pki {
+    pub ca: kiln::pki::Issued,
+    pub daemon: kiln::pki::Issued,
+    pub client: kiln::pki::Issued,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        use kiln::pki::{self, Algorithm, CaRequest, LeafKind, LeafRequest, Serial};
+        let now = time::OffsetDateTime::now_utc();
+        let ca = pki::issue_ca(&CaRequest {
+            common_name: "bench CA".into(),
+            algorithm: Algorithm::EcdsaP256,
+            not_before: now - time::Duration::days(1),
+            not_after: now + time::Duration::days(30),
+            serial: Serial::random().unwrap(),
+        })
+        .unwrap();
+        let leaf = |kind, sans| {
+            pki::issue_leaf(
+                &ca,
+                &LeafRequest {
+                    kind,
+                    common_name: "bench".into(),
+                    sans,
+                    algorithm: Algorithm::EcdsaP256,
+                    not_before: now - time::Duration::days(1),
+                    not_after: now + time::Duration::days(29),
+                    serial: Serial::random().unwrap(),
+                },
+            )
+            .unwrap()
+        };
+        let daemon = leaf(
+            LeafKind::Daemon,
+            pki::daemon_sans("buildkitd", "ci", &[]).unwrap(),
+        );
+        let client = leaf(LeafKind::Client, Vec::new());
+        let dir = tempfile::tempdir().unwrap();
+        for (name, pem) in [
+            ("ca.pem", &ca.cert_pem),
+            ("cert.pem", &client.cert_pem),
+            ("key.pem", &client.key_pem),
+        ] {
+            std::fs::write(dir.path().join(name), pem).unwrap();
+        }
+        Self {
+            ca,
+            daemon,
+            client,
+            dir,
+        }
+    }
+
+    /// A stand-in presenting the daemon certificate and trusting this CA's clients.
+    pub fn serve(&self, active: u32, behavior: Behavior) -> Daemon {
+        serve(
+            &self.ca.cert_pem,
+            &self.daemon.cert_pem,
+            &self.daemon.key_pem,
+            active,
+            behavior,
+        )
+    }
+}
 
 /// The image the stand-in's builds export unless [`Behavior::building`] says otherwise.
 pub const OTHER_IMAGE: &str = "registry.example.com/other/service:1";
@@ -112,9 +185,9 @@ fn grpc_frame(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Start a stand-in presenting `cert_pem`/`key_pem` and trusting client certificates
-/// from `trusted_ca`, reporting `active` builds.
-pub fn serve(trusted_ca: &str, cert_pem: &str, key_pem: &str, active: u32, behavior: Behavior) -> Daemon {
+/// A daemon's rustls server configuration: `cert_pem` and `key_pem`, a client certificate
+/// from `trusted_ca` required, HTTP/2 offered by ALPN.
+pub fn server_config(trusted_ca: &str, cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(trusted_ca.as_bytes()) {
@@ -135,7 +208,13 @@ pub fn serve(trusted_ca: &str, cert_pem: &str, key_pem: &str, active: u32, behav
         .with_single_cert(chain, key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Arc::new(config)
+}
+
+/// Start a stand-in presenting `cert_pem`/`key_pem` and trusting client certificates
+/// from `trusted_ca`, reporting `active` builds.
+pub fn serve(trusted_ca: &str, cert_pem: &str, key_pem: &str, active: u32, behavior: Behavior) -> Daemon {
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(trusted_ca, cert_pem, key_pem));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
